@@ -1,0 +1,6 @@
+"""Model-family adapters: how to read blocks, embeddings and heads out of a model."""
+
+from trimformer.adapters.base import Adapter, UnsupportedModelError, adapter_for
+from trimformer.adapters.bert import BertFamilyAdapter
+
+__all__ = ["Adapter", "BertFamilyAdapter", "UnsupportedModelError", "adapter_for"]

@@ -1,0 +1,62 @@
+"""The adapter interface and registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from trimformer.blocks import BlockView
+
+
+class UnsupportedModelError(ValueError):
+    """The model (or one of its configuration options) is not handled by trimformer."""
+
+
+class Adapter(ABC):
+    """Describes one model family to the pruning engine."""
+
+    name: str = "base"
+    #: leading tokens that are never pruned ([CLS])
+    num_prefix_tokens: int = 1
+
+    @abstractmethod
+    def supports(self, model: nn.Module) -> bool:
+        """True if this adapter is meant for the model's class."""
+
+    @abstractmethod
+    def validate(self, model: nn.Module) -> None:
+        """Raise UnsupportedModelError for any configuration the adapter would compute wrongly."""
+
+    @abstractmethod
+    def blocks(self, model: nn.Module) -> list[BlockView]:
+        """The model's transformer blocks, in order."""
+
+    @abstractmethod
+    def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings [B, N, D] and the real-token mask bool [B, N]."""
+
+    @abstractmethod
+    def head(self, model: nn.Module, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Task outputs from the final hidden states [B, M, D] (prefix token at position 0)."""
+
+
+_REGISTRY: list[Adapter] = []
+
+
+def register(adapter: Adapter) -> Adapter:
+    _REGISTRY.append(adapter)
+    return adapter
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    """The adapter that supports ``model``, validated; a clear error otherwise."""
+    for adapter in _REGISTRY:
+        if adapter.supports(model):
+            adapter.validate(model)
+            return adapter
+    raise UnsupportedModelError(
+        f"trimformer has no adapter for {type(model).__name__}; supported: BERT/RoBERTa "
+        "(BertModel, RobertaModel and their *ForSequenceClassification heads)"
+    )

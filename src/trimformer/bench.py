@@ -1,0 +1,120 @@
+"""Measured speed: dense vs pruned (packed) vs masked-only, timed in the same run, interleaved."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from trimformer.checkpoint import load_model
+from trimformer.envinfo import machine_info
+from trimformer.evaluation import evaluate
+from trimformer.pruned import TokenPrunedModel
+from trimformer.text_data import TextDataset, load_text_data
+from trimformer.training import make_collate
+
+
+def _time_once(fn: Callable[[dict], object], batches: list[dict]) -> list[float]:
+    times = []
+    for batch in batches:
+        start = time.perf_counter()
+        fn(batch)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@torch.inference_mode()
+def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[dict], repeats: int,
+                  warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Throughput and per-batch latency of each variant; repetitions interleave the variants so that
+    machine noise hits them alike. Reports the median over repetitions."""
+    for fn in variants.values():
+        for batch in batches[:warmup]:
+            fn(batch)
+    totals: dict[str, list[float]] = {k: [] for k in variants}
+    per_batch: dict[str, list[float]] = {k: [] for k in variants}
+    samples = sum(int(b["input_ids"].shape[0]) for b in batches)
+    for _ in tqdm(range(repeats), desc="timing", leave=False):
+        for name, fn in variants.items():
+            times = _time_once(fn, batches)
+            totals[name].append(sum(times))
+            per_batch[name].extend(times)
+    return {name: {"samples_per_s": samples / statistics.median(totals[name]),
+                   "latency_ms_median": 1000 * statistics.median(per_batch[name]),
+                   "latency_ms_p90": 1000 * sorted(per_batch[name])[int(0.9 * (len(per_batch[name]) - 1))]}
+            for name in variants}
+
+
+def make_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int) -> list[dict]:
+    collate = make_collate(tokenizer, max_length)
+    items = list(zip(data.texts, data.labels, strict=True))
+    batches = []
+    for start in range(0, len(items), batch_size):
+        batch = collate(items[start:start + batch_size])
+        batch.pop("labels")
+        batches.append(batch)
+    return batches
+
+
+def speed_variants(model: TokenPrunedModel) -> dict[str, Callable[[dict], object]]:
+    """dense: the unmodified transformers forward (its default attention); packed / masked: pruned."""
+
+    def dense(batch: dict) -> object:
+        return model.model(**batch).logits
+
+    def packed(batch: dict) -> object:
+        model.mode = "packed"
+        return model(**batch).logits
+
+    def masked(batch: dict) -> object:
+        model.mode = "masked"
+        return model(**batch).logits
+
+    return {"dense": dense, "packed": packed, "masked": masked}
+
+
+def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = None, batch_size: int = 32,
+                     max_length: int = 128, num_samples: int = 256, repeats: int = 3, threads: int | None = None,
+                     accuracy: bool = True, seed: int = 0) -> dict:
+    """The JSON record of ``trimformer bench``."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model, tokenizer, meta = load_model(str(checkpoint))
+    if meta.get("method") == "dense":
+        raise ValueError(f"{checkpoint} is a dense model: bench compares a pruned checkpoint with its dense self")
+    model.eval()
+    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
+    test = load_text_data(eval_data or data, "test", label_names if eval_data or Path(data).suffix else None)
+    timed = test.subset(num_samples, seed=seed)
+    batches = make_batches(timed, tokenizer, batch_size, max_length)
+    speed = time_variants(speed_variants(model), batches, repeats)
+    model.mode = "packed"
+    counts = evaluate(model, timed, tokenizer, max_length, progress=False)
+    result = {
+        "method": meta["method"], "data": eval_data or data, "checkpoint": str(checkpoint),
+        "batch_size": batch_size, "max_length": max_length, "num_samples_timed": len(timed),
+        "repeats": repeats,
+        "dense_samples_per_s": speed["dense"]["samples_per_s"],
+        "pruned_samples_per_s": speed["packed"]["samples_per_s"],
+        "masked_samples_per_s": speed["masked"]["samples_per_s"],
+        "speedup": speed["packed"]["samples_per_s"] / speed["dense"]["samples_per_s"],
+        "masked_speedup": speed["masked"]["samples_per_s"] / speed["dense"]["samples_per_s"],
+        "latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},
+        "latency_ms_p90": {k: v["latency_ms_p90"] for k, v in speed.items()},
+        "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
+        "flops_ratio": counts.flops_ratio,
+        "mean_length": counts.mean_length, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
+        "machine": machine_info(), "method_config": meta.get("method_config"),
+    }
+    result["speedup_over_flops_reduction"] = result["speedup"] * result["flops_ratio"]
+    if accuracy:
+        full_pruned = evaluate(model, test, tokenizer, max_length)
+        with model.pruning_disabled():
+            full_dense = evaluate(model, test, tokenizer, max_length)
+        result.update(accuracy_dense=full_dense.accuracy, accuracy_pruned=full_pruned.accuracy,
+                      num_eval_examples=len(test))
+    return result

@@ -1,0 +1,99 @@
+"""The ``trimformer`` command line: a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from trimformer import __version__
+
+
+def _add_train_options(p: argparse.ArgumentParser, lr: float) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
+    g.add_argument("--lr", type=float, default=lr, help=f"learning rate of the model weights (default {lr})")
+    g.add_argument("--max-length", type=int, default=128, help="tokens per text after truncation (default 128)")
+    g.add_argument("--train-subset", type=int, default=None, help="use a seeded random subset of N training texts")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--resume", action="store_true", help="continue from the training state saved in --out")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="rotten_tomatoes",
+                   help="'rotten_tomatoes', '20newsgroups' (built in, offline) or a .csv/.jsonl file with "
+                        "'text' and 'label' columns (default rotten_tomatoes)")
+    p.add_argument("--eval-data", default=None, help="evaluation file when --data is a file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trimformer", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"trimformer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("finetune", help="fine-tune a BERT/RoBERTa classifier (the dense starting point)")
+    p.add_argument("--model", default="minilm",
+                   help="'minilm' (offline all-MiniLM-L6-v2), a local folder or a hub name (default minilm)")
+    _add_data_options(p)
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training data (default 1)")
+    p.add_argument("--out", required=True, help="output folder (transformers save_pretrained format)")
+    _add_train_options(p, lr=1e-4)
+
+    p = sub.add_parser("prune", help="learn token pruning (LTP) or a top-k cascade on a fine-tuned model")
+    p.add_argument("--model", required=True, help="fine-tuned classifier: local folder or hub name")
+    _add_data_options(p)
+    p.add_argument("--method", choices=("ltp", "topk"), default="ltp", help="pruning method (default ltp)")
+    p.add_argument("--target-flops", type=float, default=0.5,
+                   help="wanted fraction of dense FLOPs; thresholds are calibrated to it (default 0.5). "
+                        "Pass 0 to use LTP's lambda regulariser with --final-threshold instead")
+    p.add_argument("--soft-steps", type=int, default=200, help="LTP soft-stage steps (default 200)")
+    p.add_argument("--hard-steps", type=int, default=200, help="hard-mask fine-tuning steps (default 200)")
+    p.add_argument("--temperature", type=float, default=1e-3, help="LTP soft-mask temperature (default 1e-3)")
+    p.add_argument("--lambda", dest="lambda_", type=float, default=0.1,
+                   help="LTP mask regulariser weight, used with --target-flops 0 (default 0.1)")
+    p.add_argument("--final-threshold", type=float, default=0.01,
+                   help="LTP base threshold of the last layer (default 0.01)")
+    p.add_argument("--threshold-lr", type=float, default=2e-5, help="LTP threshold learning rate (default 2e-5)")
+    p.add_argument("--out", required=True, help="output folder of the pruned checkpoint")
+    _add_train_options(p, lr=2e-5)
+
+    p = sub.add_parser("eval", help="accuracy, FLOPs and kept tokens of a checkpoint")
+    p.add_argument("checkpoint", help="pruned checkpoint folder, or a dense transformers model")
+    _add_data_options(p)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
+    p.add_argument("--mode", choices=("packed", "masked"), default="packed",
+                   help="packed: tokens removed (default); masked: official LTP behaviour")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N texts")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+
+    p = sub.add_parser("bench", help="measured throughput and latency: dense vs pruned, same run")
+    p.add_argument("checkpoint", help="pruned checkpoint folder")
+    _add_data_options(p)
+    p.add_argument("--batch-size", type=int, default=32, help="batch size to time (default 32)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--num-samples", type=int, default=256, help="texts timed per repetition (default 256)")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved timing repetitions (default 3)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy evaluation")
+    p.add_argument("--json", default=None, help="write the results to this JSON file")
+
+    p = sub.add_parser("demo", help="offline end-to-end demo: fine-tune, prune, evaluate, benchmark, report")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--target-flops", type=float, default=0.5, help="FLOPs target (default 0.5)")
+    p.add_argument("--fast", action="store_true", help="tiny settings for a smoke test (about a minute)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trimformer import commands
+
+    try:
+        return getattr(commands, f"run_{args.command}")(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"trimformer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Implementations of the CLI sub-commands (each takes the parsed arguments, returns an exit code)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trimformer.assets import minilm_path
+from trimformer.checkpoint import load_model, save_dense, save_pruned
+from trimformer.evaluation import evaluate
+from trimformer.io_utils import atomic_write_json
+from trimformer.methods import LTPConfig, TopKConfig
+from trimformer.pipeline import build_pruned, finetune_dense, is_main_process, prune_ltp, prune_topk
+from trimformer.text_data import TextDataset, load_text_data
+from trimformer.training import TrainConfig, epochs_to_steps
+
+
+def resolve_model_name(name: str) -> str:
+    """'minilm' is the offline all-MiniLM-L6-v2; anything else is a folder or hub name."""
+    return str(minilm_path()) if name == "minilm" else name
+
+
+def load_splits(data: str, eval_data: str | None, label_names=None) -> tuple[TextDataset, TextDataset]:
+    train = load_text_data(data, "train", label_names)
+    if eval_data is not None:
+        return train, load_text_data(eval_data, "test", train.label_names)
+    if Path(data).suffix:
+        raise ValueError("--data is a file: pass the evaluation file with --eval-data")
+    return train, load_text_data(data, "test")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    train, _ = load_splits(args.data, args.eval_data)
+    train = train.subset(args.train_subset, seed=args.seed)
+    pruned, tokenizer, _ = load_model(resolve_model_name(args.model), label_names=train.label_names)
+    model = pruned.model
+    config = train_config(args)
+    steps = epochs_to_steps(len(train), config.batch_size, args.epochs)
+    state_dir = Path(args.out + ".state") if args.resume else None
+    logs = finetune_dense(model, train, tokenizer, config, steps, state_dir)
+    if is_main_process():
+        recipe = {"stage": "finetune", "model": args.model, "data": args.data, "epochs": args.epochs,
+                  "steps": steps, "train_examples": len(train), "train": config.to_dict(),
+                  "final_loss": logs[-1]["loss"] if logs else None}
+        save_dense(model, tokenizer, args.out, extra=recipe)
+        print(f"saved fine-tuned model to {args.out}")
+    return 0
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    pruned, tokenizer, meta = load_model(args.model)
+    if meta.get("method") != "dense":
+        raise ValueError(f"{args.model} is already pruned ({meta['method']}); prune a dense fine-tuned model")
+    label_names = [pruned.model.config.id2label[i] for i in range(pruned.model.config.num_labels)]
+    train, _ = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
+    train = train.subset(args.train_subset, seed=args.seed)
+    target = args.target_flops if args.target_flops > 0 else None
+    if args.method == "ltp":
+        method_config = LTPConfig(final_threshold=args.final_threshold, temperature=args.temperature,
+                                  lambda_=args.lambda_, target_flops=target, soft_steps=args.soft_steps,
+                                  hard_steps=args.hard_steps, threshold_lr=args.threshold_lr)
+    else:
+        method_config = TopKConfig(target_flops=target, hard_steps=args.hard_steps)
+    model = build_pruned(pruned.model, args.method, method_config)
+    config = train_config(args)
+    state_dir = Path(args.out + ".state") if args.resume else None
+    recipe_fn = prune_ltp if args.method == "ltp" else prune_topk
+    history = recipe_fn(model, train, tokenizer, method_config, config, state_dir)
+    if is_main_process():
+        summary = {k: v for k, v in history.items() if k not in ("soft", "hard")}
+        save_pruned(model, args.out, tokenizer, extra={
+            "recipe": {"base_model": args.model, "data": args.data, "train_examples": len(train),
+                       "train": config.to_dict(), **summary}})
+        print(f"saved {args.method} model to {args.out}: {json.dumps(summary)}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    model, tokenizer, meta = load_model(args.checkpoint)
+    model.mode = args.mode
+    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
+    _, test = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
+    test = test.subset(args.limit)
+    result = evaluate(model, test, tokenizer, args.max_length)
+    summary = {"checkpoint": args.checkpoint, "method": meta.get("method"), "data": args.data,
+               "mode": args.mode, **result.summary()}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        atomic_write_json(args.json, summary)
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from trimformer.bench import bench_checkpoint
+
+    result = bench_checkpoint(args.checkpoint, args.data, args.eval_data, batch_size=args.batch_size,
+                              max_length=args.max_length, num_samples=args.num_samples, repeats=args.repeats,
+                              threads=args.threads, accuracy=not args.no_accuracy)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        atomic_write_json(args.json, result)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from trimformer.demo import run_demo as demo
+
+    demo(Path(args.out), target_flops=args.target_flops, fast=args.fast)
+    return 0

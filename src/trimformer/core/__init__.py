@@ -1,0 +1,1 @@
+"""Pure tensor functions of the token-pruning engine: no model imports."""

@@ -1,0 +1,43 @@
+"""Real removal of pruned tokens for a whole batch, each row keeping its own number of tokens."""
+
+from __future__ import annotations
+
+import torch
+
+
+def packing_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions to gather so that each row's kept tokens come first, in their original order.
+
+    keep: bool [B, N]. Returns (index [B, M], packed_mask bool [B, M]) where M = max kept per row:
+    the smallest width that holds every row, so padding is only what the longest row forces.
+    """
+    counts = keep.sum(dim=1)  # [B]
+    width = int(counts.max().item()) if keep.numel() else 0
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept first, order kept
+    index = order[:, :width]  # [B, M]
+    packed_mask = torch.arange(width, device=keep.device)[None, :] < counts[:, None]  # [B, M]
+    return index, packed_mask
+
+
+def gather_tokens(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Gather along the token dimension ``dim`` of ``x`` ([B, ..., N, ...]) with index [B, M]."""
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = index.shape
+    expanded = index.view(shape).expand(*[s if i != dim else index.shape[1] for i, s in enumerate(x.shape)])
+    return x.gather(dim, expanded)
+
+
+def pack(x: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Remove dropped tokens. x: [B, N, D], keep: bool [B, N] -> (packed [B, M, D], mask [B, M], index [B, M])."""
+    index, packed_mask = packing_index(keep)
+    return gather_tokens(x, index), packed_mask, index
+
+
+def unpack(packed: torch.Tensor, index: torch.Tensor, packed_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Scatter packed tokens [B, M, D] back to [B, length, D]; removed positions are zero."""
+    batch, _, dim = packed.shape
+    out = packed.new_zeros(batch, length, dim)
+    values = packed * packed_mask[..., None].to(packed.dtype)
+    safe_index = torch.where(packed_mask, index, torch.zeros_like(index))
+    # Padding slots point at position 0 with zero values; scatter_add leaves the real value there intact.
+    return out.scatter_add(1, safe_index[..., None].expand(-1, -1, dim), values)

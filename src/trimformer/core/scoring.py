@@ -1,0 +1,24 @@
+"""Token importance scores computed from attention probabilities."""
+
+from __future__ import annotations
+
+import torch
+
+
+def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    """LTP importance: mean over heads and over the *real* query rows of each attention column.
+
+    attn_probs: [B, H, Nq, Nk] post-softmax attention; query_mask: [B, Nq] bool, True for live tokens.
+    Returns [B, Nk].
+
+    The official LTP code divides by the padded length, so a threshold learned at one padding
+    length means something else at another and a short sentence's scores shrink with the padding
+    around it. Averaging over the live query rows only makes a score independent of padding: the
+    scores of one sequence sum to 1 whatever batch it is in.
+    """
+    if attn_probs.dim() != 4:
+        raise ValueError(f"attention probabilities must be [B, H, Nq, Nk], got {tuple(attn_probs.shape)}")
+    per_query = attn_probs.mean(dim=1)  # [B, Nq, Nk]
+    weights = query_mask.to(per_query.dtype)  # [B, Nq]
+    total = torch.einsum("bqk,bq->bk", per_query, weights)  # [B, Nk]
+    return total / weights.sum(dim=1, keepdim=True).clamp_min(1.0)

@@ -1,0 +1,99 @@
+"""Learned Token Pruning (Kim et al., KDD 2022): per-layer learned thresholds on attention importance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trimformer.blocks import Decide
+from trimformer.config import JsonConfig
+from trimformer.core.scoring import ltp_importance
+from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
+from trimformer.policy import PruningPolicy
+
+
+@dataclass
+class LTPConfig(JsonConfig):
+    """LTP recipe.
+
+    final_threshold: base threshold of the last layer; the base ramps linearly from
+        final/L in the first layer to ``final`` (as in the official code), then a learned part is added.
+    temperature: T of the soft mask sigmoid((score - threshold) / T).
+    lambda_: weight of the mean-mask regulariser (used when ``target_flops`` is None).
+    target_flops: wanted fraction of dense FLOPs; replaces the lambda search by threshold calibration
+        and a budget loss ``budget_weight * |FLOPs fraction - target|`` in the soft stage.
+    """
+
+    final_threshold: float = 0.01
+    temperature: float = 1e-3
+    lambda_: float = 0.1
+    target_flops: float | None = 0.5
+    budget_weight: float = 2.0
+    soft_steps: int = 200
+    hard_steps: int = 200
+    threshold_lr: float = 2e-5
+    calibration_batches: int = 8
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
+            raise ValueError(f"target_flops is a fraction of dense FLOPs in (0, 1], got {self.target_flops}")
+        if self.final_threshold < 0:
+            raise ValueError("final_threshold must be >= 0")
+
+
+class LTPThresholds(nn.Module):
+    """threshold_l = scale * base_l + learned_l; ``scale`` is set by FLOPs calibration, not by gradients."""
+
+    def __init__(self, num_layers: int, final_threshold: float):
+        super().__init__()
+        ramp = torch.arange(1, num_layers + 1, dtype=torch.float32) / num_layers
+        self.register_buffer("base", ramp * final_threshold)
+        self.register_buffer("scale", torch.tensor(1.0))
+        self.learned = nn.Parameter(torch.zeros(num_layers))
+
+    def forward(self) -> torch.Tensor:
+        return self.scale * self.base + self.learned  # [L]
+
+
+class LTPPolicy(PruningPolicy):
+    """Soft stage (``stage='soft'``): differentiable masks; hard stage: binary masks, frozen thresholds."""
+
+    method = "ltp"
+
+    def __init__(self, num_layers: int, config: LTPConfig, stage: str = "hard"):
+        super().__init__()
+        self.ltp_config = config
+        self.thresholds = LTPThresholds(num_layers, config.final_threshold)
+        self.stage = stage
+
+    @property
+    def stage(self) -> str:
+        return self._stage
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        if value not in ("soft", "hard"):
+            raise ValueError(f"LTP stage must be 'soft' or 'hard', got {value!r}")
+        self._stage = value
+
+    def config(self) -> LTPConfig:
+        return self.ltp_config
+
+    def decider(self, layer: int, num_prefix: int) -> Decide:
+        threshold = self.thresholds()[layer]
+        temperature = self.ltp_config.temperature
+        soft = self.stage == "soft"
+
+        def decide(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+            scores = ltp_importance(probs, alive)  # [B, N]
+            if soft:
+                mask = soft_threshold_mask(scores, threshold, temperature)
+            else:
+                mask = hard_threshold_mask(scores, threshold.detach())
+            return protect_prefix(mask, num_prefix)
+
+        return decide

@@ -1,0 +1,64 @@
+"""Static top-k keep-rate cascade (SpAtten-style, the baseline of the official LTP code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trimformer.blocks import Decide
+from trimformer.config import JsonConfig
+from trimformer.core.scoring import ltp_importance
+from trimformer.core.selection import keep_counts_from_rate, protect_prefix, topk_mask
+from trimformer.policy import PruningPolicy
+
+
+@dataclass
+class TopKConfig(JsonConfig):
+    """Keep rate falls linearly from 1 towards ``final_keep_rate`` over the layers.
+
+    Layer l keeps ceil(rate_l * live tokens) of the tokens still alive, rate_l = 1 - (1 - final) (l+1)/L.
+    With ``target_flops`` set, ``final_keep_rate`` is calibrated to reach that FLOPs fraction.
+    """
+
+    final_keep_rate: float = 0.5
+    target_flops: float | None = 0.5
+    hard_steps: int = 200
+    calibration_batches: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.final_keep_rate <= 1.0:
+            raise ValueError(f"final_keep_rate must be in (0, 1], got {self.final_keep_rate}")
+        if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
+            raise ValueError(f"target_flops is a fraction of dense FLOPs in (0, 1], got {self.target_flops}")
+
+
+class TopKPolicy(PruningPolicy):
+    """Keeps a fixed fraction of the live tokens per layer, ranked by LTP importance."""
+
+    method = "topk"
+
+    def __init__(self, num_layers: int, config: TopKConfig):
+        super().__init__()
+        self.topk_config = config
+        self.num_layers = num_layers
+        self.register_buffer("final_keep_rate", torch.tensor(float(config.final_keep_rate), dtype=torch.float64))
+
+    def config(self) -> TopKConfig:
+        return self.topk_config
+
+    def keep_rate(self, layer: int) -> float:
+        final = float(self.final_keep_rate)
+        return 1.0 - (1.0 - final) * (layer + 1) / self.num_layers
+
+    def decider(self, layer: int, num_prefix: int) -> Decide:
+        rate = self.keep_rate(layer)
+
+        def decide(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+            scores = ltp_importance(probs, alive)  # [B, N]
+            prefix = protect_prefix(torch.zeros_like(alive), num_prefix)
+            scores = scores.masked_fill(prefix, float("inf"))  # prefix tokens rank first
+            counts = keep_counts_from_rate(alive, rate, minimum=num_prefix)
+            return protect_prefix(topk_mask(scores, alive, counts), num_prefix)
+
+        return decide

@@ -1,0 +1,120 @@
+"""TokenPrunedModel: a transformers model run layer by layer with token pruning."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trimformer.adapters import adapter_for
+from trimformer.blocks import run_block
+from trimformer.core.flops import dense_encoder_flops, encoder_flops
+from trimformer.core.packing import unpack
+from trimformer.policy import PruningPolicy
+
+EXECUTION_MODES = ("packed", "masked")
+
+
+@dataclass
+class PrunedOutput:
+    """What a forward returns; every forward builds its own (no state kept between calls)."""
+
+    logits: torch.Tensor | None  # [B, C] for classification models
+    loss: torch.Tensor | None
+    n_in: torch.Tensor  # [B, L] live tokens entering each layer (expected counts in the soft stage)
+    n_out: torch.Tensor  # [B, L] tokens kept after each layer's decision
+    flops: torch.Tensor  # [B] encoder FLOPs per sample at these counts
+    dense_flops: torch.Tensor  # [B] encoder FLOPs of the unpruned model on the real length
+    last_hidden_state: torch.Tensor | None = None  # [B, N, D] base models: back at original positions
+    pooler_output: torch.Tensor | None = None
+
+    @property
+    def flops_ratio(self) -> torch.Tensor:
+        """Batch FLOPs over dense FLOPs (a scalar, differentiable in the soft stage)."""
+        return self.flops.sum() / self.dense_flops.sum()
+
+
+class TokenPrunedModel(nn.Module):
+    """Wraps a supported transformers model; its weights are shared, not copied.
+
+    ``mode='packed'`` removes pruned tokens (inference speed); ``'masked'`` keeps the sequence length and
+    masks pruned tokens out (training, and the official LTP behaviour). ``policy=None`` or
+    :meth:`pruning_disabled` runs the original computation.
+    """
+
+    def __init__(self, model: nn.Module, policy: PruningPolicy | None = None, mode: str = "packed"):
+        super().__init__()
+        self.adapter = adapter_for(model)
+        self.model = model
+        self.policy = policy
+        self.mode = mode
+        self.pruning_enabled = True
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in EXECUTION_MODES:
+            raise ValueError(f"execution mode must be one of {EXECUTION_MODES}, got {value!r}")
+        self._mode = value
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.adapter.blocks(self.model))
+
+    @contextmanager
+    def pruning_disabled(self) -> Iterator[TokenPrunedModel]:
+        previous, self.pruning_enabled = self.pruning_enabled, False
+        try:
+            yield self
+        finally:
+            self.pruning_enabled = previous
+
+    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [batch, length>0], got {tuple(input_ids.shape)}")
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError("attention_mask must have the shape of input_ids")
+            if not bool(attention_mask[:, 0].all()):
+                raise ValueError("the first token of every row must be real ([CLS]): use right padding "
+                                 "(tokenizer.padding_side = 'right') and no empty texts")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> PrunedOutput:
+        self._check_inputs(input_ids, attention_mask)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        x, alive = self.adapter.embed(self.model, inputs)  # [B, N, D], bool [B, N]
+        batch, length, _ = x.shape
+        positions = torch.arange(length, device=x.device).expand(batch, -1)
+        use_policy = self.policy is not None and self.pruning_enabled
+        blocks = self.adapter.blocks(self.model)
+        soft_keep, n_in, n_out = None, [], []
+        for i, block in enumerate(blocks):
+            decide = self.policy.decider(i, self.adapter.num_prefix_tokens) if use_policy else None
+            step = run_block(block, x, alive, positions, decide, self.mode == "packed", soft_keep)
+            x, alive, positions, soft_keep = step.hidden, step.alive, step.positions, step.soft_keep
+            n_in.append(step.n_in)
+            n_out.append(step.n_out)
+        head = self.adapter.head(self.model, x)
+        n_in_t, n_out_t = torch.stack(n_in, dim=1), torch.stack(n_out, dim=1)  # [B, L]
+        d, ffn = blocks[0].hidden_size, blocks[0].mlp_size
+        lengths = inputs["attention_mask"].sum(1) if attention_mask is not None else torch.full(
+            (batch,), length, device=x.device)
+        logits = head.get("logits")
+        loss = F.cross_entropy(logits, labels) if labels is not None and logits is not None else None
+        hidden = head.get("last_hidden_state")
+        if hidden is not None and hidden.shape[1] != length:
+            hidden = unpack(hidden, positions, alive, length)
+        return PrunedOutput(
+            logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t,
+            flops=encoder_flops(d, ffn, n_in_t, n_out_t),
+            dense_flops=dense_encoder_flops(d, ffn, len(blocks), lengths).to(n_in_t.dtype),
+            last_hidden_state=hidden, pooler_output=head.get("pooler_output"),
+        )

@@ -1,0 +1,90 @@
+"""Post-training quantization: PWLQ (Fang et al., ECCV 2020) and the uniform schemes it is measured against.
+
+Typical use::
+
+    cfg = QuantConfig(scheme="pwlq", wbits=4, abits=8, breakpoint="gaussian", bias_correction=True)
+    quantize_(model, cfg)              # weights quantized once, input quantizers installed
+    calibrate(model, batches)          # activation ranges (median of top-10 per batch, averaged)
+    save_packed(model, "model.qsafetensors")  # bit-packed codes + per-channel params
+"""
+
+from .api import quantize_, select_layers
+from .bn_fold import find_conv_bn_pairs, fold_batchnorm_, fold_bn_into
+from .calibrate import ActQuantizer, calibrate, calibration
+from .config import ActSpec, QuantConfig, WeightSpec
+from .modules import QuantConv2d, QuantLinear
+from .packing import (
+    load_packed,
+    pack_bits,
+    pack_model,
+    pack_weight,
+    packed_nbytes,
+    save_packed,
+    unpack_bits,
+    unpack_state_dict,
+    unpack_weight,
+)
+from .pwlq import (
+    fake_quant_pwlq,
+    gaussian_breakpoint,
+    laplace_breakpoint,
+    piece_layout,
+    pwlq_decode,
+    pwlq_encode,
+    pwlq_params,
+    search_breakpoints,
+)
+from .uniform import (
+    asymmetric_qparams,
+    dequantize_symmetric,
+    fake_quant_asymmetric,
+    fake_quant_symmetric,
+    mse_clip_absmax,
+    quantize_symmetric,
+    symmetric_scale,
+)
+from .weights import QuantizedWeight, bias_correction_params, fake_quantize_weight, quantize_weight
+
+__all__ = [
+    "ActQuantizer",
+    "ActSpec",
+    "QuantConfig",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantizedWeight",
+    "WeightSpec",
+    "asymmetric_qparams",
+    "bias_correction_params",
+    "calibrate",
+    "calibration",
+    "dequantize_symmetric",
+    "fake_quant_asymmetric",
+    "fake_quant_pwlq",
+    "fake_quant_symmetric",
+    "fake_quantize_weight",
+    "find_conv_bn_pairs",
+    "fold_batchnorm_",
+    "fold_bn_into",
+    "gaussian_breakpoint",
+    "laplace_breakpoint",
+    "load_packed",
+    "mse_clip_absmax",
+    "pack_bits",
+    "pack_model",
+    "pack_weight",
+    "packed_nbytes",
+    "piece_layout",
+    "pwlq_decode",
+    "pwlq_encode",
+    "pwlq_params",
+    "quantize_",
+    "quantize_symmetric",
+    "quantize_weight",
+    "save_packed",
+    "search_breakpoints",
+    "select_layers",
+    "symmetric_scale",
+    "unpack_bits",
+    "unpack_state_dict",
+    "unpack_weight",
+]

@@ -1,0 +1,171 @@
+"""Activation quantizers and their calibration (record ranges on a few batches, then freeze).
+
+Lifecycle: ``quantize_`` installs an :class:`ActQuantizer` at the input of each quantized layer;
+inside ``with calibration(model):`` (or ``calibrate(model, batches)``) they pass activations through in
+float and record statistics; on exit the clipping range is fixed. Afterwards they fake-quantize.
+Using an uncalibrated quantizer raises RuntimeError instead of silently running in float.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ActSpec
+from .uniform import fake_quant_asymmetric
+
+MSE_SAMPLE = 4096  # activations kept per batch for the MSE range search
+
+
+class RangeObserver:
+    """Accumulates per-batch range estimates for one activation quantizer."""
+
+    def __init__(self, spec: ActSpec, seed: int = 0) -> None:
+        self.spec = spec
+        self.n = 0
+        self.lo_sum = 0.0
+        self.hi_sum = 0.0
+        self.lo_min = math.inf
+        self.hi_max = -math.inf
+        self.samples: list[torch.Tensor] = []
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def update(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1).to(torch.float32).cpu()
+        if flat.numel() == 0:
+            return
+        if not bool(torch.isfinite(flat).all()):
+            raise ValueError("activation contains NaN/inf during calibration")
+        self.n += 1
+        self.lo_min = min(self.lo_min, float(flat.min()))
+        self.hi_max = max(self.hi_max, float(flat.max()))
+        clip = self.spec.clip
+        if clip == "topk_median":  # paper: median of the top-k values of this batch (and bottom-k for lo)
+            k = min(self.spec.topk, flat.numel())
+            self.hi_sum += float(flat.topk(k).values.quantile(0.5))
+            self.lo_sum += float(-((-flat).topk(k).values.quantile(0.5)))
+        elif clip == "percentile":
+            n = flat.numel()
+            q = float(self.spec.percentile) / 100.0
+            self.hi_sum += float(flat.kthvalue(max(1, min(n, math.ceil(q * n)))).values)
+            self.lo_sum += float(flat.kthvalue(max(1, min(n, math.floor((1.0 - q) * n) + 1))).values)
+        elif clip == "mse":
+            if flat.numel() > MSE_SAMPLE:
+                flat = flat[torch.randint(flat.numel(), (MSE_SAMPLE,), generator=self.gen)]
+            self.samples.append(flat)
+
+    def range(self) -> tuple[float, float] | None:
+        """Final (lo, hi), or None if no batch was seen."""
+        if self.n == 0:
+            return None
+        clip = self.spec.clip
+        if clip in ("topk_median", "percentile"):
+            return self.lo_sum / self.n, self.hi_sum / self.n
+        if clip == "minmax":
+            return self.lo_min, self.hi_max
+        return self._mse_range()
+
+    def _mse_range(self) -> tuple[float, float]:
+        x = torch.cat(self.samples)
+        lo0, hi0 = torch.tensor(min(self.lo_min, 0.0)), torch.tensor(max(self.hi_max, 0.0))
+        best, best_err = (float(lo0), float(hi0)), math.inf
+        for alpha in torch.linspace(0.05, 1.0, 96).tolist():
+            lo, hi = lo0 * alpha, hi0 * alpha
+            err = float((fake_quant_asymmetric(x, lo, hi, self.spec.bits) - x).pow(2).mean())
+            if err < best_err:
+                best, best_err = (float(lo), float(hi)), err
+        return best
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor asymmetric fake quantizer with a calibrated range stored in buffers ``lo``/``hi``."""
+
+    def __init__(self, spec: ActSpec, name: str = "") -> None:
+        super().__init__()
+        self.spec = spec
+        self.name = name
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.observer: RangeObserver | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+            return x
+        if not bool(self.calibrated):
+            raise RuntimeError(
+                f"activation quantizer of {self.name or 'a layer'} is not calibrated; run "
+                "calibrate(model, batches) first, or quantize with abits=None for weights only"
+            )
+        return fake_quant_asymmetric(x, self.lo, self.hi, self.spec.bits)
+
+    def set_range(self, lo: float, hi: float) -> None:
+        self.lo.fill_(min(lo, 0.0))
+        self.hi.fill_(max(hi, 0.0))
+        self.calibrated.fill_(True)
+
+    def extra_repr(self) -> str:
+        rng = f"({float(self.lo):.4g}, {float(self.hi):.4g})"
+        return f"bits={self.spec.bits}, clip={self.spec.clip}, range={rng}"
+
+
+@contextmanager
+def calibration(model: nn.Module) -> Iterator[list[str]]:
+    """Record activation ranges of every :class:`ActQuantizer` in ``model`` while the block runs.
+
+    Yields a list that, after the block, holds the names of quantizers that saw no data (left uncalibrated).
+    The model runs in eval mode inside the block; its train/eval flags are restored afterwards.
+    """
+    quantizers = [(n, m) for n, m in model.named_modules() if isinstance(m, ActQuantizer)]
+    if not quantizers:
+        raise ValueError("model has no activation quantizers; call quantize_ with abits set first")
+    modes = {m: m.training for m in model.modules()}
+    for i, (_, q) in enumerate(quantizers):
+        q.observer = RangeObserver(q.spec, seed=i)
+    unseen: list[str] = []
+    model.eval()
+    try:
+        yield unseen
+        for name, q in quantizers:
+            assert q.observer is not None
+            rng = q.observer.range()
+            if rng is None:
+                unseen.append(name)
+            else:
+                q.set_range(*rng)
+    finally:
+        for _, q in quantizers:
+            q.observer = None
+        for m, training in modes.items():
+            m.training = training
+
+
+def _default_forward(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def calibrate(
+    model: nn.Module,
+    batches: Iterable[Any],
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+) -> list[str]:
+    """Run ``batches`` through ``model`` (no grad) to calibrate activation ranges.
+
+    A batch is passed as ``model(**batch)`` (dict), ``model(*batch)`` (tuple/list) or ``model(batch)``,
+    unless ``forward(model, batch)`` is given. Returns the names of quantizers that saw no data.
+    """
+    fwd = forward or _default_forward
+    with torch.no_grad(), calibration(model) as unseen:
+        for batch in batches:
+            fwd(model, batch)
+    return unseen

@@ -1,0 +1,92 @@
+"""Fake-quant layers: nn.Linear / nn.Conv2d subclasses whose weight is quantized once at construction and
+whose input goes through a calibrated :class:`ActQuantizer`. State-dict keys of the weight/bias are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .calibrate import ActQuantizer
+from .config import ActSpec, WeightSpec
+from .weights import QuantizedWeight, quantize_weight
+
+
+class _QuantMixin:
+    """Shared construction for the fake-quant layers."""
+
+    qweight: QuantizedWeight
+    wspec: WeightSpec
+    input_quant: ActQuantizer | None
+
+    def _install(self, src: nn.Module, wspec: WeightSpec, aspec: ActSpec | None, name: str) -> None:
+        assert isinstance(self, nn.Module)
+        with torch.no_grad():
+            self.qweight = quantize_weight(src.weight, wspec)
+            deq = self.qweight.dequantize().to(src.weight.device)
+        self.wspec = wspec
+        self.weight = nn.Parameter(deq, requires_grad=False)
+        self.bias = src.bias
+        self.input_quant = ActQuantizer(aspec, name) if aspec is not None else None
+        if self.input_quant is not None:
+            self.input_quant.to(src.weight.device)
+
+    def _quant_repr(self) -> str:
+        return f"w={self.wspec.scheme}{self.wspec.bits}"
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """nn.Linear with a quantized weight and an optional input activation quantizer."""
+
+    @classmethod
+    def from_float(
+        cls, mod: nn.Linear, wspec: WeightSpec, aspec: ActSpec | None, name: str = ""
+    ) -> QuantLinear:
+        new = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
+        new._install(mod, wspec, aspec, name)
+        new.train(mod.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._quant_repr()}"
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """nn.Conv2d (any groups, incl. depthwise) with a quantized weight and optional input quantizer."""
+
+    @classmethod
+    def from_float(
+        cls, mod: nn.Conv2d, wspec: WeightSpec, aspec: ActSpec | None, name: str = ""
+    ) -> QuantConv2d:
+        new = cls(
+            mod.in_channels,
+            mod.out_channels,
+            mod.kernel_size,
+            stride=mod.stride,
+            padding=mod.padding,
+            dilation=mod.dilation,
+            groups=mod.groups,
+            bias=mod.bias is not None,
+            padding_mode=mod.padding_mode,
+            device="meta",
+        )
+        new._install(mod, wspec, aspec, name)
+        new.train(mod.training)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return self._conv_forward(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, {self._quant_repr()}"
+
+
+QUANT_MODULES: dict[type[nn.Module], type[_QuantMixin]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}

@@ -1,0 +1,270 @@
+"""Offline image data: Fashion-MNIST (Debian ``dataset-fashion-mnist``) and users' own image folders.
+
+Both datasets yield ``(pixel_values, label)`` with ``pixel_values`` float32 ``(3, R, R)``, resized to the
+requested resolution and normalised with the ImageNet mean/std expected by DINOv2, and ``label`` an
+int64 scalar tensor, so ``torch.utils.data.DataLoader`` batches them as ``(B, 3, R, R)`` and ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_APT = "dataset-fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
+ARRAY_EXTENSIONS = frozenset({".npy"})
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def read_idx(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read an idx file (``.gz`` or plain) of unsigned bytes into a uint8 tensor of its stored shape."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"idx file not found: {path}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an idx file (bad magic number)")
+    type_code, ndim = data[2], data[3]
+    if type_code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: idx element type 0x{type_code:02x} is not supported (only unsigned byte)")
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(data) < header:
+        raise ValueError(f"{path}: truncated idx header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    if len(data) - header != expected:
+        raise ValueError(
+            f"{path}: header shape {shape} needs {expected} bytes, file has {len(data) - header}"
+        )
+    array = np.frombuffer(data, dtype=_IDX_DTYPES[type_code], offset=header).reshape(shape)
+    return torch.from_numpy(array.copy())
+
+
+def load_fashion_mnist(
+    split: str = "train", root: str | os.PathLike[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST ``split`` ("train": 60k, "test": 10k) as uint8 images (N, 28, 28) and labels (N,)."""
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
+    folder = Path(root) if root is not None else FASHION_MNIST_DIR
+    paths = [folder / name for name in FASHION_MNIST_FILES[split]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"Fashion-MNIST files not found: {missing}. Install the Debian package {FASHION_MNIST_APT} "
+            f"(apt-get install -y {FASHION_MNIST_APT}) or pass root= a folder holding the idx .gz files."
+        )
+    images, labels = (read_idx(p) for p in paths)
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"Inconsistent Fashion-MNIST files: images {tuple(images.shape)}, labels {tuple(labels.shape)}"
+        )
+    return images, labels
+
+
+def to_model_input(image: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Float image (C, H, W) in [0, 1], C in {1, 3} -> normalised float32 (3, R, R); R = H = W if None."""
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image of shape (1 or 3, H, W), got {tuple(image.shape)}")
+    if image.shape[1] < 1 or image.shape[2] < 1:
+        raise ValueError(f"empty image of shape {tuple(image.shape)}")
+    x = image.to(torch.float32)
+    if not torch.isfinite(x).all():
+        raise ValueError("image contains NaN or infinite values")
+    if resolution is not None:
+        if resolution < 1:
+            raise ValueError(f"resolution must be positive, got {resolution}")
+        if tuple(x.shape[1:]) != (resolution, resolution):
+            x = F.interpolate(
+                x[None], size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+    x = x.expand(3, -1, -1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+class GrayscaleImageDataset(Dataset):
+    """uint8 grayscale images (N, H, W) + labels, served as normalised 3-channel (3, R, R) tensors."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, resolution: int | None = 112) -> None:
+        if images.ndim != 3:
+            raise ValueError(f"images must be (N, H, W), got {tuple(images.shape)}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ValueError(f"labels must be (N,) with N={images.shape[0]}, got {tuple(labels.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("no images")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[index].to(torch.float32).div(255.0)[None]
+        return to_model_input(image, self.resolution), self.labels[index]
+
+
+class FashionMNIST(GrayscaleImageDataset):
+    """Fashion-MNIST from the Debian package, resized (default 112 px: 8x8 patches of 14 px)."""
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(
+        self,
+        split: str = "train",
+        resolution: int | None = 112,
+        root: str | os.PathLike[str] | None = None,
+        limit: int | None = None,
+    ) -> None:
+        images, labels = load_fashion_mnist(split, root)
+        if limit is not None:
+            images, labels = images[:limit], labels[:limit]
+        super().__init__(images, labels, resolution)
+        self.split = split
+
+
+class ImageFolderDataset(Dataset):
+    """Users' own images in ``root/<class name>/<file>``; classes sorted by name.
+
+    PNG/JPEG files are read with Pillow (RGB); ``.npy`` files hold float arrays in [0, 1] shaped
+    (H, W), (H, W, C) or (C, H, W) with C in {1, 3}. With ``resolution=None`` every image must already
+    have the size of the first one; otherwise images are resized to ``resolution`` x ``resolution``.
+    Problems (empty folders, unreadable files, size mismatch, NaN) raise errors naming the file.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        resolution: int | None = 224,
+        extensions: Sequence[str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder not found: {self.root}")
+        allowed = (
+            {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions} if extensions else None
+        )
+        allowed = allowed or (IMAGE_EXTENSIONS | ARRAY_EXTENSIONS)
+        self.classes = sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        if not self.classes:
+            raise ValueError(
+                f"{self.root} has no class subfolders (expected root/<class name>/<image files>)"
+            )
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.samples: list[tuple[Path, int]] = []
+        for name in self.classes:
+            files = sorted(
+                p for p in (self.root / name).iterdir() if p.is_file() and p.suffix.lower() in allowed
+            )
+            if not files:
+                raise ValueError(
+                    f"class folder {self.root / name} holds no images ({', '.join(sorted(allowed))})"
+                )
+            self.samples.extend((p, self.class_to_idx[name]) for p in files)
+        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p, _ in self.samples):
+            _require_pil()
+        self.resolution = resolution
+        self._size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path, label = self.samples[index]
+        image = load_image(path)
+        if self.resolution is None:
+            size = (int(image.shape[1]), int(image.shape[2]))
+            if self._size is None:
+                self._size = _first_size(self.samples[0][0]) if index != 0 else size
+            if size != self._size:
+                raise ValueError(
+                    f"{path}: image size {size[0]}x{size[1]} differs from {self._size[0]}x{self._size[1]}; "
+                    "pass resolution= to resize all images"
+                )
+        try:
+            pixel_values = to_model_input(image, self.resolution)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        return pixel_values, torch.tensor(label, dtype=torch.int64)
+
+
+def _require_pil() -> object:
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError("Reading PNG/JPEG images needs Pillow: pip install Pillow") from exc
+    return Image
+
+
+def _first_size(path: Path) -> tuple[int, int]:
+    image = load_image(path)
+    return int(image.shape[1]), int(image.shape[2])
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read one image file as float32 (C, H, W) in [0, 1]: PNG/JPEG (Pillow, RGB) or ``.npy``."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in ARRAY_EXTENSIONS:
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: cannot read array ({exc})") from exc
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"{path}: array dtype {array.dtype} is not numeric")
+        array = array.astype(np.float32)
+        if array.ndim == 2:
+            array = array[None]
+        elif array.ndim == 3 and array.shape[-1] in (1, 3) and array.shape[0] not in (1, 3):
+            array = np.moveaxis(array, -1, 0)
+        if array.ndim != 3 or array.shape[0] not in (1, 3) or 0 in array.shape:
+            raise ValueError(
+                f"{path}: expected (H, W), (H, W, C) or (C, H, W) with C in 1/3, got {array.shape}"
+            )
+        if not np.isfinite(array).all():
+            raise ValueError(f"{path}: image contains NaN or infinite values")
+        return torch.from_numpy(np.ascontiguousarray(array))
+    if suffix in IMAGE_EXTENSIONS:
+        image_module = _require_pil()
+        try:
+            with image_module.open(path) as img:  # type: ignore[attr-defined]
+                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read image ({exc})") from exc
+        if 0 in rgb.shape:
+            raise ValueError(f"{path}: empty image {rgb.shape}")
+        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).to(torch.float32).div(255.0)
+    raise ValueError(f"{path}: unsupported file type {suffix!r}")
