@@ -17,6 +17,9 @@ from transformers import (
 
 from trimformer.text_data import TextDataset
 
+# Tiny models: one thread avoids OpenMP start-up and contention costs that dwarf the work itself.
+torch.set_num_threads(1)
+
 WORDS = ["good", "bad", "great", "awful", "movie", "plot", "actor", "boring", "fun", "the", "a", "was", "is",
          "very", "not", "film", "scene", "story", "love", "hate"]
 

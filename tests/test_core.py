@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import tiny_bert_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from trimformer.core.flops import dense_encoder_flops, encoder_flops, layer_macs
@@ -14,8 +15,6 @@ from trimformer.core.selection import (
     soft_threshold_mask,
     topk_mask,
 )
-
-from conftest import tiny_bert_config
 
 
 def _probs(b, h, n, seed=0, key_mask=None):

@@ -48,7 +48,8 @@ def _net() -> TinyNet:
 
 def test_pairs_found_from_graph():
     pairs = find_conv_bn_pairs(_net())
-    assert pairs == [("stem.0", "stem.1"), ("dw", "dw_bn"), ("pw", "pw_bn"), ("grp", "grp_bn"), ("fc", "fc_bn")]
+    expected = [("stem.0", "stem.1"), ("dw", "dw_bn"), ("pw", "pw_bn"), ("grp", "grp_bn"), ("fc", "fc_bn")]
+    assert pairs == expected
 
 
 def test_fold_parity_and_quantize_after():

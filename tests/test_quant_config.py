@@ -34,7 +34,7 @@ def test_json_round_trip_default_and_custom():
 
 
 def test_overrides_and_globs():
-    cfg = QuantConfig(wbits=4, abits=8, layer_wbits={"a.*": 8, "*": 6}, layer_abits={"b": None}, exclude=["c*"])
+    cfg = QuantConfig(layer_wbits={"a.*": 8, "*": 6}, layer_abits={"b": None}, exclude=["c*"])
     assert cfg.weight_spec("a.x").bits == 8 and cfg.weight_spec("b").bits == 6
     assert cfg.act_spec("b") is None and cfg.act_spec("a.x").bits == 8
     assert cfg.selects("a.x") and not cfg.selects("c.1")

@@ -72,7 +72,7 @@ def test_model_save_load_bit_identical(tmp_path):
     for key, t in m.state_dict().items():
         assert _bits_equal(sd[key], t), key
     fp32_bytes = sum(p.numel() * 4 for p in m.parameters())
-    assert nbytes < 0.2 * fp32_bytes
+    assert nbytes < 0.25 * fp32_bytes  # 4/6-bit codes + per-channel params + fp32 biases
     fresh = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Conv2d(4, 8, 3, groups=2))
     fresh.load_state_dict(sd)
     x = torch.randn(2, 64)

@@ -12,9 +12,8 @@ from trimformer.quant import (
 
 
 def _w(seed: int = 0, shape=(32, 200)) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * torch.linspace(0.1, 2.0, shape[0])[
-        :, None
-    ]
+    spread = torch.linspace(0.1, 2.0, shape[0])[:, None]  # channels of very different scales
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * spread
 
 
 def test_symmetric_per_channel_error_bound_and_codes():
@@ -24,7 +23,7 @@ def test_symmetric_per_channel_error_bound_and_codes():
         codes = quantize_symmetric(w, scale, bits)
         assert int(codes.min()) >= 0 and int(codes.max()) <= 2**bits - 2
         err = (fake_quant_symmetric(w, scale, bits) - w).abs()
-        assert bool((err <= scale[:, None] / 2 * (1 + 1e-5)).all())
+        assert bool((err <= scale[:, None] / 2 + 1e-6 * w.abs().amax()).all())  # + float32 rounding
         # the channel maximum is reproduced (to rounding)
         q = fake_quant_symmetric(w, scale, bits)
         assert torch.allclose(q.abs().amax(1), w.abs().amax(1), rtol=1e-5)

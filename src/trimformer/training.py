@@ -141,6 +141,8 @@ def train_loop(
         if skip:
             loader = accelerator.skip_first_batches(loader, skip)
         for batch in loader:
+            # Dropout randomness depends only on (seed, step, rank): a resumed run continues identically.
+            torch.manual_seed(config.seed * 1_000_003 + step * 101 + accelerator.process_index)
             loss, info = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{stage}: loss became {loss.item()} at step {step}; lower the lr")

@@ -15,7 +15,7 @@ _HEAD_CLASSES = ("BertForSequenceClassification", "RobertaForSequenceClassificat
 def _base_model(model: nn.Module) -> nn.Module:
     if isinstance(model, (BertModel, RobertaModel)):
         return model
-    return getattr(model, "bert", None) or getattr(model, "roberta")
+    return getattr(model, "bert", None) or model.roberta
 
 
 class BertFamilyAdapter(Adapter):

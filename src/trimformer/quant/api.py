@@ -48,7 +48,7 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
         new_of[id(mod)] = qcls.from_float(mod, config.weight_spec(name), config.act_spec(name), name)  # type: ignore[attr-defined]
     # replace every reference (shared modules appear under several parents)
     for _, parent in list(model.named_modules(remove_duplicate=False)):
-        for child_name, child in list(parent.named_children()):
+        for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
             if id(child) in new_of and child is not new_of[id(child)]:
                 setattr(parent, child_name, new_of[id(child)])
     model.trimformer_quant_config = config.to_dict()

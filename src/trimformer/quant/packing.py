@@ -80,7 +80,7 @@ def pack_weight(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     if qw.scheme == "uniform":
         d["scale"] = qw.scale
     else:
-        d["offsets"], d["steps"] = qw.offsets, qw.steps
+        d["offsets"], d["steps"] = qw.offsets[:, 1:], qw.steps  # offsets[:, 0] is always 0
     return {k: v.detach().cpu().contiguous() for k, v in d.items()}
 
 
@@ -90,6 +90,9 @@ def unpack_weight(d: dict[str, torch.Tensor]) -> QuantizedWeight:
     scheme = {v: k for k, v in SCHEME_IDS.items()}[scheme_id]
     dtype = {v: k for k, v in DTYPE_IDS.items()}[dtype_id]
     codes = unpack_bits(d["codes"], bits, rows * cols).reshape(rows, cols)
+    offsets = d.get("offsets")
+    if offsets is not None:
+        offsets = torch.cat([torch.zeros(rows, 1, dtype=offsets.dtype), offsets], dim=1)
     gain = d.get("gain", torch.ones(rows))
     shift = d.get("shift", torch.zeros(rows))
     return QuantizedWeight(
@@ -101,7 +104,7 @@ def unpack_weight(d: dict[str, torch.Tensor]) -> QuantizedWeight:
         gain=gain,
         shift=shift,
         scale=d.get("scale"),
-        offsets=d.get("offsets"),
+        offsets=offsets,
         steps=d.get("steps"),
         region_bits=region_bits,
     )

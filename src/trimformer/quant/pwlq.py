@@ -53,9 +53,7 @@ def laplace_breakpoint(m: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return _clip_breakpoint(sigma * (0.8030 * torch.sqrt(m / sigma) - 0.3167), m)
 
 
-def make_grid(
-    edges: torch.Tensor, levels: int, pow2: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
+def make_grid(edges: torch.Tensor, levels: int, pow2: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-piece (offsets, steps), each [C, n], from sorted piece edges [C, n+1] (first 0, last m).
 
     With ``pow2`` every step is rounded up to a power of two and the offsets are rebuilt cumulatively,

@@ -1,0 +1,80 @@
+"""Training recipes on a tiny model: fine-tune, LTP (soft -> hard), top-k, resume."""
+
+import json
+
+import torch
+from conftest import tiny_bert_config
+from transformers import BertForSequenceClassification
+
+from trimformer.evaluation import evaluate
+from trimformer.methods import LTPConfig, TopKConfig
+from trimformer.pipeline import build_pruned, finetune_dense, prune_ltp, prune_topk
+from trimformer.training import TrainConfig
+
+
+def _model():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
+
+
+def test_finetune_reduces_loss(tokenizer, text_data):
+    model = _model()
+    logs = finetune_dense(model, text_data, tokenizer, TrainConfig(batch_size=16, lr=1e-3, max_length=32), 24)
+    assert len(logs) == 24
+    first, last = sum(x["loss"] for x in logs[:4]), sum(x["loss"] for x in logs[-4:])
+    assert last < first
+
+
+def test_ltp_recipe_reaches_flops_target(tokenizer, text_data):
+    model = build_pruned(_model(), "ltp", LTPConfig(target_flops=0.6, soft_steps=6, hard_steps=6,
+                                                    calibration_batches=3))
+    before = model.policy.thresholds.learned.detach().clone()
+    history = prune_ltp(model, text_data, tokenizer, model.policy.config(),
+                        TrainConfig(batch_size=16, lr=1e-3, max_length=32))
+    assert model.mode == "packed" and model.policy.stage == "hard"
+    assert not torch.equal(before, model.policy.thresholds.learned)  # thresholds were learned
+    assert abs(history["calibrated_ratio"] - 0.6) < 0.08
+    result = evaluate(model, text_data, tokenizer, 32, progress=False)
+    assert result.flops_ratio < 0.8
+    assert len(history["soft"]) == 6 and len(history["hard"]) == 6
+
+
+def test_lambda_regulariser_without_target(tokenizer, text_data):
+    model = build_pruned(_model(), "ltp", LTPConfig(target_flops=None, lambda_=0.5, soft_steps=4, hard_steps=2))
+    history = prune_ltp(model, text_data, tokenizer, model.policy.config(),
+                        TrainConfig(batch_size=16, lr=1e-3, max_length=32))
+    assert "calibrated_ratio" not in history and len(history["soft"]) == 4
+
+
+def test_topk_recipe(tokenizer, text_data):
+    model = build_pruned(_model(), "topk", TopKConfig(target_flops=0.5, hard_steps=3, calibration_batches=3))
+    history = prune_topk(model, text_data, tokenizer, model.policy.config(),
+                         TrainConfig(batch_size=16, lr=1e-3, max_length=32))
+    assert abs(history["calibrated_ratio"] - 0.5) < 0.08
+    assert model.policy.config().final_keep_rate == history["final_keep_rate"]
+
+
+def test_training_resumes_from_saved_state(tokenizer, text_data, tmp_path, monkeypatch):
+    import trimformer.training as training
+
+    config = TrainConfig(batch_size=16, lr=1e-3, max_length=32, save_every=3)
+    full = _model()
+    finetune_dense(full, text_data, tokenizer, config, 6)
+
+    original = training._save_state
+
+    def save_then_crash(state_dir, module, optimizer, scheduler, step, stage):
+        original(state_dir, module, optimizer, scheduler, step, stage)
+        raise KeyboardInterrupt  # the run dies right after its first saved state (step 3)
+
+    monkeypatch.setattr(training, "_save_state", save_then_crash)
+    try:
+        finetune_dense(_model(), text_data, tokenizer, config, 6, state_dir=tmp_path)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(training, "_save_state", original)
+    assert json.loads((tmp_path / "train_progress.json").read_text())["step"] == 3
+    resumed = _model()
+    finetune_dense(resumed, text_data, tokenizer, config, 6, state_dir=tmp_path)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
