@@ -79,7 +79,8 @@ def speed_variants(model: TokenPrunedModel) -> dict[str, Callable[[dict], object
 
 def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = None, batch_size: int = 32,
                      max_length: int = 128, num_samples: int = 256, repeats: int = 3, threads: int | None = None,
-                     accuracy: bool = True, seed: int = 0) -> dict:
+                     accuracy: bool = True, accuracy_limit: int | None = None,
+                     seed: int = 0) -> dict:
     """The JSON record of ``trimformer bench``."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -112,9 +113,10 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
     }
     result["speedup_over_flops_reduction"] = result["speedup"] * result["flops_ratio"]
     if accuracy:
-        full_pruned = evaluate(model, test, tokenizer, max_length)
+        scored = test.subset(accuracy_limit, seed=seed)
+        full_pruned = evaluate(model, scored, tokenizer, max_length)
         with model.pruning_disabled():
-            full_dense = evaluate(model, test, tokenizer, max_length)
+            full_dense = evaluate(model, scored, tokenizer, max_length)
         result.update(accuracy_dense=full_dense.accuracy, accuracy_pruned=full_pruned.accuracy,
-                      num_eval_examples=len(test))
+                      num_eval_examples=len(scored))
     return result

@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repetitions (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy evaluation")
+    p.add_argument("--accuracy-limit", type=int, default=None,
+                   help="compute the accuracies on a seeded subset of N test texts (default: all)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
 
     p = sub.add_parser("demo", help="offline end-to-end demo: fine-tune, prune, evaluate, benchmark, report")

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Reproduces every committed text result in benchmarks/results/ (about 1.5 h on 2 CPU cores).
+# Dense fine-tunes and pruned checkpoints go to runs/ (not committed); rerunning resumes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. .venv/bin/activate
+R=benchmarks/results
+mkdir -p "$R" runs/ng runs/rt
+
+# 20 Newsgroups: full training set, max length 128 (256 would not fit the time budget here).
+[ -f runs/ng/dense/config.json ] || trimformer finetune --data 20newsgroups --epochs 2 --max-length 128 \
+    --lr 1e-4 --out runs/ng/dense --resume
+python benchmarks/text_ltp.py --data 20newsgroups --dense runs/ng/dense --work runs/ng --targets 0.7 0.5 0.35 \
+    --steps 100 --max-length 128 --eval-examples 3000 --out "$R/ltp_20newsgroups"
+for B in 32 1; do
+  N=$([ "$B" = 1 ] && echo 64 || echo 256)
+  trimformer bench runs/ng/ltp_0.5 --data 20newsgroups --batch-size "$B" --num-samples "$N" --max-length 128 \
+      --repeats 3 --accuracy-limit 500 --json "$R/bench_20newsgroups_b$B.json"
+done
+python benchmarks/plot_speed.py "$R/bench_20newsgroups.png" "20 Newsgroups, LTP at 0.5 FLOPs" \
+    "$R/bench_20newsgroups_b32.json" "$R/bench_20newsgroups_b1.json"
+
+# Rotten Tomatoes: short snippets, max length 64.
+[ -f runs/rt/dense/config.json ] || trimformer finetune --data rotten_tomatoes --epochs 1 --max-length 64 \
+    --lr 1e-4 --out runs/rt/dense --resume
+python benchmarks/text_ltp.py --data rotten_tomatoes --dense runs/rt/dense --work runs/rt --targets 0.7 0.5 0.35 \
+    --steps 100 --max-length 64 --out "$R/ltp_rotten_tomatoes"
+for B in 32 1; do
+  N=$([ "$B" = 1 ] && echo 64 || echo 256)
+  trimformer bench runs/rt/ltp_0.5 --data rotten_tomatoes --batch-size "$B" --num-samples "$N" --max-length 64 \
+      --repeats 3 --json "$R/bench_rotten_tomatoes_b$B.json"
+done
+python benchmarks/plot_speed.py "$R/bench_rotten_tomatoes.png" "Rotten Tomatoes, LTP at 0.5 FLOPs" \
+    "$R/bench_rotten_tomatoes_b32.json" "$R/bench_rotten_tomatoes_b1.json"
