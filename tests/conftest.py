@@ -64,11 +64,14 @@ def random_batch(batch: int = 4, length: int = 20, vocab: int = 64, seed: int = 
 
 
 @pytest.fixture
-def tokenizer(tmp_path_factory) -> BertTokenizerFast:
-    folder = tmp_path_factory.mktemp("tok")
+def tokenizer() -> BertTokenizerFast:
+    return make_tokenizer()
+
+
+def make_tokenizer() -> BertTokenizerFast:
+    """A WordPiece tokenizer over the few words of the synthetic data."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
 
 
 def synthetic_text_data(n: int = 96, seed: int = 0) -> TextDataset:

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import WORDS, synthetic_text_data, tiny_bert_config
-from transformers import BertForSequenceClassification, BertTokenizerFast
+from conftest import make_tokenizer, synthetic_text_data, tiny_bert_config
+from transformers import BertForSequenceClassification
 
 from trimformer.methods import LTPConfig
 from trimformer.pipeline import build_pruned, prune_ltp
@@ -15,9 +15,7 @@ from trimformer.training import TrainConfig, get_accelerator
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
-    vocab = out / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+    tokenizer = make_tokenizer()
     torch.manual_seed(0)
     model = build_pruned(BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32)), "ltp",
                          LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=2, calibration_batches=2))

@@ -1,1 +1,36 @@
+"""trimformer: make pretrained transformers cheaper with learned token pruning, measured honestly."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "TokenPrunedModel": "trimformer.pruned",
+    "PrunedOutput": "trimformer.pruned",
+    "LTPConfig": "trimformer.methods",
+    "TopKConfig": "trimformer.methods",
+    "TrainConfig": "trimformer.training",
+    "prune": "trimformer.pipeline",
+    "fit": "trimformer.pipeline",
+    "finetune_dense": "trimformer.pipeline",
+    "evaluate": "trimformer.evaluation",
+    "save_pruned": "trimformer.checkpoint",
+    "load_pruned": "trimformer.checkpoint",
+    "load_model": "trimformer.checkpoint",
+    "load_text_data": "trimformer.text_data",
+    "load_text_file": "trimformer.text_data",
+    "TextDataset": "trimformer.text_data",
+    "UnsupportedModelError": "trimformer.adapters",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports: ``import trimformer`` stays cheap; torch loads on first use."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trimformer' has no attribute {name!r}")

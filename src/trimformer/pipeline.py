@@ -33,7 +33,9 @@ def finetune_dense(model: torch.nn.Module, data: TextDataset, tokenizer, config:
         return m(**batch).loss, {}
 
     groups = _decay_groups(model, config.lr, config.weight_decay, set())
-    return train_loop(model, loss_fn, groups, data, tokenizer, config, steps, "finetune", state_dir)
+    logs = train_loop(model, loss_fn, groups, data, tokenizer, config, steps, "finetune", state_dir)
+    model.eval()
+    return logs
 
 
 def calibration_batches(data: TextDataset, tokenizer, max_length: int, num_batches: int,
@@ -176,6 +178,7 @@ def prune_ltp(model: TokenPrunedModel, data: TextDataset, tokenizer, ltp: LTPCon
     history["hard"] = _hard_finetune(model, data, tokenizer, config, ltp.hard_steps, "ltp-hard", state_dir)
     history["thresholds"] = policy.thresholds().tolist()
     model.mode = "packed"
+    model.eval()
     return history
 
 
@@ -190,7 +193,28 @@ def prune_topk(model: TokenPrunedModel, data: TextDataset, tokenizer, topk: TopK
         model.policy.topk_config.final_keep_rate = history["final_keep_rate"]
     history["hard"] = _hard_finetune(model, data, tokenizer, config, topk.hard_steps, "topk-hard", state_dir)
     model.mode = "packed"
+    model.eval()
     return history
+
+
+def prune(model: torch.nn.Module, config: LTPConfig | TopKConfig) -> TokenPrunedModel:
+    """Wrap a transformers model for token pruning with the method that ``config`` describes."""
+    if isinstance(config, LTPConfig):
+        return build_pruned(model, "ltp", config)
+    if isinstance(config, TopKConfig):
+        return build_pruned(model, "topk", config)
+    raise TypeError(f"expected LTPConfig or TopKConfig, got {type(config).__name__}")
+
+
+def fit(model: TokenPrunedModel, data: TextDataset, tokenizer, config: TrainConfig | None = None,
+        state_dir: str | Path | None = None) -> dict:
+    """Learn the pruning of ``model`` (LTP: soft then hard stage; top-k: hard stage) on ``data``."""
+    config = config or TrainConfig()
+    if isinstance(model.policy, LTPPolicy):
+        return prune_ltp(model, data, tokenizer, model.policy.config(), config, state_dir)
+    if isinstance(model.policy, TopKPolicy):
+        return prune_topk(model, data, tokenizer, model.policy.config(), config, state_dir)
+    raise ValueError("model has no pruning policy to train: create it with trimformer.prune(model, config)")
 
 
 def build_pruned(model: torch.nn.Module, method: str, method_config) -> TokenPrunedModel:

@@ -1,0 +1,31 @@
+"""The public API in the README's few lines, on a tiny model."""
+
+import torch
+from conftest import tiny_bert_config
+from transformers import BertForSequenceClassification
+
+import trimformer
+
+
+def test_readme_api_flow(tokenizer, text_data, tmp_path):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
+    config = trimformer.LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=3, calibration_batches=2)
+    pruned = trimformer.prune(model, config)
+    trimformer.fit(pruned, text_data, tokenizer, trimformer.TrainConfig(batch_size=16, max_length=32))
+    texts = sorted(text_data.texts, key=len)[-2:]  # long texts: pruning shows at the calibrated thresholds
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    out = pruned(**batch)
+    assert out.logits.shape == (2, 2) and float(out.flops_ratio) < 1.0
+    trimformer.save_pruned(pruned, tmp_path / "m", tokenizer)
+    again, _ = trimformer.load_pruned(tmp_path / "m")
+    assert torch.equal(again(**batch).logits, out.logits)
+
+
+def test_prune_rejects_unknown_config(tiny_bert):
+    import pytest
+
+    with pytest.raises(TypeError, match="LTPConfig or TopKConfig"):
+        trimformer.prune(tiny_bert, {"target_flops": 0.5})
+    with pytest.raises(ValueError, match="no pruning policy"):
+        trimformer.fit(trimformer.TokenPrunedModel(tiny_bert), None, None)
