@@ -73,8 +73,21 @@ def test_training_resumes_from_saved_state(tokenizer, text_data, tmp_path, monke
     except KeyboardInterrupt:
         pass
     monkeypatch.setattr(training, "_save_state", original)
-    assert json.loads((tmp_path / "train_progress.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "finetune.progress.json").read_text())["step"] == 3
     resumed = _model()
     finetune_dense(resumed, text_data, tokenizer, config, 6, state_dir=tmp_path)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_resume_skips_finished_stages(tokenizer, text_data, tmp_path):
+    """A run that died in the hard stage resumes there: the soft stage is not trained again."""
+    cfg = LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=3, calibration_batches=2)
+    train_cfg = TrainConfig(batch_size=16, lr=1e-3, max_length=32, save_every=1)
+    first = build_pruned(_model(), "ltp", cfg)
+    prune_ltp(first, text_data, tokenizer, cfg, train_cfg, state_dir=tmp_path)
+    again = build_pruned(_model(), "ltp", cfg)
+    history = prune_ltp(again, text_data, tokenizer, cfg, train_cfg, state_dir=tmp_path)
+    assert history["soft"] == [] and history["hard"] == []
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -77,26 +77,32 @@ def _epoch_loader(data: TextDataset, collate, batch_size: int, seed: int, epoch:
     return DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=collate, drop_last=True)
 
 
+def _state_files(state_dir: Path, stage: str) -> tuple[Path, Path, Path]:
+    """Weights, optimizer and progress files of one stage (each stage keeps its own, so a run that died
+    in a later stage resumes there and skips the finished ones)."""
+    return (state_dir / f"{stage}.weights.safetensors", state_dir / f"{stage}.optimizer.pt",
+            state_dir / f"{stage}.progress.json")
+
+
 def _save_state(state_dir: Path, module: nn.Module, optimizer, scheduler, step: int, stage: str) -> None:
+    weights, optim, progress = _state_files(state_dir, stage)
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    atomic_save_file(state_dir / "train_weights.safetensors", lambda p: save_file(state, str(p)))
+    atomic_save_file(weights, lambda p: save_file(state, str(p)))
     opt = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    atomic_save_file(state_dir / "train_optimizer.pt", lambda p: torch.save(opt, p))
-    atomic_write_json(state_dir / "train_progress.json", {"step": step, "stage": stage})
+    atomic_save_file(optim, lambda p: torch.save(opt, p))
+    atomic_write_json(progress, {"step": step, "stage": stage})  # written last: marks the state complete
 
 
 def _load_state(state_dir: Path, module: nn.Module, optimizer, scheduler, stage: str) -> int:
-    progress_file = state_dir / "train_progress.json"
-    if not progress_file.is_file():
+    weights, optim, progress = _state_files(state_dir, stage)
+    if not progress.is_file():
         return 0
-    progress = json.loads(progress_file.read_text())
-    if progress.get("stage") != stage:
-        return 0
-    module.load_state_dict(load_file(str(state_dir / "train_weights.safetensors")))
-    opt = torch.load(state_dir / "train_optimizer.pt", weights_only=True)
+    step = int(json.loads(progress.read_text())["step"])
+    module.load_state_dict(load_file(str(weights)))
+    opt = torch.load(optim, weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
-    return int(progress["step"])
+    return step
 
 
 def train_loop(
