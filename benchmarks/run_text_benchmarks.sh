@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces every committed text result in benchmarks/results/ (about 1.5 h on 2 CPU cores).
+# Each step is skipped or resumed when its outputs exist, so the script can be re-run after an interruption.
 # Dense fine-tunes and pruned checkpoints go to runs/ (not committed); rerunning resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ python benchmarks/plot_speed.py "$R/bench_20newsgroups.png" "20 Newsgroups, LTP 
 [ -f runs/rt/dense/config.json ] || trimformer finetune --data rotten_tomatoes --epochs 1 --max-length 64 \
     --lr 1e-4 --out runs/rt/dense --resume
 python benchmarks/text_ltp.py --data rotten_tomatoes --dense runs/rt/dense --work runs/rt --targets 0.7 0.5 0.35 \
-    --steps 100 --max-length 64 --out "$R/ltp_rotten_tomatoes"
+    --steps 50 --max-length 64 --out "$R/ltp_rotten_tomatoes"
 for B in 32 1; do
   N=$([ "$B" = 1 ] && echo 64 || echo 256)
   trimformer bench runs/rt/ltp_0.5 --data rotten_tomatoes --batch-size "$B" --num-samples "$N" --max-length 64 \
@@ -32,3 +33,5 @@ for B in 32 1; do
 done
 python benchmarks/plot_speed.py "$R/bench_rotten_tomatoes.png" "Rotten Tomatoes, LTP at 0.5 FLOPs" \
     "$R/bench_rotten_tomatoes_b32.json" "$R/bench_rotten_tomatoes_b1.json"
+
+python benchmarks/summarize_text.py > "$R/text_summary.md"

@@ -13,6 +13,7 @@ model gives identical predictions. Writes ``OUT.json`` and ``OUT_accuracy_vs_gfl
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -46,6 +47,15 @@ def train_method(method: str, target: float, args, train, tokenizer, folder: Pat
     return {"model": model, "summary": summary}
 
 
+def _previous_results(path: Path, settings: dict) -> dict | None:
+    """Results of an earlier run with the same settings (their runs are reused, not recomputed)."""
+    if not path.is_file():
+        return None
+    previous = json.loads(path.read_text())
+    same = {k: v for k, v in previous.get("settings", {}).items() if k != "targets"}
+    return previous if same == {k: v for k, v in settings.items() if k != "targets"} else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="20newsgroups")
@@ -67,17 +77,26 @@ def main() -> None:
     dense, tokenizer, _ = load_model(args.dense)
     train = load_text_data(args.data, "train").subset(args.train_examples, seed=args.seed)
     test = load_text_data(args.data, "test").subset(args.eval_examples, seed=args.seed)
+    out = Path(args.out)
+    previous = _previous_results(out.with_suffix(".json"), vars(args))
     results = {"data": args.data, "settings": vars(args), "machine": machine_info(), "train_examples": len(train),
                "eval_examples": len(test), "runs": []}
     start = time.time()
-    res = evaluate(dense, test, tokenizer, args.max_length)
-    results["dense"] = {"method": "dense", "accuracy": res.accuracy, "gflops": res.gflops_per_sample,
-                        "flops_ratio": 1.0, "mean_length": res.mean_length}
-    out = Path(args.out)
+    if previous is not None:
+        results["dense"] = previous["dense"]
+    else:
+        res = evaluate(dense, test, tokenizer, args.max_length)
+        results["dense"] = {"method": "dense", "accuracy": res.accuracy, "gflops": res.gflops_per_sample,
+                            "flops_ratio": 1.0, "mean_length": res.mean_length}
+    done = {(r["method"], r["target_flops"]): r for r in (previous or {}).get("runs", [])}
     kept_series = {}
     for target in args.targets:
         for method in args.methods:
             folder = Path(args.work) / f"{method}_{target:g}"
+            if (method, target) in done and is_pruned_checkpoint(folder):  # finished in an earlier run
+                results["runs"].append(done[(method, target)])
+                kept_series[f"{method} {target:g}"] = done[(method, target)]["kept_tokens_per_layer"]
+                continue
             t0 = time.time()
             if is_pruned_checkpoint(folder):
                 model, meta = load_pruned(folder)
@@ -102,7 +121,7 @@ def main() -> None:
                    "checkpoint": str(folder), "seconds": round(time.time() - t0, 1), **summary}
             results["runs"].append(run)
             kept_series[f"{method} {target:g}"] = r.kept_tokens_per_layer
-            print(f"{method} target {target}: acc {r.accuracy:.2f} (dense {res.accuracy:.2f}), "
+            print(f"{method} target {target}: acc {r.accuracy:.2f} (dense {results['dense']['accuracy']:.2f}), "
                   f"flops {r.flops_ratio:.3f}, {run['seconds']} s", flush=True)
             results["seconds"] = round(time.time() - start, 1)
             atomic_write_json(out.with_suffix(".json"), results)
@@ -111,7 +130,7 @@ def main() -> None:
     plots.accuracy_vs_gflops(points, out.parent / f"{out.name}_accuracy_vs_gflops.png",
                              f"{args.data}, MiniLM, max length {args.max_length}")
     plots.kept_tokens_per_layer(kept_series, out.parent / f"{out.name}_kept_tokens.png",
-                                f"{args.data}: tokens kept per layer", mean_length=res.mean_length)
+                                f"{args.data}: tokens kept per layer", mean_length=results["dense"]["mean_length"])
 
 
 if __name__ == "__main__":
