@@ -24,18 +24,19 @@ from trimformer.training import TrainConfig, epochs_to_steps
 
 @dataclass
 class DemoSettings:
-    train_examples: int = 4000
+    train_examples: int = 3000
     max_length: int = 64
     finetune_epochs: float = 1.0
-    prune_steps: int = 60  # per stage
+    prune_steps: int = 40  # per stage
+    calibration_batches: int = 4
     eval_examples: int | None = None  # whole test split
-    bench_examples: int = 256
+    bench_examples: int = 192
     bench_repeats: int = 3
 
     @classmethod
     def fast(cls) -> DemoSettings:
-        return cls(train_examples=256, finetune_epochs=1.0, prune_steps=4, eval_examples=128, bench_examples=64,
-                   bench_repeats=1)
+        return cls(train_examples=256, finetune_epochs=1.0, prune_steps=4, calibration_batches=2, eval_examples=128,
+                   bench_examples=64, bench_repeats=1)
 
 
 def _finetuned(out: Path, settings: DemoSettings, train, config: TrainConfig):
@@ -65,7 +66,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
     dense_model, tokenizer, _ = _finetuned(out, settings, train, config)
 
     ltp_cfg = LTPConfig(target_flops=target_flops, soft_steps=settings.prune_steps,
-                        hard_steps=settings.prune_steps)
+                        hard_steps=settings.prune_steps, calibration_batches=settings.calibration_batches)
     print(f"[demo] LTP to {target_flops:.2f} of dense FLOPs")
     ltp = build_pruned(dense_model.model, "ltp", ltp_cfg)
     history = prune_ltp(ltp, train, tokenizer, ltp_cfg, config)
@@ -77,7 +78,8 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
 
     print("[demo] static top-k baseline at the same FLOPs target")
     dense_again, _, _ = load_model(out / "finetuned")
-    topk_cfg = TopKConfig(target_flops=target_flops, hard_steps=settings.prune_steps)
+    topk_cfg = TopKConfig(target_flops=target_flops, hard_steps=settings.prune_steps,
+                          calibration_batches=settings.calibration_batches)
     topk = build_pruned(dense_again.model, "topk", topk_cfg)
     prune_topk(topk, train, tokenizer, topk_cfg, config)
 
