@@ -22,3 +22,13 @@ def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.
     weights = query_mask.to(per_query.dtype)  # [B, Nq]
     total = torch.einsum("bqk,bq->bk", per_query, weights)  # [B, Nk]
     return total / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def class_attention(attn_probs: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention that the [CLS] query (row 0) pays to each token, averaged over heads (EViT, SaiT).
+
+    attn_probs: [B, H, Nq, Nk] -> [B, Nk]. ``query_mask`` is accepted for a common signature; only row 0 is read.
+    """
+    if attn_probs.dim() != 4:
+        raise ValueError(f"attention probabilities must be [B, H, Nq, Nk], got {tuple(attn_probs.shape)}")
+    return attn_probs[:, :, 0, :].mean(dim=1)
