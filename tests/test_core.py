@@ -109,3 +109,21 @@ def test_flops_formula_matches_torch_flop_counter():
     analytic = dense_encoder_flops(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers,
                                    torch.tensor([n]))
     assert counted == int(analytic.item())
+
+
+def test_head_weighted_class_attention_matches_definition():
+    from trimformer.core.scoring import head_weighted_class_attention
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 3, 5, 5, generator=g), -1)
+    values = torch.randn(2, 3, 5, 4, generator=g)
+    scores = head_weighted_class_attention(probs, values)
+    for b in range(2):
+        for i in range(5):
+            norms = torch.stack([(probs[b, h] @ values[b, h])[i].norm() for h in range(3)])
+            expected = sum(norms[h] / norms.sum() * probs[b, h, 0, i] for h in range(3))
+            assert torch.allclose(scores[b, i], expected, atol=1e-6)
+    # Equal heads reduce it to plain class attention.
+    same = probs[:, :1].expand(-1, 3, -1, -1)
+    same_v = values[:, :1].expand(-1, 3, -1, -1)
+    assert torch.allclose(head_weighted_class_attention(same, same_v), same[:, 0, 0], atol=1e-6)

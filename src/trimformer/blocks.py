@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trimformer.core.packing import gather_tokens, packing_index
@@ -35,11 +36,12 @@ class BlockView:
     norm_mlp: nn.Module
     num_heads: int
     pre_norm: bool = False
-    attn_dropout: nn.Module | None = None
+    attn_dropout: nn.Module | float | None = None  # a module, or a probability applied functionally
     hidden_dropout: nn.Module | None = None
     attn_out_dropout: nn.Module | None = None
     layer_scale_attn: nn.Module | None = None
     layer_scale_mlp: nn.Module | None = None
+    residual_drop: nn.Module | None = None  # stochastic depth on each residual branch (pre-norm blocks)
 
     @property
     def hidden_size(self) -> int:
@@ -52,6 +54,12 @@ class BlockView:
 
 def _drop(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
     return x if module is None else module(x)
+
+
+def _attn_drop(block: BlockView, probs: torch.Tensor) -> torch.Tensor:
+    if isinstance(block.attn_dropout, float):
+        return F.dropout(probs, block.attn_dropout, training=block.query.training)
+    return _drop(block.attn_dropout, probs)
 
 
 def attention_probs(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,17 +89,17 @@ def finish_block(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: to
     x: [B, M, D] residual input of those rows; h_probs: [B, H, M, N]; v: [B, H, N, Dh] -> [B, M, D].
     """
     batch, _, m, _ = h_probs.shape
-    probs = _drop(block.attn_dropout, h_probs)
+    probs = _attn_drop(block, h_probs)
     context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, m, -1)  # [B, M, D]
     attn = _drop(block.attn_out_dropout, block.attn_out(context))
     if block.pre_norm:
         if block.layer_scale_attn is not None:
             attn = block.layer_scale_attn(attn)
-        x = x + attn
+        x = x + _drop(block.residual_drop, attn)
         mlp = _drop(block.hidden_dropout, block.mlp_out(block.activation(block.mlp_in(block.norm_mlp(x)))))
         if block.layer_scale_mlp is not None:
             mlp = block.layer_scale_mlp(mlp)
-        return x + mlp
+        return x + _drop(block.residual_drop, mlp)
     x = block.norm_attn(x + attn)
     mlp = _drop(block.hidden_dropout, block.mlp_out(block.activation(block.mlp_in(x))))
     return block.norm_mlp(x + mlp)

@@ -76,37 +76,29 @@ class TokenPrunedModel(nn.Module):
         finally:
             self.pruning_enabled = previous
 
-    def _check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-            raise ValueError(f"input_ids must be [batch, length>0], got {tuple(input_ids.shape)}")
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError("attention_mask must have the shape of input_ids")
-            if not bool(attention_mask[:, 0].all()):
-                raise ValueError("the first token of every row must be real ([CLS]): use right padding "
-                                 "(tokenizer.padding_side = 'right') and no empty texts")
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> PrunedOutput:
-        self._check_inputs(input_ids, attention_mask)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> PrunedOutput:
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                  "pixel_values": pixel_values}
+        self.adapter.check_inputs(inputs)
         x, alive = self.adapter.embed(self.model, inputs)  # [B, N, D], bool [B, N]
+        lengths = alive.sum(dim=1)  # [B] real tokens
         batch, length, _ = x.shape
         positions = torch.arange(length, device=x.device).expand(batch, -1)
         use_policy = self.policy is not None and self.pruning_enabled
         blocks = self.adapter.blocks(self.model)
+        num_prefix = self.adapter.num_prefix_tokens(self.model)
         soft_keep, n_in, n_out = None, [], []
         for i, block in enumerate(blocks):
-            decide = self.policy.decider(i, self.adapter.num_prefix_tokens) if use_policy else None
+            decide = self.policy.decider(i, num_prefix) if use_policy else None
             step = run_block(block, x, alive, positions, decide, self.mode == "packed", soft_keep)
             x, alive, positions, soft_keep = step.hidden, step.alive, step.positions, step.soft_keep
             n_in.append(step.n_in)
             n_out.append(step.n_out)
-        head = self.adapter.head(self.model, x)
+        head = self.adapter.head(self.model, x, alive)
         n_in_t, n_out_t = torch.stack(n_in, dim=1), torch.stack(n_out, dim=1)  # [B, L]
         d, ffn = blocks[0].hidden_size, blocks[0].mlp_size
-        lengths = inputs["attention_mask"].sum(1) if attention_mask is not None else torch.full(
-            (batch,), length, device=x.device)
         logits = head.get("logits")
         loss = F.cross_entropy(logits, labels) if labels is not None and logits is not None else None
         hidden = head.get("last_hidden_state")

@@ -2,5 +2,6 @@
 
 from trimformer.adapters.base import Adapter, UnsupportedModelError, adapter_for
 from trimformer.adapters.bert import BertFamilyAdapter
+from trimformer.adapters.vit import ViTFamilyAdapter
 
-__all__ = ["Adapter", "BertFamilyAdapter", "UnsupportedModelError", "adapter_for"]
+__all__ = ["Adapter", "BertFamilyAdapter", "UnsupportedModelError", "ViTFamilyAdapter", "adapter_for"]

@@ -18,8 +18,10 @@ class Adapter(ABC):
     """Describes one model family to the pruning engine."""
 
     name: str = "base"
-    #: leading tokens that are never pruned ([CLS])
-    num_prefix_tokens: int = 1
+
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        """Leading tokens that are never pruned ([CLS], DeiT's distillation token)."""
+        return 1
 
     @abstractmethod
     def supports(self, model: nn.Module) -> bool:
@@ -34,12 +36,16 @@ class Adapter(ABC):
         """The model's transformer blocks, in order."""
 
     @abstractmethod
-    def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
+        """Raise ValueError, saying what to do, for inputs the model would mis-compute."""
+
+    @abstractmethod
+    def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings [B, N, D] and the real-token mask bool [B, N]."""
 
     @abstractmethod
-    def head(self, model: nn.Module, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Task outputs from the final hidden states [B, M, D] (prefix token at position 0)."""
+    def head(self, model: nn.Module, hidden: torch.Tensor, alive: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Task outputs from the final hidden states [B, M, D] (prefix tokens first) and live mask [B, M]."""
 
 
 _REGISTRY: list[Adapter] = []
@@ -58,5 +64,6 @@ def adapter_for(model: nn.Module) -> Adapter:
             return adapter
     raise UnsupportedModelError(
         f"trimformer has no adapter for {type(model).__name__}; supported: BERT/RoBERTa "
-        "(BertModel, RobertaModel and their *ForSequenceClassification heads)"
+        "(BertModel, RobertaModel and their *ForSequenceClassification heads) and ViT/DeiT/Dinov2 "
+        "(*Model and *ForImageClassification)"
     )

@@ -20,7 +20,6 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 class BertFamilyAdapter(Adapter):
     name = "bert"
-    num_prefix_tokens = 1
 
     def supports(self, model: nn.Module) -> bool:
         return isinstance(model, (BertPreTrainedModel, RobertaPreTrainedModel))
@@ -57,6 +56,19 @@ class BertFamilyAdapter(Adapter):
             ))
         return views
 
+    def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
+        input_ids, attention_mask = inputs.get("input_ids"), inputs.get("attention_mask")
+        if input_ids is None:
+            raise ValueError("text models need input_ids (tokenize the texts first)")
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [batch, length>0], got {tuple(input_ids.shape)}")
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError("attention_mask must have the shape of input_ids")
+            if not bool(attention_mask[:, 0].all()):
+                raise ValueError("the first token of every row must be real ([CLS]): use right padding "
+                                 "(tokenizer.padding_side = 'right') and no empty texts")
+
     def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         input_ids = inputs["input_ids"]
         mask = inputs.get("attention_mask")
@@ -64,7 +76,7 @@ class BertFamilyAdapter(Adapter):
         hidden = _base_model(model).embeddings(input_ids=input_ids, token_type_ids=inputs.get("token_type_ids"))
         return hidden, real
 
-    def head(self, model: nn.Module, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+    def head(self, model: nn.Module, hidden: torch.Tensor, alive: torch.Tensor) -> dict[str, torch.Tensor]:
         base = _base_model(model)
         if model is base:
             pooled = base.pooler(hidden) if base.pooler is not None else None

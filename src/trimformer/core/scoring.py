@@ -22,3 +22,25 @@ def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.
     weights = query_mask.to(per_query.dtype)  # [B, Nq]
     total = torch.einsum("bqk,bq->bk", per_query, weights)  # [B, Nk]
     return total / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+def class_attention(attn_probs: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention that the [CLS] query (row 0) pays to each token, averaged over heads (EViT, SaiT).
+
+    attn_probs: [B, H, Nq, Nk] -> [B, Nk]. ``query_mask`` is accepted for a common signature; only row 0 is read.
+    """
+    if attn_probs.dim() != 4:
+        raise ValueError(f"attention probabilities must be [B, H, Nq, Nk], got {tuple(attn_probs.shape)}")
+    return attn_probs[:, :, 0, :].mean(dim=1)
+
+
+def head_weighted_class_attention(attn_probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Adaptive Sparse ViT score: class attention weighted per head by the size of each head's output.
+
+    s_i = sum_h w_hi * A_h[cls, i] with w_hi = ||O_hi|| / sum_h' ||O_h'i|| and O_h = A_h V_h.
+    attn_probs: [B, H, N, N]; values: [B, H, N, Dh] -> [B, N].
+    """
+    head_out = torch.matmul(attn_probs, values)  # [B, H, N, Dh]
+    norms = head_out.norm(dim=-1)  # [B, H, N]
+    weights = norms / norms.sum(dim=1, keepdim=True).clamp_min(torch.finfo(norms.dtype).tiny)
+    return (weights * attn_probs[:, :, 0, :]).sum(dim=1)

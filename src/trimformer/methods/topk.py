@@ -8,9 +8,11 @@ import torch
 
 from trimformer.blocks import Decide
 from trimformer.config import JsonConfig
-from trimformer.core.scoring import ltp_importance
+from trimformer.core.scoring import class_attention, ltp_importance
 from trimformer.core.selection import keep_counts_from_rate, protect_prefix, topk_mask
 from trimformer.policy import PruningPolicy
+
+SCORES = {"ltp": ltp_importance, "cls_attention": class_attention}
 
 
 @dataclass
@@ -23,6 +25,7 @@ class TopKConfig(JsonConfig):
 
     final_keep_rate: float = 0.5
     target_flops: float | None = 0.5
+    score: str = "ltp"  # 'ltp' (mean attention received) or 'cls_attention' (attention from [CLS])
     hard_steps: int = 200
     calibration_batches: int = 8
 
@@ -31,6 +34,8 @@ class TopKConfig(JsonConfig):
             raise ValueError(f"final_keep_rate must be in (0, 1], got {self.final_keep_rate}")
         if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
             raise ValueError(f"target_flops is a fraction of dense FLOPs in (0, 1], got {self.target_flops}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {sorted(SCORES)}, got {self.score!r}")
 
 
 class TopKPolicy(PruningPolicy):
@@ -53,9 +58,10 @@ class TopKPolicy(PruningPolicy):
 
     def decider(self, layer: int, num_prefix: int) -> Decide:
         rate = self.keep_rate(layer)
+        score_fn = SCORES[self.topk_config.score]
 
         def decide(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-            scores = ltp_importance(probs, alive)  # [B, N]
+            scores = score_fn(probs, alive)  # [B, N]
             prefix = protect_prefix(torch.zeros_like(alive), num_prefix)
             scores = scores.masked_fill(prefix, float("inf"))  # prefix tokens rank first
             counts = keep_counts_from_rate(alive, rate, minimum=num_prefix)

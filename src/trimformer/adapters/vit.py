@@ -1,0 +1,117 @@
+"""Adapter for transformers' ViT, DeiT and Dinov2 (LayerScale) image encoders and classifiers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    DeiTForImageClassification,
+    DeiTForImageClassificationWithTeacher,
+    DeiTModel,
+    Dinov2ForImageClassification,
+    Dinov2Model,
+    ViTForImageClassification,
+    ViTModel,
+)
+
+from trimformer.adapters.base import Adapter, UnsupportedModelError, register
+from trimformer.blocks import BlockView
+
+_BASES = (ViTModel, DeiTModel, Dinov2Model)
+_HEADS = (ViTForImageClassification, DeiTForImageClassification, DeiTForImageClassificationWithTeacher,
+          Dinov2ForImageClassification)
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    if isinstance(model, _BASES):
+        return model
+    for name in ("vit", "deit", "dinov2"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    raise UnsupportedModelError(f"{type(model).__name__} has no ViT/DeiT/Dinov2 backbone")
+
+
+def _layers(base: nn.Module) -> nn.ModuleList:
+    for holder in (base, getattr(base, "encoder", None)):
+        for name in ("layers", "layer"):
+            found = getattr(holder, name, None) if holder is not None else None
+            if isinstance(found, nn.ModuleList):
+                return found
+    raise UnsupportedModelError(f"cannot find the transformer layers of {type(base).__name__}")
+
+
+class ViTFamilyAdapter(Adapter):
+    name = "vit"
+
+    def supports(self, model: nn.Module) -> bool:
+        return isinstance(model, _BASES + _HEADS)
+
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        return 2 if isinstance(_base_model(model), DeiTModel) else 1  # DeiT: [CLS] + distillation token
+
+    def validate(self, model: nn.Module) -> None:
+        kind = type(model).__name__
+        cfg = model.config
+        if getattr(cfg, "use_swiglu_ffn", False):
+            raise UnsupportedModelError(f"{kind}: SwiGLU MLPs (use_swiglu_ffn=True) are not supported")
+        if getattr(cfg, "num_register_tokens", 0):
+            raise UnsupportedModelError(f"{kind}: register tokens are not supported")
+        head_dim = getattr(cfg, "head_dim", None)
+        if head_dim is not None and head_dim * cfg.num_attention_heads != cfg.hidden_size:
+            raise UnsupportedModelError(f"{kind}: head_dim * heads != hidden_size is not supported")
+
+    def blocks(self, model: nn.Module) -> list[BlockView]:
+        views = []
+        for layer in _layers(_base_model(model)):
+            attn = layer.attention
+            dinov2 = hasattr(layer, "layer_scale1")
+            views.append(BlockView(
+                query=attn.q_proj, key=attn.k_proj, value=attn.v_proj, attn_out=attn.o_proj,
+                mlp_in=layer.mlp.fc1, mlp_out=layer.mlp.fc2, activation=layer.mlp.activation_fn,
+                norm_attn=layer.norm1 if dinov2 else layer.layernorm_before,
+                norm_mlp=layer.norm2 if dinov2 else layer.layernorm_after,
+                num_heads=attn.num_attention_heads, pre_norm=True,
+                attn_dropout=float(attn.attention_dropout) or None,
+                attn_out_dropout=None if dinov2 else layer.dropout,
+                hidden_dropout=None if dinov2 else layer.dropout,
+                layer_scale_attn=layer.layer_scale1 if dinov2 else None,
+                layer_scale_mlp=layer.layer_scale2 if dinov2 else None,
+                residual_drop=layer.drop_path if dinov2 else None,
+            ))
+        return views
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
+        pixels = inputs.get("pixel_values")
+        if pixels is None:
+            raise ValueError("vision models need pixel_values [batch, channels, height, width]")
+        if pixels.dim() != 4:
+            raise ValueError(f"pixel_values must be [batch, channels, height, width], got {tuple(pixels.shape)}")
+        if not torch.isfinite(pixels).all():
+            raise ValueError("pixel_values contain NaN or infinite values: check the image loading / normalisation")
+
+    def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        base = _base_model(model)
+        pixels = inputs["pixel_values"]
+        try:
+            hidden = base.embeddings(pixels.to(base.embeddings.patch_embeddings.projection.weight.dtype))
+        except ValueError as err:  # transformers' size / channel checks
+            raise ValueError(f"{err} (resize the images to the model's image_size)") from err
+        return hidden, torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+
+    def head(self, model: nn.Module, hidden: torch.Tensor, alive: torch.Tensor) -> dict[str, torch.Tensor]:
+        base = _base_model(model)
+        hidden = base.layernorm(hidden)  # [B, M, D]
+        if model is base:
+            pooler = getattr(base, "pooler", None)
+            return {"last_hidden_state": hidden, "pooler_output": pooler(hidden) if pooler is not None else None}
+        if isinstance(model, Dinov2ForImageClassification):  # [CLS] ++ mean of the live patch tokens
+            weights = alive[:, 1:, None].to(hidden.dtype)  # [B, M-1, 1]
+            patch_mean = (hidden[:, 1:] * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            return {"logits": model.classifier(torch.cat([hidden[:, 0], patch_mean], dim=1))}
+        if isinstance(model, DeiTForImageClassificationWithTeacher):
+            cls_logits = model.cls_classifier(hidden[:, 0])
+            return {"logits": (cls_logits + model.distillation_classifier(hidden[:, 1])) / 2}
+        return {"logits": model.classifier(hidden[:, 0])}
+
+
+register(ViTFamilyAdapter())
