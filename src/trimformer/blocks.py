@@ -75,12 +75,14 @@ def attention_probs(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor) -
     def split(x: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, Dh]
         return x.view(batch, n, heads, head_dim).transpose(1, 2)
 
-    q, k, v = split(block.query(h)), split(block.key(h)), split(block.value(h))
-    logits = torch.matmul(q, k.transpose(-1, -2)) * head_dim**-0.5  # [B, H, N, N]
-    bias = torch.zeros(key_mask.shape, dtype=logits.dtype, device=logits.device)
-    bias = bias.masked_fill(~key_mask, torch.finfo(logits.dtype).min)
-    probs = torch.softmax(logits + bias[:, None, None, :], dim=-1)
-    return probs, v
+    q = split(block.query(h) * head_dim**-0.5)  # scaling q is cheaper than scaling [B, H, N, N]
+    k, v = split(block.key(h)), split(block.value(h))
+    logits = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, N]
+    if not bool(key_mask.all()):  # dead or padded keys get no attention
+        bias = torch.zeros(key_mask.shape, dtype=logits.dtype, device=logits.device)
+        bias.masked_fill_(~key_mask, torch.finfo(logits.dtype).min)
+        logits.add_(bias[:, None, None, :])
+    return torch.softmax(logits, dim=-1), v
 
 
 def finish_block(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

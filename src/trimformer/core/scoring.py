@@ -18,10 +18,10 @@ def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.
     """
     if attn_probs.dim() != 4:
         raise ValueError(f"attention probabilities must be [B, H, Nq, Nk], got {tuple(attn_probs.shape)}")
-    per_query = attn_probs.mean(dim=1)  # [B, Nq, Nk]
-    weights = query_mask.to(per_query.dtype)  # [B, Nq]
-    total = torch.einsum("bqk,bq->bk", per_query, weights)  # [B, Nk]
-    return total / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+    heads = attn_probs.shape[1]
+    weights = query_mask.to(attn_probs.dtype)  # [B, Nq]
+    total = torch.einsum("bhqk,bq->bk", attn_probs, weights)  # [B, Nk]: one pass over the probabilities
+    return total / (heads * weights.sum(dim=1, keepdim=True).clamp_min(1.0))
 
 
 def class_attention(attn_probs: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
