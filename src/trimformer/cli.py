@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline end-to-end demo: fine-tune, prune, evaluate, benchmark, report")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--target-flops", type=float, default=0.5, help="FLOPs target (default 0.5)")
-    p.add_argument("--fast", action="store_true", help="tiny settings for a smoke test (about a minute)")
+    p.add_argument("--fast", action="store_true", help="tiny settings for a smoke test (numbers are meaningless)")
     return parser
 
 
