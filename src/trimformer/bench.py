@@ -14,8 +14,8 @@ from trimformer.checkpoint import load_model
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.pruned import TokenPrunedModel
-from trimformer.text_data import TextDataset, load_text_data
-from trimformer.training import make_collate
+from trimformer.text_data import load_text_data
+from trimformer.training import unlabelled_batches
 
 
 def _time_once(fn: Callable[[dict], object], batches: list[dict]) -> list[float]:
@@ -49,17 +49,6 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
             for name in variants}
 
 
-def make_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int) -> list[dict]:
-    collate = make_collate(tokenizer, max_length)
-    items = list(zip(data.texts, data.labels, strict=True))
-    batches = []
-    for start in range(0, len(items), batch_size):
-        batch = collate(items[start:start + batch_size])
-        batch.pop("labels")
-        batches.append(batch)
-    return batches
-
-
 def speed_variants(model: TokenPrunedModel) -> dict[str, Callable[[dict], object]]:
     """dense: the unmodified transformers forward (its default attention); packed / masked: pruned."""
 
@@ -91,7 +80,7 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
     label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
     test = load_text_data(eval_data or data, "test", label_names if eval_data or Path(data).suffix else None)
     timed = test.subset(num_samples, seed=seed)
-    batches = make_batches(timed, tokenizer, batch_size, max_length)
+    batches = unlabelled_batches(timed, tokenizer, batch_size, max_length)
     speed = time_variants(speed_variants(model), batches, repeats)
     model.mode = "packed"
     counts = evaluate(model, timed, tokenizer, max_length, progress=False)

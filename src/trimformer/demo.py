@@ -11,7 +11,7 @@ import torch
 
 from trimformer import plots
 from trimformer.assets import minilm_path
-from trimformer.bench import make_batches, speed_variants, time_variants
+from trimformer.bench import speed_variants, time_variants
 from trimformer.checkpoint import load_model, load_pruned, save_dense, save_pruned
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
@@ -19,7 +19,7 @@ from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import LTPConfig, TopKConfig
 from trimformer.pipeline import build_pruned, finetune_dense, prune_ltp, prune_topk
 from trimformer.text_data import load_text_data
-from trimformer.training import TrainConfig, epochs_to_steps
+from trimformer.training import TrainConfig, epochs_to_steps, unlabelled_batches
 
 
 @dataclass
@@ -94,7 +94,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
     speed = {}
     for batch_size in (32, 1):
         n = settings.bench_examples if batch_size > 1 else max(8, settings.bench_examples // 4)
-        batches = make_batches(timed.subset(n, seed=2), tokenizer, batch_size, settings.max_length)
+        batches = unlabelled_batches(timed.subset(n, seed=2), tokenizer, batch_size, settings.max_length)
         speed[batch_size] = time_variants(speed_variants(ltp), batches, settings.bench_repeats)
     ltp.mode = "packed"
 

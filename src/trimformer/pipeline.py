@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from trimformer.methods import LTPConfig, LTPPolicy, TopKConfig, TopKPolicy
 from trimformer.pruned import TokenPrunedModel
 from trimformer.text_data import TextDataset
-from trimformer.training import TrainConfig, get_accelerator, make_collate, train_loop
+from trimformer.training import TrainConfig, get_accelerator, train_loop, unlabelled_batches
 
 
 def _decay_groups(module: torch.nn.Module, lr: float, weight_decay: float, exclude: set[int]) -> list[dict]:
@@ -42,14 +42,7 @@ def calibration_batches(data: TextDataset, tokenizer, max_length: int, num_batch
                         batch_size: int = 32, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """A fixed, seeded set of unlabelled batches for FLOPs calibration."""
     sample = data.subset(min(len(data), num_batches * batch_size), seed=seed + 17)
-    collate = make_collate(tokenizer, max_length)
-    items = list(zip(sample.texts, sample.labels, strict=True))
-    out = []
-    for start in range(0, len(items), batch_size):
-        batch = collate(items[start:start + batch_size])
-        batch.pop("labels")
-        out.append(batch)
-    return out
+    return unlabelled_batches(sample, tokenizer, batch_size, max_length)
 
 
 @torch.no_grad()
@@ -129,9 +122,10 @@ def calibrate_topk(model: TokenPrunedModel, batches, target: float) -> tuple[flo
 def _hard_finetune(model: TokenPrunedModel, data, tokenizer, config: TrainConfig, steps: int, stage: str,
                    state_dir) -> list[dict[str, float]]:
     model.mode = "masked"
-    frozen = {id(p) for p in model.policy.parameters()} if model.policy is not None else set()
-    for p in model.policy.parameters() if model.policy is not None else []:
+    policy_params = list(model.policy.parameters()) if model.policy is not None else []
+    for p in policy_params:
         p.requires_grad_(False)
+    frozen = {id(p) for p in policy_params}
 
     def loss_fn(m, batch):
         out = m(**batch)

@@ -70,6 +70,16 @@ def make_collate(tokenizer, max_length: int) -> Callable[[list[tuple[str, int]]]
     return collate
 
 
+def unlabelled_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """``data`` tokenised into fixed batches, in order, without labels (timing, calibration)."""
+    collate = make_collate(tokenizer, max_length)
+    items = list(zip(data.texts, data.labels, strict=True))
+    batches = [collate(items[start:start + batch_size]) for start in range(0, len(items), batch_size)]
+    for batch in batches:
+        batch.pop("labels")
+    return batches
+
+
 def _epoch_loader(data: TextDataset, collate, batch_size: int, seed: int, epoch: int) -> DataLoader:
     order = list(range(len(data)))
     random.Random(seed * 1_000_003 + epoch).shuffle(order)

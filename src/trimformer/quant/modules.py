@@ -5,7 +5,6 @@ whose input goes through a calibrated :class:`ActQuantizer`. State-dict keys of 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .calibrate import ActQuantizer
@@ -32,8 +31,13 @@ class _QuantMixin:
         if self.input_quant is not None:
             self.input_quant.to(src.weight.device)
 
-    def _quant_repr(self) -> str:
-        return f"w={self.wspec.scheme}{self.wspec.bits}"
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        return super().forward(x)  # the float module's own forward, on the quantized weight
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, w={self.wspec.scheme}{self.wspec.bits}"
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
@@ -48,13 +52,6 @@ class QuantLinear(_QuantMixin, nn.Linear):
         new.train(mod.training)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        return F.linear(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._quant_repr()}"
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
@@ -80,13 +77,6 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         new.train(mod.training)
         return new
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        return self._conv_forward(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._quant_repr()}"
 
 
 QUANT_MODULES: dict[type[nn.Module], type[_QuantMixin]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}
