@@ -11,7 +11,7 @@ from trimformer.methods import LTPConfig, LTPPolicy
 from trimformer.pruned import TokenPrunedModel
 
 
-@pytest.mark.parametrize("command", ["finetune", "prune", "eval", "bench", "demo"])
+@pytest.mark.parametrize("command", ["finetune", "prune", "eval", "bench", "quantize", "demo"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args([command, "--help"])
@@ -64,3 +64,36 @@ def test_empty_text_is_refused(tiny_checkpoint, tmp_path, capsys):
     bad.write_text("text,label\ngood movie,pos\n   ,neg\n")
     assert main(["eval", str(ckpt), "--data", str(bad), "--eval-data", str(bad)]) == 2
     assert "empty text" in capsys.readouterr().err
+
+
+def test_quantize_writes_report_and_checkpoint_that_eval_and_bench_accept(tiny_checkpoint, tmp_path):
+    ckpt, data = tiny_checkpoint
+    out, report_file = tmp_path / "q", tmp_path / "q.json"
+    assert main(["quantize", str(ckpt), "--data", str(data), "--eval-data", str(data), "--wbits", "4",
+                 "--abits", "8", "--calib-batches", "1", "--layer-wbits", "classifier=8", "--out", str(out),
+                 "--json", str(report_file)]) == 0
+    report = json.loads(report_file.read_text())
+    for key in ("scheme", "wbits", "abits", "model", "accuracy_fp", "accuracy_quant", "weight_mse_ratio_vs_uniform",
+                "size_bytes_fp32", "size_bytes_quant"):
+        assert key in report, key
+    assert report["scheme"] == "pwlq" and report["wbits"] == 4 and report["method"] == "ltp"
+    assert 0 < report["weight_mse_ratio_vs_uniform"] < 1  # PWLQ (+region bit) beats uniform at the same b
+    assert report["size_bytes_quant"] < report["size_bytes_fp32"]  # tiny model: mostly float embeddings
+    assert main(["eval", str(out), "--data", str(data), "--eval-data", str(data), "--json",
+                 str(tmp_path / "e.json")]) == 0
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["accuracy"] == pytest.approx(report["accuracy_quant"])
+    assert evaluated["quant_config"]["layer_wbits"] == {"classifier": 8}
+    assert main(["bench", str(out), "--data", str(data), "--batch-size", "4", "--num-samples", "8",
+                 "--repeats", "1", "--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["quant_config"]["scheme"] == "pwlq"
+
+
+def test_quantize_refuses_a_quantized_checkpoint_and_bad_layer_bits(tiny_checkpoint, tmp_path, capsys):
+    ckpt, data = tiny_checkpoint
+    args = ["--data", str(data), "--eval-data", str(data), "--calib-batches", "1", "--abits", "0"]
+    assert main(["quantize", str(ckpt), *args, "--out", str(tmp_path / "q")]) == 0
+    assert main(["quantize", str(tmp_path / "q"), *args, "--out", str(tmp_path / "q2")]) == 2
+    assert "already quantized" in capsys.readouterr().err
+    assert main(["quantize", str(ckpt), *args, "--layer-wbits", "classifier", "--out", str(tmp_path / "q3")]) == 2
+    assert "GLOB=BITS" in capsys.readouterr().err

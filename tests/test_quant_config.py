@@ -68,6 +68,7 @@ KNOBS = {
     "abits": ({}, {"abits": 4}),
     "breakpoint": ({}, {"breakpoint": "search"}),
     "num_breakpoints": ({"breakpoint": "search", "wbits": 5}, {"num_breakpoints": 3}),
+    "region_bit": ({}, {"region_bit": "inside"}),
     "bias_correction": ({}, {"bias_correction": False}),
     "per_channel": ({}, {"per_channel": False}),
     "weight_clip": ({"scheme": "uniform"}, {"weight_clip": "mse"}),

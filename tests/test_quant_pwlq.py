@@ -6,6 +6,7 @@ import torch
 from trimformer.quant import (
     WeightSpec,
     bias_correction_params,
+    code_bits,
     fake_quant_pwlq,
     fake_quant_symmetric,
     piece_layout,
@@ -42,12 +43,28 @@ def test_pwlq4_beats_uniform4(make):
         assert _mse(fake_quant_pwlq(w, 4, bp), w).mean() < 0.8 * u
 
 
-def test_closed_forms_within_2pct_of_search():
+@pytest.mark.parametrize("region_bit", ["extra", "inside"])
+def test_closed_forms_within_2pct_of_search(region_bit):
+    """The paper's Gaussian closed form stays within 2% of the searched optimum on Gaussian AND Laplacian
+    channels at 4 bits (its operating point); the Laplace form on Laplacian channels too."""
+    bits = code_bits(4, 1, region_bit)
     wg, wl = _gauss(16, 8192, 1), _laplace(16, 8192, 2)
-    s_g = _mse(fake_quant_pwlq(wg, 4, "search"), wg).mean()
-    s_l = _mse(fake_quant_pwlq(wl, 4, "search"), wl).mean()
-    assert _mse(fake_quant_pwlq(wg, 4, "gaussian"), wg).mean() <= 1.02 * s_g
-    assert _mse(fake_quant_pwlq(wl, 4, "laplace"), wl).mean() <= 1.02 * s_l
+    s_g = _mse(fake_quant_pwlq(wg, bits, "search"), wg).mean()
+    s_l = _mse(fake_quant_pwlq(wl, bits, "search"), wl).mean()
+    assert _mse(fake_quant_pwlq(wg, bits, "gaussian"), wg).mean() <= 1.02 * s_g
+    assert _mse(fake_quant_pwlq(wl, bits, "gaussian"), wl).mean() <= 1.02 * s_l
+    assert _mse(fake_quant_pwlq(wl, bits, "laplace"), wl).mean() <= 1.02 * s_l
+
+
+def test_region_bit_modes_store_what_they_say():
+    w = _gauss(8, 2048, 7)
+    extra = quantize_weight(w, WeightSpec(scheme="pwlq", bits=4, bias_correction=False))
+    inside = quantize_weight(w, WeightSpec(scheme="pwlq", bits=4, bias_correction=False, region_bit="inside"))
+    assert (extra.bits, inside.bits) == (5, 4)
+    assert extra.grid_values()[0].unique().numel() <= 32 and inside.grid_values()[0].unique().numel() <= 16
+    # "extra" has the level count of 5-bit uniform and must beat it; "inside" that of 4-bit uniform
+    assert _mse(extra.grid_values(), w).mean() < _mse(_uniform(w, 5), w).mean()
+    assert _mse(inside.grid_values(), w).mean() < _mse(_uniform(w, 4), w).mean()
 
 
 @pytest.mark.parametrize("bits", [3, 4, 6, 8])

@@ -75,7 +75,9 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
         torch.set_num_threads(threads)
     model, tokenizer, meta = load_model(str(checkpoint))
     if meta.get("method") == "dense":
-        raise ValueError(f"{checkpoint} is a dense model: bench compares a pruned checkpoint with its dense self")
+        what = "a quantized dense" if meta.get("quant_config") else "a dense"
+        raise ValueError(f"{checkpoint} is {what} model: bench compares a token-pruned checkpoint with its dense "
+                         "self (quantization is simulated in float, so it has no speed of its own); use eval")
     model.eval()
     label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
     test = load_text_data(eval_data or data, "test", label_names if eval_data or Path(data).suffix else None)
@@ -100,6 +102,8 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
         "mean_length": counts.mean_length, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
         "machine": machine_info(), "method_config": meta.get("method_config"),
     }
+    if meta.get("quant_config"):  # both variants run the same fake-quant weights; the ratio is pruning's
+        result["quant_config"] = meta["quant_config"]
     result["speedup_over_flops_reduction"] = result["speedup"] * result["flops_ratio"]
     if accuracy:
         scored = test.subset(accuracy_limit, seed=seed)

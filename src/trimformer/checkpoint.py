@@ -3,6 +3,8 @@
 A pruned checkpoint is a folder with ``model.safetensors`` (all weights, learned thresholds included),
 ``trimformer.json`` (model class and config, method and its exact config, the training recipe, label
 names) and the tokenizer files. Written atomically; read with safetensors only (no pickle).
+A quantized model (``trimformer.quant.quantize_``, pruned or not) is stored in the same format with its
+quantized weights bit-packed (``<layer>.weight.qpack.*`` tensors) and the ``quant_config`` in the JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from trimformer import __version__
 from trimformer.io_utils import atomic_write_dir, atomic_write_json
 from trimformer.methods import LTPConfig, LTPPolicy, TopKConfig, TopKPolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.quant import QuantConfig, load_quantized_, pack_model
 
 FORMAT_VERSION = 1
 META_FILE = "trimformer.json"
@@ -63,7 +66,12 @@ def save_pruned(model: TokenPrunedModel, path: str | Path, tokenizer=None,
         "mode": model.mode,
         **(extra or {}),
     }
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    quant_config = getattr(model.model, "trimformer_quant_config", None)
+    if quant_config is not None:
+        meta["quant_config"] = quant_config
+        state = pack_model(model)
+    else:
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
     def write(folder: Path) -> None:
         save_file(state, str(folder / WEIGHTS_FILE))
@@ -104,6 +112,12 @@ def load_pruned(path: str | Path) -> tuple[TokenPrunedModel, dict[str, Any]]:
         state = load_file(str(path / WEIGHTS_FILE))
     except (OSError, SafetensorError) as err:
         raise CheckpointError(f"{path / WEIGHTS_FILE} is missing or corrupt ({err}); re-create it") from err
+    if meta.get("quant_config") is not None:
+        try:
+            load_quantized_(pruned, QuantConfig.from_dict(meta["quant_config"]), state, name_prefix="model.")
+        except ValueError as err:
+            raise CheckpointError(f"{path}: quantized weights cannot be restored ({err}); re-create it") from err
+        return pruned.eval(), meta
     missing, unexpected = pruned.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:5]}, "

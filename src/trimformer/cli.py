@@ -79,6 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute the accuracies on a seeded subset of N test texts (default: all)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
 
+    p = sub.add_parser("quantize", help="post-training quantization (PWLQ or uniform) of a text checkpoint")
+    p.add_argument("checkpoint", help="fine-tuned classifier or pruned checkpoint folder (pruned stays pruned)")
+    _add_data_options(p)
+    p.add_argument("--out", required=True, help="output folder of the quantized checkpoint")
+    p.add_argument("--scheme", choices=("pwlq", "uniform"), default="pwlq", help="weight scheme (default pwlq)")
+    p.add_argument("--wbits", type=int, default=4,
+                   help="weight bits (default 4); PWLQ stores one region bit more, see --region-bit")
+    p.add_argument("--abits", type=int, default=8, help="input-activation bits; 0 = weights only (default 8)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="data-free per-channel bias correction of the weights (default on)")
+    p.add_argument("--breakpoint", choices=("gaussian", "laplace", "search"), default="gaussian",
+                   help="PWLQ breakpoint: closed form for Gaussian/Laplacian weights, or MSE search (default "
+                        "gaussian)")
+    p.add_argument("--num-breakpoints", type=int, default=1, choices=(1, 2, 3),
+                   help="PWLQ breakpoints per channel; more than 1 needs --breakpoint search (default 1)")
+    p.add_argument("--region-bit", choices=("extra", "inside"), default="extra",
+                   help="PWLQ: 'extra' stores the region bit on top of --wbits (paper), 'inside' counts it "
+                        "within --wbits (default extra)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight range per tensor instead of per channel")
+    p.add_argument("--weight-clip", choices=("minmax", "mse"), default="minmax",
+                   help="uniform weights: clip at max|w| or at the MSE-optimal value (default minmax)")
+    p.add_argument("--act-clip", choices=("topk_median", "percentile", "mse", "minmax"), default="topk_median",
+                   help="activation range rule (default topk_median: median of the top-10 per batch, averaged)")
+    p.add_argument("--pow2-scale", action="store_true", help="round every scale up to a power of two")
+    p.add_argument("--exclude", nargs="*", default=[], help="module-name globs left in float (e.g. 'classifier')")
+    p.add_argument("--layer-wbits", nargs="*", default=[], metavar="GLOB=BITS",
+                   help="per-layer weight bits, first match wins (e.g. 'classifier=8')")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--calib-batches", type=int, default=16, help="calibration batches of 32 texts (default 16)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N test texts")
+    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+
     p = sub.add_parser("demo", help="offline end-to-end demo: fine-tune, prune, evaluate, benchmark, report")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--target-flops", type=float, default=0.5, help="FLOPs target (default 0.5)")

@@ -89,6 +89,8 @@ def run_eval(args: argparse.Namespace) -> int:
     result = evaluate(model, test, tokenizer, args.max_length)
     summary = {"checkpoint": args.checkpoint, "method": meta.get("method"), "data": args.data,
                "mode": args.mode, **result.summary()}
+    if meta.get("quant_config"):
+        summary["quant_config"] = meta["quant_config"]
     print(json.dumps(summary, indent=2))
     if args.json:
         atomic_write_json(args.json, summary)
@@ -105,6 +107,38 @@ def run_bench(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2))
     if args.json:
         atomic_write_json(args.json, result)
+    return 0
+
+
+def parse_layer_bits(items: list[str]) -> dict[str, int]:
+    """['classifier=8', ...] -> {'classifier': 8}."""
+    out = {}
+    for item in items:
+        glob, sep, bits = item.rpartition("=")
+        if not sep or not glob or not bits.isdigit():
+            raise ValueError(f"--layer-wbits expects GLOB=BITS (e.g. classifier=8), got {item!r}")
+        out[glob] = int(bits)
+    return out
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from trimformer.quant import QuantConfig
+    from trimformer.quant_pipeline import quantize_text_checkpoint
+
+    config = QuantConfig(
+        scheme=args.scheme, wbits=args.wbits, abits=args.abits or None, breakpoint=args.breakpoint,
+        num_breakpoints=args.num_breakpoints, region_bit=args.region_bit, bias_correction=args.bias_correction,
+        per_channel=not args.per_tensor, weight_clip=args.weight_clip, act_clip=args.act_clip,
+        pow2_scale=args.pow2_scale, exclude=list(args.exclude), layer_wbits=parse_layer_bits(args.layer_wbits))
+    model, _, _ = load_model(args.checkpoint)
+    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
+    del model
+    calib, test = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
+    report = quantize_text_checkpoint(args.checkpoint, config, calib, test.subset(args.limit), args.out,
+                                      max_length=args.max_length, calib_batches=args.calib_batches)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        atomic_write_json(args.json, report)
     return 0
 
 

@@ -8,7 +8,7 @@ Typical use::
     save_packed(model, "model.qsafetensors")  # bit-packed codes + per-channel params
 """
 
-from .api import quantize_, select_layers
+from .api import is_quantized, load_quantized_, quantize_, select_layers
 from .bn_fold import find_conv_bn_pairs, fold_batchnorm_, fold_bn_into
 from .calibrate import ActQuantizer, calibrate, calibration
 from .config import ActSpec, QuantConfig, WeightSpec
@@ -20,11 +20,13 @@ from .packing import (
     pack_weight,
     packed_nbytes,
     save_packed,
+    split_packed,
     unpack_bits,
     unpack_state_dict,
     unpack_weight,
 )
 from .pwlq import (
+    code_bits,
     fake_quant_pwlq,
     gaussian_breakpoint,
     laplace_breakpoint,
@@ -57,6 +59,7 @@ __all__ = [
     "bias_correction_params",
     "calibrate",
     "calibration",
+    "code_bits",
     "dequantize_symmetric",
     "fake_quant_asymmetric",
     "fake_quant_pwlq",
@@ -65,6 +68,8 @@ __all__ = [
     "find_conv_bn_pairs",
     "fold_batchnorm_",
     "fold_bn_into",
+    "is_quantized",
+    "load_quantized_",
     "gaussian_breakpoint",
     "laplace_breakpoint",
     "load_packed",
@@ -81,6 +86,7 @@ __all__ = [
     "quantize_symmetric",
     "quantize_weight",
     "save_packed",
+    "split_packed",
     "search_breakpoints",
     "select_layers",
     "symmetric_scale",

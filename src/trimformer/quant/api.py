@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import QuantConfig
 from .modules import QUANT_MODULES
+from .packing import split_packed, unpack_weight
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -40,16 +43,63 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
     if not isinstance(config, QuantConfig):
         raise ValueError(f"config must be a QuantConfig, got {type(config).__name__}")
     config.validate()
+    if is_quantized(model):
+        raise ValueError("model is already quantized; quantize the float model (quantizing twice compounds error)")
     chosen = select_layers(model, config, filter_fn)
     new_of: dict[int, nn.Module] = {}
-    for name in chosen:
+    for name in tqdm(chosen, desc=f"quantize {config.scheme} W{config.wbits}", disable=len(chosen) < 20):
         mod = model.get_submodule(name)
         qcls = QUANT_MODULES[type(mod)]
         new_of[id(mod)] = qcls.from_float(mod, config.weight_spec(name), config.act_spec(name), name)  # type: ignore[attr-defined]
-    # replace every reference (shared modules appear under several parents)
+    _replace_modules(model, new_of)
+    model.trimformer_quant_config = config.to_dict()
+    return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` holds layers swapped in by ``quantize_``."""
+    return any(isinstance(m, tuple(QUANT_MODULES.values())) for m in model.modules())
+
+
+def _replace_modules(model: nn.Module, new_of: dict[int, nn.Module]) -> None:
+    """Swap every reference to a module (by id) for its replacement; shared modules have several parents."""
     for _, parent in list(model.named_modules(remove_duplicate=False)):
         for child_name, child in list(parent._modules.items()):  # named_children() hides repeats
             if id(child) in new_of and child is not new_of[id(child)]:
                 setattr(parent, child_name, new_of[id(child)])
+
+
+def load_quantized_(
+    model: nn.Module, config: QuantConfig, tensors: dict[str, torch.Tensor], name_prefix: str = ""
+) -> nn.Module:
+    """Rebuild a quantized model in place from a float skeleton and :func:`pack_model` tensors.
+
+    The stored codes are used as they are (nothing is re-quantized), so dequantized weights are bit-identical
+    to the saved model's; activation ranges and every other tensor come from ``tensors`` too. Layer names
+    are matched to ``config``'s globs after removing ``name_prefix`` (e.g. ``"model."`` for a wrapper).
+    """
+    if not isinstance(config, QuantConfig):
+        raise ValueError(f"config must be a QuantConfig, got {type(config).__name__}")
+    groups, rest = split_packed(tensors)
+    new_of: dict[int, nn.Module] = {}
+    for wkey, fields in groups.items():
+        name = wkey.removesuffix(".weight")
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError as err:
+            raise ValueError(f"quantized layer {name!r} does not exist in this model") from err
+        if type(mod) not in QUANT_MODULES:
+            raise ValueError(f"quantized layer {name!r} is a {type(mod).__name__}, not nn.Linear / nn.Conv2d")
+        short = name.removeprefix(name_prefix)
+        qcls = QUANT_MODULES[type(mod)]
+        new_of[id(mod)] = qcls.from_float(  # type: ignore[attr-defined]
+            mod, config.weight_spec(short), config.act_spec(short), short, qweight=unpack_weight(fields)
+        )
+    _replace_modules(model, new_of)
+    missing, unexpected = model.load_state_dict(rest, strict=False)
+    missing = [k for k in missing if k not in groups]
+    if missing or unexpected:
+        raise ValueError(f"quantized state does not match the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
     model.trimformer_quant_config = config.to_dict()
     return model

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._checks import check_bits, check_choice
-from .pwlq import BREAKPOINTS, piece_layout
+from .pwlq import BREAKPOINTS, REGION_BIT_MODES, code_bits
 
 SCHEMES = ("pwlq", "uniform")
 WEIGHT_CLIPS = ("minmax", "mse")
@@ -33,16 +33,18 @@ class WeightSpec:
     bias_correction: bool = True
     pow2_scale: bool = False
     clip: str = "minmax"
+    region_bit: str = "extra"
 
     def __post_init__(self) -> None:
         check_choice(self.scheme, SCHEMES, "scheme")
         check_bits(self.bits, "weight bits")
         check_choice(self.breakpoint, BREAKPOINTS, "breakpoint")
         check_choice(self.clip, WEIGHT_CLIPS, "weight_clip")
+        check_choice(self.region_bit, REGION_BIT_MODES, "region_bit")
         for name in ("per_channel", "bias_correction", "pow2_scale"):
             _check_bool(getattr(self, name), name)
         if self.scheme == "pwlq":
-            piece_layout(self.bits, self.num_breakpoints)  # raises on too few bits / bad count
+            code_bits(self.bits, self.num_breakpoints, self.region_bit)  # raises on too few bits / bad count
             if self.num_breakpoints > 1 and self.breakpoint != "search":
                 raise ValueError("num_breakpoints > 1 requires breakpoint='search'")
             if self.clip != "minmax":
@@ -73,7 +75,9 @@ class QuantConfig:
 
     scheme: "pwlq" or "uniform" weights; wbits / abits: weight / input-activation bits (abits None: weights
     only); breakpoint: PWLQ breakpoint rule ("gaussian", "laplace" closed forms or "search");
-    num_breakpoints: 1 (paper) or 2-3 (search only); bias_correction: data-free per-channel mean/std fix;
+    num_breakpoints: 1 (paper) or 2-3 (search only); region_bit: "extra" (paper: b-bit pieces plus the
+    region bit, b+1 bits stored) or "inside" (b bits in total, see :mod:`trimformer.quant.pwlq`);
+    bias_correction: data-free per-channel mean/std fix;
     per_channel: per output channel (else per tensor); weight_clip: "minmax" or "mse" (uniform only);
     act_clip: "topk_median" (paper), "percentile", "mse" or "minmax"; include / exclude: fnmatch globs on
     module names; layer_wbits / layer_abits: {glob: bits} overrides, first match wins; pow2_scale: round
@@ -85,6 +89,7 @@ class QuantConfig:
     abits: int | None = 8
     breakpoint: str = "gaussian"
     num_breakpoints: int = 1
+    region_bit: str = "extra"
     bias_correction: bool = True
     per_channel: bool = True
     weight_clip: str = "minmax"
@@ -131,6 +136,7 @@ class QuantConfig:
             bias_correction=self.bias_correction,
             pow2_scale=self.pow2_scale,
             clip=self.weight_clip,
+            region_bit=self.region_bit,
         )
 
     def _act_spec(self, bits: int) -> ActSpec:

@@ -19,10 +19,17 @@ class _QuantMixin:
     wspec: WeightSpec
     input_quant: ActQuantizer | None
 
-    def _install(self, src: nn.Module, wspec: WeightSpec, aspec: ActSpec | None, name: str) -> None:
+    def _install(
+        self, src: nn.Module, wspec: WeightSpec, aspec: ActSpec | None, name: str, qweight: QuantizedWeight | None
+    ) -> None:
         assert isinstance(self, nn.Module)
         with torch.no_grad():
-            self.qweight = quantize_weight(src.weight, wspec)
+            self.qweight = quantize_weight(src.weight, wspec) if qweight is None else qweight
+            if tuple(self.qweight.shape) != tuple(src.weight.shape):
+                raise ValueError(
+                    f"quantized weight of {name or 'a layer'} has shape {tuple(self.qweight.shape)}, the layer "
+                    f"expects {tuple(src.weight.shape)}: the checkpoint does not belong to this model"
+                )
             deq = self.qweight.dequantize().to(src.weight.device)
         self.wspec = wspec
         self.weight = nn.Parameter(deq, requires_grad=False)
@@ -45,10 +52,16 @@ class QuantLinear(_QuantMixin, nn.Linear):
 
     @classmethod
     def from_float(
-        cls, mod: nn.Linear, wspec: WeightSpec, aspec: ActSpec | None, name: str = ""
+        cls,
+        mod: nn.Linear,
+        wspec: WeightSpec,
+        aspec: ActSpec | None,
+        name: str = "",
+        qweight: QuantizedWeight | None = None,
     ) -> QuantLinear:
+        """Quantized copy of ``mod`` (``qweight``: use these codes instead of quantizing ``mod.weight``)."""
         new = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
-        new._install(mod, wspec, aspec, name)
+        new._install(mod, wspec, aspec, name, qweight)
         new.train(mod.training)
         return new
 
@@ -59,8 +72,14 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
 
     @classmethod
     def from_float(
-        cls, mod: nn.Conv2d, wspec: WeightSpec, aspec: ActSpec | None, name: str = ""
+        cls,
+        mod: nn.Conv2d,
+        wspec: WeightSpec,
+        aspec: ActSpec | None,
+        name: str = "",
+        qweight: QuantizedWeight | None = None,
     ) -> QuantConv2d:
+        """Quantized copy of ``mod`` (``qweight``: use these codes instead of quantizing ``mod.weight``)."""
         new = cls(
             mod.in_channels,
             mod.out_channels,
@@ -73,10 +92,9 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
             padding_mode=mod.padding_mode,
             device="meta",
         )
-        new._install(mod, wspec, aspec, name)
+        new._install(mod, wspec, aspec, name, qweight)
         new.train(mod.training)
         return new
-
 
 
 QUANT_MODULES: dict[type[nn.Module], type[_QuantMixin]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}

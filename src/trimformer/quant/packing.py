@@ -132,16 +132,24 @@ def pack_model(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def unpack_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`pack_model`: a state dict with dequantized weights."""
+def split_packed(
+    tensors: dict[str, torch.Tensor],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """({weight key: packed fields}, every other tensor) from :func:`pack_model` output."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
-    sd: dict[str, torch.Tensor] = {}
+    rest: dict[str, torch.Tensor] = {}
     for key, t in tensors.items():
         if QSEP in key:
             wkey, field = key.split(QSEP, 1)
             groups.setdefault(wkey, {})[field] = t
         else:
-            sd[key] = t
+            rest[key] = t
+    return groups, rest
+
+
+def unpack_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`pack_model`: a state dict with dequantized weights."""
+    groups, sd = split_packed(tensors)
     for wkey, fields in groups.items():
         sd[wkey] = unpack_weight(fields).dequantize()
     return sd

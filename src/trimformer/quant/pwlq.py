@@ -1,12 +1,18 @@
 """Piecewise linear quantization (PWLQ, Fang et al., ECCV 2020) of weight rows, as pure tensor functions.
 
-Layout used here (b bits in total per weight). A row with range m = max|w| is split at breakpoints
-0 < p_1 < ... < p_k < m into n = k + 1 magnitude pieces [e_j, e_{j+1}] (e_0 = 0, e_n = m). A code is
-``region | sign | index``: ``r = ceil(log2 n)`` region bits, one sign bit and ``b - r - 1`` index bits, so
-each piece gets L = 2^(b-r-1) levels per sign, at the bin centres e_j + (i + 1/2) * (e_{j+1} - e_j) / L.
-For the paper's single breakpoint (k = 1) this is one region bit plus a (b-1)-bit uniform grid on the centre
-[-p, p] and a (b-1)-bit grid on the tails [-m, -p) U (p, m], with every code used. Equal level counts per
-piece are what the paper's closed-form breakpoints assume (error ~ F_c p^2 + F_t (m - p)^2).
+Layout. A row with range m = max|w| is split at breakpoints 0 < p_1 < ... < p_k < m into n = k + 1
+magnitude pieces [e_j, e_{j+1}] (e_0 = 0, e_n = m). A code is ``region | sign | index`` with
+``r = ceil(log2 n)`` region bits, one sign bit and some index bits, so each piece gets L = 2^index_bits
+levels per sign, at the bin centres e_j + (i + 1/2) * (e_{j+1} - e_j) / L. Equal level counts per piece are
+what the paper's closed-form breakpoints assume (error ~ F_c p^2 + F_t (m - p)^2).
+
+How many bits "b-bit PWLQ" means is a choice (:func:`code_bits`):
+- ``region_bit="extra"`` (default, the paper's and the official code's accounting): each piece is a b-bit
+  signed grid (sign + (b-1) index bits) and the region bit is stored on top, b + r bits per weight. This
+  has as many levels as (b+1)-bit uniform, and file sizes count the extra bit.
+- ``region_bit="inside"``: the region bit comes out of the b bits (b - r - 1 index bits), so the code is
+  exactly b bits and has as many levels as b-bit uniform.
+The functions below take ``bits`` as the stored code width; :func:`code_bits` maps a nominal b to it.
 Weights are assigned to a piece by magnitude (|w| <= p_1 is centre), then to the nearest level in it.
 """
 
@@ -21,14 +27,29 @@ from ._checks import check_bits, check_choice, check_finite, pow2_ceil
 TINY = 1e-30
 RATIO_EPS = 1e-3  # breakpoints are kept inside (RATIO_EPS * m, (1 - RATIO_EPS) * m)
 BREAKPOINTS = ("gaussian", "laplace", "search")
+REGION_BIT_MODES = ("extra", "inside")
+
+
+def region_bits_for(num_breakpoints: int) -> int:
+    """Region bits needed to name one of ``num_breakpoints + 1`` pieces."""
+    if num_breakpoints not in (1, 2, 3):
+        raise ValueError(f"num_breakpoints must be 1, 2 or 3, got {num_breakpoints!r}")
+    return math.ceil(math.log2(num_breakpoints + 1))
+
+
+def code_bits(bits: int, num_breakpoints: int = 1, region_bit: str = "extra") -> int:
+    """Stored bits per weight for nominal ``bits``-bit PWLQ (see the module docstring)."""
+    check_bits(bits)
+    check_choice(region_bit, REGION_BIT_MODES, "region_bit")
+    width = bits + region_bits_for(num_breakpoints) if region_bit == "extra" else bits
+    piece_layout(width, num_breakpoints)  # raises when too few bits are left for the index
+    return width
 
 
 def piece_layout(bits: int, num_breakpoints: int = 1) -> tuple[int, int]:
-    """(region_bits, levels per piece and sign) for ``bits`` total and ``num_breakpoints`` breakpoints."""
+    """(region_bits, levels per piece and sign) for a ``bits``-wide code and ``num_breakpoints`` breakpoints."""
     check_bits(bits)
-    if num_breakpoints not in (1, 2, 3):
-        raise ValueError(f"num_breakpoints must be 1, 2 or 3, got {num_breakpoints!r}")
-    region_bits = math.ceil(math.log2(num_breakpoints + 1))
+    region_bits = region_bits_for(num_breakpoints)
     index_bits = bits - region_bits - 1
     if index_bits < 0:
         raise ValueError(

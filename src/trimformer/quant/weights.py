@@ -8,7 +8,7 @@ import torch
 
 from ._checks import as_channels, check_finite
 from .config import WeightSpec
-from .pwlq import pwlq_decode, pwlq_encode, pwlq_params
+from .pwlq import code_bits, pwlq_decode, pwlq_encode, pwlq_params
 from .uniform import dequantize_symmetric, mse_clip_absmax, quantize_symmetric, symmetric_scale
 
 
@@ -29,7 +29,8 @@ def bias_correction_params(w2d: torch.Tensor, q2d: torch.Tensor) -> tuple[torch.
 class QuantizedWeight:
     """Integer codes [C, N] with what is needed to rebuild the float weight bit-exactly.
 
-    uniform: value = (code - qmax) * scale[c]; pwlq: see :mod:`trimformer.quant.pwlq` (offsets/steps per
+    ``bits`` is the stored code width (for PWLQ with ``region_bit="extra"`` the nominal bits plus the region
+    bits). uniform: value = (code - qmax) * scale[c]; pwlq: see :mod:`trimformer.quant.pwlq` (offsets/steps per
     piece). Then value * gain[c] + shift[c] (bias correction; gain 1, shift 0 when off), cast to ``dtype``.
     """
 
@@ -65,24 +66,24 @@ def quantize_weight(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
     w2d = as_channels(w, spec.per_channel)
     scale = offsets = steps = None
     region_bits = 0
+    bits = spec.bits
     if spec.scheme == "uniform":
         absmax = mse_clip_absmax(w2d, spec.bits, spec.pow2_scale) if spec.clip == "mse" else w2d.abs().amax(1)
         scale = symmetric_scale(absmax, spec.bits, spec.pow2_scale)
         codes = quantize_symmetric(w2d, scale, spec.bits)
         q2d = dequantize_symmetric(codes, scale, spec.bits)
     else:
-        offsets, steps, region_bits = pwlq_params(
-            w2d, spec.bits, spec.breakpoint, spec.num_breakpoints, spec.pow2_scale
-        )
-        codes = pwlq_encode(w2d, offsets, steps, spec.bits, region_bits)
-        q2d = pwlq_decode(codes, offsets, steps, spec.bits, region_bits)
+        bits = code_bits(spec.bits, spec.num_breakpoints, spec.region_bit)
+        offsets, steps, region_bits = pwlq_params(w2d, bits, spec.breakpoint, spec.num_breakpoints, spec.pow2_scale)
+        codes = pwlq_encode(w2d, offsets, steps, bits, region_bits)
+        q2d = pwlq_decode(codes, offsets, steps, bits, region_bits)
     if spec.bias_correction:
         gain, shift = bias_correction_params(w2d, q2d)
     else:
         gain, shift = torch.ones(w2d.shape[0]), torch.zeros(w2d.shape[0])
     return QuantizedWeight(
         scheme=spec.scheme,
-        bits=spec.bits,
+        bits=bits,
         shape=tuple(w.shape),
         dtype=w.dtype,
         codes=codes,

@@ -1,0 +1,104 @@
+"""Post-training quantization of a text checkpoint (dense or token-pruned): calibrate, evaluate, save, report."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trimformer.checkpoint import WEIGHTS_FILE, load_model, save_pruned
+from trimformer.evaluation import evaluate
+from trimformer.quant import QuantConfig, calibrate, is_quantized, quantize_, quantize_weight
+from trimformer.text_data import TextDataset
+from trimformer.training import unlabelled_batches
+
+
+def fp32_nbytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict stored as fp32 (what an unquantized float checkpoint holds)."""
+    seen: set[int] = set()
+    total = 0
+    for t in model.state_dict().values():
+        if t.data_ptr() in seen and t.numel():
+            continue  # tied weights are stored once
+        seen.add(t.data_ptr())
+        total += t.numel() * (4 if t.is_floating_point() else t.element_size())
+    return total
+
+
+def float_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every nn.Linear / nn.Conv2d weight by module name (taken before quantizing)."""
+    return {name: m.weight.detach().clone() for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def weight_mse(model: nn.Module, originals: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(squared error of the quantized weights, of uniform min-max weights at the same bits), summed over layers.
+
+    ``originals`` are the float weights (:func:`float_weights` before ``quantize_``). The uniform reference
+    uses each layer's own nominal bits, granularity and bias-correction setting: same bits, uniform vs the
+    chosen scheme.
+    """
+    err = ref = 0.0
+    for name, mod in model.named_modules():
+        spec = getattr(mod, "wspec", None)
+        if spec is None or name not in originals:
+            continue
+        w = originals[name].float()
+        uniform = replace(spec, scheme="uniform", clip="minmax")
+        err += float((mod.weight.float() - w).pow(2).sum())
+        ref += float((quantize_weight(w, uniform).dequantize() - w).pow(2).sum())
+    return err, ref
+
+
+def quantize_text_checkpoint(
+    checkpoint: str | Path,
+    config: QuantConfig,
+    calib: TextDataset,
+    test: TextDataset,
+    out: str | Path,
+    max_length: int = 128,
+    calib_batches: int = 16,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Quantize a trimformer text checkpoint (or a dense transformers classifier) and save it to ``out``.
+
+    Activation ranges come from ``calib_batches`` batches of ``calib`` texts (labels unused); accuracy is
+    measured on ``test`` before and after. Returns the report (the keys of ``trimformer quantize --json``).
+    """
+    model, tokenizer, meta = load_model(checkpoint)
+    if is_quantized(model.model):
+        raise ValueError(f"{checkpoint} is already quantized; quantize the float checkpoint it was made from")
+    fp = evaluate(model, test, tokenizer, max_length)
+    size_fp32 = fp32_nbytes(model)
+    originals = float_weights(model.model)
+    quantize_(model.model, config)
+    if config.abits is not None or config.layer_abits:
+        data = calib.subset(calib_batches * batch_size, seed=0)
+        batches = unlabelled_batches(data, tokenizer, batch_size, max_length)
+        unseen = calibrate(model, batches)
+        if unseen:
+            raise ValueError(f"calibration never reached {len(unseen)} quantized layer(s), e.g. {unseen[:3]}")
+    quant = evaluate(model, test, tokenizer, max_length)
+    err, ref = weight_mse(model.model, originals)
+    recipe = {"quantized_from": str(checkpoint), "calibration_texts": min(len(calib), calib_batches * batch_size),
+              "max_length": max_length}
+    save_pruned(model, out, tokenizer, extra={"recipe": {**meta.get("recipe", {}), "quantize": recipe}})
+    return {
+        "scheme": config.scheme,
+        "wbits": config.wbits,
+        "abits": config.abits,
+        "model": str(checkpoint),
+        "method": meta.get("method", "dense"),
+        "quant_config": config.to_dict(),
+        "accuracy_fp": fp.accuracy,
+        "accuracy_quant": quant.accuracy,
+        "weight_mse_ratio_vs_uniform": err / ref if ref > 0 else float("nan"),
+        "size_bytes_fp32": size_fp32,
+        "size_bytes_quant": (Path(out) / WEIGHTS_FILE).stat().st_size,
+        "flops_ratio": quant.flops_ratio,
+        "num_test_examples": quant.num_examples,
+        "out": str(out),
+    }

@@ -1,0 +1,76 @@
+"""Quantized checkpoints: prune then quantize, one saved model; reload is bit-identical; corruption is caught."""
+
+import pytest
+import torch
+from conftest import random_batch, tiny_bert_config
+from transformers import BertForSequenceClassification
+
+from trimformer.checkpoint import CheckpointError, load_pruned, save_pruned
+from trimformer.methods import LTPConfig, LTPPolicy
+from trimformer.pruned import TokenPrunedModel
+from trimformer.quant import QuantConfig, QuantizedWeight, calibrate, is_quantized, quantize_
+
+
+def _float_pruned() -> TokenPrunedModel:
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    return TokenPrunedModel(model, LTPPolicy(3, LTPConfig(final_threshold=0.05)))
+
+
+def _quantized_pruned(config: QuantConfig) -> tuple[TokenPrunedModel, dict]:
+    pruned = _float_pruned()
+    quantize_(pruned.model, config)
+    ids, mask = random_batch()
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if config.abits is not None:
+        calibrate(pruned, [batch])
+    return pruned.eval(), batch
+
+
+@pytest.mark.parametrize("config", [
+    QuantConfig(scheme="pwlq", wbits=4, abits=8),
+    QuantConfig(scheme="uniform", wbits=6, abits=None, layer_wbits={"classifier": 8}),
+    QuantConfig(scheme="pwlq", wbits=4, abits=4, breakpoint="search", num_breakpoints=2, region_bit="inside"),
+])
+def test_pruned_quantized_round_trip_is_bit_identical(tmp_path, config):
+    model, batch = _quantized_pruned(config)
+    save_pruned(model, tmp_path / "q")
+    loaded, meta = load_pruned(tmp_path / "q")
+    assert meta["method"] == "ltp" and QuantConfig.from_dict(meta["quant_config"]) == config
+    assert is_quantized(loaded.model)
+    saved_sd, loaded_sd = model.state_dict(), loaded.state_dict()
+    assert saved_sd.keys() == loaded_sd.keys()
+    for key, value in saved_sd.items():
+        assert torch.equal(value, loaded_sd[key]), key
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.n_out, b.n_out)
+    assert int(a.n_out[:, -1].min()) < batch["input_ids"].shape[1]  # pruning still happens after quantizing
+    codes = [m.qweight for m in loaded.model.modules() if isinstance(getattr(m, "qweight", None), QuantizedWeight)]
+    assert codes and all(c.codes.dtype == torch.int32 for c in codes)
+
+
+def test_quantized_checkpoint_is_smaller(tmp_path):
+    model, _ = _quantized_pruned(QuantConfig(scheme="pwlq", wbits=4, abits=None))
+    save_pruned(model, tmp_path / "q")
+    save_pruned(_float_pruned(), tmp_path / "f")
+    assert (tmp_path / "q" / "model.safetensors").stat().st_size < (tmp_path / "f" / "model.safetensors").stat().st_size
+
+
+def test_quantized_weights_that_do_not_fit_are_a_clear_error(tmp_path):
+    model, _ = _quantized_pruned(QuantConfig(scheme="pwlq", wbits=4, abits=None))
+    save_pruned(model, tmp_path / "q")
+    meta_file = tmp_path / "q" / "trimformer.json"
+    import json
+
+    meta = json.loads(meta_file.read_text())
+    meta["model_config"]["intermediate_size"] += 8  # the packed codes no longer fit the model
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not belong to this model|do not match"):
+        load_pruned(tmp_path / "q")
+
+
+def test_quantizing_twice_is_refused():
+    model, _ = _quantized_pruned(QuantConfig(abits=None))
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize_(model.model, QuantConfig())
