@@ -73,6 +73,7 @@ KNOBS = {
     "per_channel": ({}, {"per_channel": False}),
     "weight_clip": ({"scheme": "uniform"}, {"weight_clip": "mse"}),
     "act_clip": ({}, {"act_clip": "minmax"}),
+    "act_scheme": ({"abits": 4}, {"act_scheme": "pwlq"}),
     "act_topk": ({}, {"act_topk": 100}),
     "act_percentile": ({"act_clip": "percentile"}, {"act_percentile": 99.0}),
     "pow2_scale": ({}, {"pow2_scale": True}),

@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uniform weights: clip at max|w| or at the MSE-optimal value (default minmax)")
     p.add_argument("--act-clip", choices=("topk_median", "percentile", "mse", "minmax"), default="topk_median",
                    help="activation range rule (default topk_median: median of the top-10 per batch, averaged)")
+    p.add_argument("--act-scheme", choices=("uniform", "pwlq"), default="uniform",
+                   help="activations: asymmetric uniform, or PWLQ with a searched breakpoint (default uniform)")
     p.add_argument("--pow2-scale", action="store_true", help="round every scale up to a power of two")
     p.add_argument("--exclude", nargs="*", default=[], help="module-name globs left in float (e.g. 'classifier')")
     p.add_argument("--layer-wbits", nargs="*", default=[], metavar="GLOB=BITS",

@@ -129,6 +129,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         scheme=args.scheme, wbits=args.wbits, abits=args.abits or None, breakpoint=args.breakpoint,
         num_breakpoints=args.num_breakpoints, region_bit=args.region_bit, bias_correction=args.bias_correction,
         per_channel=not args.per_tensor, weight_clip=args.weight_clip, act_clip=args.act_clip,
+        act_scheme=args.act_scheme,
         pow2_scale=args.pow2_scale, exclude=list(args.exclude), layer_wbits=parse_layer_bits(args.layer_wbits))
     model, _, _ = load_model(args.checkpoint)
     label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .act_pwlq import act_levels, fake_quant_act_pwlq, is_one_sided, search_act_breakpoint
 from .config import ActSpec
 from .uniform import fake_quant_asymmetric
 
@@ -54,7 +55,7 @@ class RangeObserver:
             q = float(self.spec.percentile) / 100.0
             self.hi_sum += float(flat.kthvalue(max(1, min(n, math.ceil(q * n)))).values)
             self.lo_sum += float(flat.kthvalue(max(1, min(n, math.floor((1.0 - q) * n) + 1))).values)
-        elif clip == "mse":
+        if clip == "mse" or self.spec.scheme == "pwlq":  # both need a sample of the values themselves
             if flat.numel() > MSE_SAMPLE:
                 flat = flat[torch.randint(flat.numel(), (MSE_SAMPLE,), generator=self.gen)]
             self.samples.append(flat)
@@ -83,7 +84,8 @@ class RangeObserver:
 
 
 class ActQuantizer(nn.Module):
-    """Per-tensor asymmetric fake quantizer with a calibrated range stored in buffers ``lo``/``hi``."""
+    """Per-tensor activation fake quantizer with a calibrated range in buffers ``lo``/``hi`` (and, for PWLQ,
+    the searched ``breakpoint``)."""
 
     def __init__(self, spec: ActSpec, name: str = "") -> None:
         super().__init__()
@@ -92,6 +94,8 @@ class ActQuantizer(nn.Module):
         self.register_buffer("lo", torch.zeros(()))
         self.register_buffer("hi", torch.zeros(()))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        if spec.scheme == "pwlq":
+            self.register_buffer("breakpoint", torch.zeros(()))
         self.observer: RangeObserver | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +107,19 @@ class ActQuantizer(nn.Module):
                 f"activation quantizer of {self.name or 'a layer'} is not calibrated; run "
                 "calibrate(model, batches) first, or quantize with abits=None for weights only"
             )
+        if self.spec.scheme == "pwlq":
+            lo, hi = float(self.lo), float(self.hi)
+            one_sided = is_one_sided(lo, hi)
+            levels = act_levels(self.spec.bits, one_sided, self.spec.region_bit)
+            return fake_quant_act_pwlq(x, lo, hi, float(self.breakpoint), levels, one_sided)
         return fake_quant_asymmetric(x, self.lo, self.hi, self.spec.bits)
+
+    def set_breakpoint(self, sample: torch.Tensor) -> None:
+        """PWLQ: search the breakpoint on a calibration ``sample`` (after :meth:`set_range`)."""
+        lo, hi = float(self.lo), float(self.hi)
+        one_sided = is_one_sided(lo, hi)
+        levels = act_levels(self.spec.bits, one_sided, self.spec.region_bit)
+        self.breakpoint.fill_(search_act_breakpoint(sample, lo, hi, levels, one_sided))
 
     def set_range(self, lo: float, hi: float) -> None:
         self.lo.fill_(min(lo, 0.0))
@@ -112,7 +128,8 @@ class ActQuantizer(nn.Module):
 
     def extra_repr(self) -> str:
         rng = f"({float(self.lo):.4g}, {float(self.hi):.4g})"
-        return f"bits={self.spec.bits}, clip={self.spec.clip}, range={rng}"
+        extra = f", pwlq breakpoint={float(self.breakpoint):.4g}" if self.spec.scheme == "pwlq" else ""
+        return f"bits={self.spec.bits}, clip={self.spec.clip}, range={rng}{extra}"
 
 
 @contextmanager
@@ -139,6 +156,8 @@ def calibration(model: nn.Module) -> Iterator[list[str]]:
                 unseen.append(name)
             else:
                 q.set_range(*rng)
+                if q.spec.scheme == "pwlq":
+                    q.set_breakpoint(torch.cat(q.observer.samples))
     finally:
         for _, q in quantizers:
             q.observer = None

@@ -53,15 +53,22 @@ class WeightSpec:
 
 @dataclass(frozen=True)
 class ActSpec:
-    """How the input activation of one layer is quantized: asymmetric uniform, per tensor."""
+    """How the input activation of one layer is quantized, per tensor: asymmetric uniform, or PWLQ with one
+    searched breakpoint (see :mod:`trimformer.quant.act_pwlq`)."""
 
     bits: int = 8
     clip: str = "topk_median"
     topk: int = 10
     percentile: float = 99.99
+    scheme: str = "uniform"
+    region_bit: str = "extra"
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "activation bits")
+        check_choice(self.scheme, SCHEMES, "act_scheme")
+        check_choice(self.region_bit, REGION_BIT_MODES, "region_bit")
+        if self.scheme == "pwlq":
+            code_bits(self.bits, 1, self.region_bit)
         check_choice(self.clip, ACT_CLIPS, "act_clip")
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
             raise ValueError(f"act_topk must be a positive int, got {self.topk!r}")
@@ -79,9 +86,10 @@ class QuantConfig:
     region bit, b+1 bits stored) or "inside" (b bits in total, see :mod:`trimformer.quant.pwlq`);
     bias_correction: data-free per-channel mean/std fix;
     per_channel: per output channel (else per tensor); weight_clip: "minmax" or "mse" (uniform only);
-    act_clip: "topk_median" (paper), "percentile", "mse" or "minmax"; include / exclude: fnmatch globs on
-    module names; layer_wbits / layer_abits: {glob: bits} overrides, first match wins; pow2_scale: round
-    step sizes up to powers of two.
+    act_clip: "topk_median" (paper), "percentile", "mse" or "minmax"; act_scheme: "uniform" (asymmetric) or
+    "pwlq" (one searched breakpoint inside the calibrated range, one-sided ranges handled);
+    include / exclude: fnmatch globs on module names; layer_wbits / layer_abits: {glob: bits} overrides, first
+    match wins; pow2_scale: round step sizes up to powers of two.
     """
 
     scheme: str = "pwlq"
@@ -94,6 +102,7 @@ class QuantConfig:
     per_channel: bool = True
     weight_clip: str = "minmax"
     act_clip: str = "topk_median"
+    act_scheme: str = "uniform"
     act_topk: int = 10
     act_percentile: float = 99.99
     pow2_scale: bool = False
@@ -140,7 +149,8 @@ class QuantConfig:
         )
 
     def _act_spec(self, bits: int) -> ActSpec:
-        return ActSpec(bits=bits, clip=self.act_clip, topk=self.act_topk, percentile=self.act_percentile)
+        return ActSpec(bits=bits, clip=self.act_clip, topk=self.act_topk, percentile=self.act_percentile,
+                       scheme=self.act_scheme, region_bit=self.region_bit)
 
     def selects(self, name: str) -> bool:
         """Whether module ``name`` matches an include glob and no exclude glob."""
