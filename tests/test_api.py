@@ -29,3 +29,17 @@ def test_prune_rejects_unknown_config(tiny_bert):
         trimformer.prune(tiny_bert, {"target_flops": 0.5})
     with pytest.raises(ValueError, match="no pruning policy"):
         trimformer.fit(trimformer.TokenPrunedModel(tiny_bert), None, None)
+
+
+def test_readme_quantization_flow(tokenizer, text_data, tmp_path):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
+    pruned = trimformer.prune(model, trimformer.LTPConfig(final_threshold=0.05)).eval()
+    cfg = trimformer.QuantConfig(scheme="pwlq", wbits=4, abits=8, layer_wbits={"classifier": 8})
+    trimformer.quantize_(pruned.model, cfg)                  # in place: Linear -> fake-quant Linear
+    batches = [tokenizer(text_data.texts[i:i + 8], padding=True, return_tensors="pt") for i in (0, 8)]
+    trimformer.calibrate(pruned, batches)                    # activation ranges
+    trimformer.save_pruned(pruned, tmp_path / "q", tokenizer)  # pruned + bit-packed quantized, one folder
+    again, meta = trimformer.load_pruned(tmp_path / "q")
+    assert meta["quant_config"]["wbits"] == 4
+    assert torch.equal(again(**batches[0]).logits, pruned(**batches[0]).logits)

@@ -1,4 +1,5 @@
-"""trimformer: make pretrained transformers cheaper with learned token pruning, measured honestly."""
+"""trimformer: make pretrained transformers cheaper with learned token pruning and post-training
+quantization, measured honestly."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ _EXPORTS = {
     "load_text_file": "trimformer.text_data",
     "TextDataset": "trimformer.text_data",
     "UnsupportedModelError": "trimformer.adapters",
+    "QuantConfig": "trimformer.quant",
+    "quantize_": "trimformer.quant",
+    "calibrate": "trimformer.quant",
+    "fold_batchnorm_": "trimformer.quant",
+    "save_packed": "trimformer.quant",
+    "load_packed": "trimformer.quant",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -9,7 +9,7 @@ Using an uncalibrated quantizer raises RuntimeError instead of silently running 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -166,7 +166,7 @@ def calibration(model: nn.Module) -> Iterator[list[str]]:
 
 
 def _default_forward(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # dicts and transformers' BatchEncoding
         return model(**batch)
     if isinstance(batch, (tuple, list)):
         return model(*batch)
@@ -180,7 +180,7 @@ def calibrate(
 ) -> list[str]:
     """Run ``batches`` through ``model`` (no grad) to calibrate activation ranges.
 
-    A batch is passed as ``model(**batch)`` (dict), ``model(*batch)`` (tuple/list) or ``model(batch)``,
+    A batch is passed as ``model(**batch)`` (dict / BatchEncoding), ``model(*batch)`` (tuple/list) or ``model(batch)``,
     unless ``forward(model, batch)`` is given. Returns the names of quantizers that saw no data.
     """
     fwd = forward or _default_forward
