@@ -37,7 +37,7 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
             fn(batch)
     totals: dict[str, list[float]] = {k: [] for k in variants}
     per_batch: dict[str, list[float]] = {k: [] for k in variants}
-    samples = sum(int(b["input_ids"].shape[0]) for b in batches)
+    samples = sum(int((b["input_ids"] if "input_ids" in b else b["pixel_values"]).shape[0]) for b in batches)
     for _ in tqdm(range(repeats), desc="timing", leave=False):
         for name, fn in variants.items():
             times = _time_once(fn, batches)

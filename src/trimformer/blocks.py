@@ -3,6 +3,11 @@
 Adapters describe each block of their model family as a :class:`BlockView` (references to the
 model's own modules, no copies); :func:`run_block` executes it with explicit attention so that the
 probabilities are available for scoring, and removes or masks tokens right after the softmax.
+
+Token reduction has two hooks, both per block: a *decision* right after the softmax (pruning: LTP, top-k,
+SaiT; dropped tokens skip the rest of the block) and a *merge* between the attention and the MLP (ToMe,
+EViT: every token gets its attention output, then tokens are merged or fused and the MLP sees fewer). An
+optional additive key bias ([B, N], e.g. ToMe's log token sizes) enters the attention logits.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trimformer.core.merging import MergePlan, merge_tokens
 from trimformer.core.packing import gather_tokens, packing_index
 
 
@@ -68,6 +74,17 @@ def attention_probs(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor) -
     h: [B, N, D] (already normalised for pre-norm blocks); key_mask: bool [B, N].
     Returns probs [B, H, N, N] (before dropout) and values [B, H, N, Dh].
     """
+    probs, _, v = attention_parts(block, h, key_mask)
+    return probs, v
+
+
+def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
+                    key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax attention probabilities, keys and values, with an optional additive bias per key.
+
+    h: [B, N, D]; key_mask: bool [B, N]; key_bias: [B, N] added to every query's logits (ToMe: log sizes).
+    Returns probs [B, H, N, N] (before dropout), keys [B, H, N, Dh] and values [B, H, N, Dh].
+    """
     batch, n, d = h.shape
     heads = block.num_heads
     head_dim = d // heads
@@ -78,17 +95,27 @@ def attention_probs(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor) -
     q = split(block.query(h) * head_dim**-0.5)  # scaling q is cheaper than scaling [B, H, N, N]
     k, v = split(block.key(h)), split(block.value(h))
     logits = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, N]
+    if key_bias is not None:
+        logits = logits + key_bias.to(logits.dtype)[:, None, None, :]
     if not bool(key_mask.all()):  # dead or padded keys get no attention
         bias = torch.zeros(key_mask.shape, dtype=logits.dtype, device=logits.device)
         bias.masked_fill_(~key_mask, torch.finfo(logits.dtype).min)
         logits.add_(bias[:, None, None, :])
-    return torch.softmax(logits, dim=-1), v
+    return torch.softmax(logits, dim=-1), k, v
 
 
 def finish_block(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Rest of the block for the query rows in ``h_probs``.
 
     x: [B, M, D] residual input of those rows; h_probs: [B, H, M, N]; v: [B, H, N, Dh] -> [B, M, D].
+    """
+    return mlp_residual(block, attention_residual(block, x, h_probs, v))
+
+
+def attention_residual(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """First half of the block: x plus the attention branch (then LN for post-norm blocks).
+
+    x: [B, M, D]; h_probs: [B, H, M, N]; v: [B, H, N, Dh] -> [B, M, D].
     """
     batch, _, m, _ = h_probs.shape
     probs = _attn_drop(block, h_probs)
@@ -97,12 +124,17 @@ def finish_block(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: to
     if block.pre_norm:
         if block.layer_scale_attn is not None:
             attn = block.layer_scale_attn(attn)
-        x = x + _drop(block.residual_drop, attn)
+        return x + _drop(block.residual_drop, attn)
+    return block.norm_attn(x + attn)
+
+
+def mlp_residual(block: BlockView, x: torch.Tensor) -> torch.Tensor:
+    """Second half of the block: x plus the MLP branch (then LN for post-norm blocks). [B, M, D] -> [B, M, D]."""
+    if block.pre_norm:
         mlp = _drop(block.hidden_dropout, block.mlp_out(block.activation(block.mlp_in(block.norm_mlp(x)))))
         if block.layer_scale_mlp is not None:
             mlp = block.layer_scale_mlp(mlp)
         return x + _drop(block.residual_drop, mlp)
-    x = block.norm_attn(x + attn)
     mlp = _drop(block.hidden_dropout, block.mlp_out(block.activation(block.mlp_in(x))))
     return block.norm_mlp(x + mlp)
 
@@ -117,9 +149,50 @@ class BlockResult:
     soft_keep: torch.Tensor | None  # [B, M] cumulative soft keep weight (soft stage only)
     n_in: torch.Tensor  # [B] live tokens that entered the block (soft: expected count)
     n_out: torch.Tensor  # [B] tokens kept after the block's decision (soft: expected count)
+    sizes: torch.Tensor | None = None  # [B, M] original tokens each slot stands for (once a merge happened)
+    n_rows: torch.Tensor | None = None  # [B] query rows given an attention output; None: n_out (pruning)
+    extra_macs: torch.Tensor | None = None  # [B] MACs of the merge decision itself (ToMe's similarities)
 
 
 Decide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def with_values(decide: Callable) -> Callable:
+    """Mark a decision function that also takes the attention values: ``decide(probs, alive, values [B, H, N, Dh])``."""
+    decide.wants_values = True  # type: ignore[attr-defined]
+    return decide
+
+
+@dataclass
+class StraightThroughKeep:
+    """A hard decision that passes a gradient (straight-through estimator), returned by a decision function.
+
+    Tokens are removed or masked by ``hard`` exactly as for a bool mask; the kept outputs are multiplied by
+    ``gate``, which is 1 there in value and carries the gradient of a soft mask.
+    """
+
+    hard: torch.Tensor  # bool [B, N]
+    gate: torch.Tensor  # float [B, N]
+
+
+def _call_decide(decide: Decide | None, probs: torch.Tensor, alive: torch.Tensor, values: torch.Tensor):
+    if decide is None:
+        return None
+    return decide(probs, alive, values) if getattr(decide, "wants_values", False) else decide(probs, alive)
+
+
+@dataclass
+class AttentionState:
+    """What a merge hook sees, after the attention residual and before the MLP."""
+
+    probs: torch.Tensor  # [B, H, N, N] post-softmax attention (before dropout)
+    keys: torch.Tensor  # [B, H, N, Dh]
+    hidden: torch.Tensor  # [B, N, D] block state after the attention residual
+    alive: torch.Tensor  # bool [B, N]
+    sizes: torch.Tensor  # [B, N] original tokens each slot stands for (1 before any merge, 0 when dead)
+
+
+Merge = Callable[[AttentionState], MergePlan | None]
 
 
 def run_block(
@@ -130,37 +203,78 @@ def run_block(
     decide: Decide | None,
     packed: bool,
     soft_keep: torch.Tensor | None = None,
+    *,
+    merge: Merge | None = None,
+    sizes: torch.Tensor | None = None,
+    attn_bias: torch.Tensor | None = None,
 ) -> BlockResult:
-    """One block with a pruning decision made right after the attention softmax.
+    """One block with a pruning decision made right after the attention softmax, or a merge before the MLP.
 
     x: [B, N, D]; alive: bool [B, N]; positions: long [B, N].
     ``decide(probs, alive)`` returns a bool keep mask [B, N] (hard) or a float keep weight (soft);
     None means no pruning. ``packed`` removes dropped tokens; otherwise they stay, zeroed and masked
     out of later attention (the official LTP behaviour). Soft weights never remove tokens.
+    A decision marked :func:`with_values` also gets the values; it may return a :class:`StraightThroughKeep`.
+    ``merge(state)`` returns a :class:`MergePlan` (or None) applied between attention and MLP; ``sizes``
+    [B, N] counts the original tokens behind each slot (None: all 1); ``attn_bias`` [B, N] is added to
+    the attention logits of each key. A block takes a decision or a merge, not both.
     """
     h = block.norm_attn(x) if block.pre_norm else x
-    probs, v = attention_probs(block, h, alive)  # [B, H, N, N], [B, H, N, Dh]
+    probs, keys, v = attention_parts(block, h, alive, attn_bias)  # [B, H, N, N], [B, H, N, Dh] x2
     n_in = alive.sum(dim=1).to(x.dtype)
-    keep = decide(probs, alive) if decide is not None else None
+    if merge is not None:
+        if decide is not None or soft_keep is not None:
+            raise ValueError("a block takes either a pruning decision or a merge, not both (and no soft stage)")
+        return _merge_step(block, x, alive, positions, probs, keys, v, merge, packed, sizes, n_in)
+    keep = _call_decide(decide, probs, alive, v)
+    gate = None
+    if isinstance(keep, StraightThroughKeep):
+        keep, gate = keep.hard, keep.gate  # [B, N] each
 
     if keep is None:
         out = finish_block(block, x, probs, v)
-        return BlockResult(out, alive, positions, soft_keep, n_in, n_in)
+        return BlockResult(out, alive, positions, soft_keep, n_in, n_in, sizes=sizes)
 
     if keep.dtype != torch.bool:  # soft stage: scale outputs by the cumulative keep weight
         weight = keep * alive.to(keep.dtype) if soft_keep is None else keep * soft_keep
         out = finish_block(block, x, probs, v) * weight[..., None]
         n_soft_in = n_in if soft_keep is None else soft_keep.sum(dim=1)
-        return BlockResult(out, alive, positions, weight, n_soft_in, weight.sum(dim=1))
+        return BlockResult(out, alive, positions, weight, n_soft_in, weight.sum(dim=1), sizes=sizes)
 
     keep = keep & alive
     n_out = keep.sum(dim=1).to(x.dtype)
     if not packed:
-        out = finish_block(block, x, probs, v) * keep[..., None].to(x.dtype)
-        return BlockResult(out, keep, positions, None, n_in, n_out)
+        weight = keep.to(x.dtype) if gate is None else keep.to(x.dtype) * gate  # [B, N]
+        out = finish_block(block, x, probs, v) * weight[..., None]
+        kept_sizes = None if sizes is None else sizes * keep.to(sizes.dtype)
+        return BlockResult(out, keep, positions, None, n_in, n_out, sizes=kept_sizes)
 
     index, packed_alive = packing_index(keep)  # [B, M]
     rows = gather_tokens(probs, index, dim=2)  # [B, H, M, N]: kept query rows only
     out = finish_block(block, gather_tokens(x, index), rows, v)  # [B, M, D]
     out = out * packed_alive[..., None].to(out.dtype)
-    return BlockResult(out, packed_alive, gather_tokens(positions, index), None, n_in, n_out)
+    if gate is not None:
+        out = out * gather_tokens(gate, index)[..., None]
+    kept_sizes = None if sizes is None else gather_tokens(sizes, index) * packed_alive.to(sizes.dtype)
+    return BlockResult(out, packed_alive, gather_tokens(positions, index), None, n_in, n_out, sizes=kept_sizes)
+
+
+def _merge_step(block: BlockView, x: torch.Tensor, alive: torch.Tensor, positions: torch.Tensor,
+                probs: torch.Tensor, keys: torch.Tensor, v: torch.Tensor, merge: Merge, packed: bool,
+                sizes: torch.Tensor | None, n_in: torch.Tensor) -> BlockResult:
+    """Attention for every live token, then merge (ToMe) or fuse (EViT), then the MLP on the survivors."""
+    sizes = alive.to(x.dtype) if sizes is None else sizes  # [B, N]
+    mid = attention_residual(block, x, probs, v)  # [B, N, D]: every query row
+    plan = merge(AttentionState(probs=probs, keys=keys, hidden=mid, alive=alive, sizes=sizes))
+    if plan is None:
+        return BlockResult(mlp_residual(block, mid), alive, positions, None, n_in, n_in, sizes=sizes)
+    merged, sizes = merge_tokens(mid, sizes, plan)  # [B, N, D], [B, N]
+    keep = plan.keep & alive
+    n_out = keep.sum(dim=1).to(x.dtype)
+    if packed:
+        index, keep = packing_index(keep)  # [B, M]
+        merged, sizes, positions = (gather_tokens(t, index) for t in (merged, sizes, positions))
+    out = mlp_residual(block, merged) * keep[..., None].to(merged.dtype)  # [B, M, D]
+    extra = None if plan.macs is None else plan.macs.to(x.dtype)
+    return BlockResult(out, keep, positions, None, n_in, n_out, sizes=sizes * keep.to(sizes.dtype),
+                       n_rows=n_in, extra_macs=extra)

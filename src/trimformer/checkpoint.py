@@ -21,15 +21,34 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from trimformer import __version__
 from trimformer.io_utils import atomic_write_dir, atomic_write_json
-from trimformer.methods import LTPConfig, LTPPolicy, TopKConfig, TopKPolicy
+from trimformer.methods import (
+    ASViTConfig,
+    ASViTPolicy,
+    EViTConfig,
+    EViTPolicy,
+    LTPConfig,
+    LTPPolicy,
+    SaiTConfig,
+    SaiTPolicy,
+    ToMeConfig,
+    ToMePolicy,
+    TopKConfig,
+    TopKPolicy,
+)
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import QuantConfig, load_quantized_, pack_model
 
 FORMAT_VERSION = 1
 META_FILE = "trimformer.json"
 WEIGHTS_FILE = "model.safetensors"
-_MODEL_CLASSES = ("BertForSequenceClassification", "RobertaForSequenceClassification", "BertModel",
-                  "RobertaModel")
+TEXT_MODEL_CLASSES = ("BertForSequenceClassification", "RobertaForSequenceClassification", "BertModel",
+                      "RobertaModel")
+VISION_MODEL_CLASSES = ("ViTForImageClassification", "DeiTForImageClassification",
+                        "DeiTForImageClassificationWithTeacher", "Dinov2ForImageClassification", "ViTModel",
+                        "DeiTModel", "Dinov2Model")
+_MODEL_CLASSES = TEXT_MODEL_CLASSES + VISION_MODEL_CLASSES
+METHODS = {"ltp": (LTPConfig, LTPPolicy), "topk": (TopKConfig, TopKPolicy), "sait": (SaiTConfig, SaiTPolicy),
+           "asvit": (ASViTConfig, ASViTPolicy), "evit": (EViTConfig, EViTPolicy), "tome": (ToMeConfig, ToMePolicy)}
 
 
 class CheckpointError(ValueError):
@@ -41,13 +60,16 @@ def is_pruned_checkpoint(path: str | Path) -> bool:
 
 
 def build_policy(method: str, method_config: dict[str, Any], num_layers: int):
-    if method == "ltp":
-        return LTPPolicy(num_layers, LTPConfig.from_dict(method_config), stage="hard")
-    if method == "topk":
-        return TopKPolicy(num_layers, TopKConfig.from_dict(method_config))
+    """The inference policy of a saved method (LTP in its hard stage), or None for a dense model."""
     if method == "dense":
         return None
-    raise CheckpointError(f"unknown pruning method {method!r} in checkpoint")
+    if method not in METHODS:
+        raise CheckpointError(f"unknown pruning method {method!r} in checkpoint")
+    config_cls, policy_cls = METHODS[method]
+    config = config_cls.from_dict(method_config)
+    if method == "ltp":
+        return LTPPolicy(num_layers, config, stage="hard")
+    return policy_cls(num_layers, config)
 
 
 def save_pruned(model: TokenPrunedModel, path: str | Path, tokenizer=None,
@@ -133,6 +155,9 @@ def load_model(path_or_name: str | Path, num_labels: int | None = None, label_na
     """
     if is_pruned_checkpoint(path_or_name):
         model, meta = load_pruned(path_or_name)
+        if meta["model_class"] in VISION_MODEL_CLASSES:
+            raise CheckpointError(f"{path_or_name} holds an image model ({meta['model_class']}); use "
+                                  "--task vision (trimformer.vision_pipeline) for it")
         return model, AutoTokenizer.from_pretrained(str(path_or_name)), meta
     kwargs: dict[str, Any] = {}
     if label_names is not None:

@@ -13,6 +13,7 @@ from torch import nn
 from trimformer.adapters import adapter_for
 from trimformer.blocks import run_block
 from trimformer.core.flops import dense_encoder_flops, encoder_flops
+from trimformer.core.merging import proportional_attention_bias
 from trimformer.core.packing import unpack
 from trimformer.policy import PruningPolicy
 
@@ -31,6 +32,8 @@ class PrunedOutput:
     dense_flops: torch.Tensor  # [B] encoder FLOPs of the unpruned model on the real length
     last_hidden_state: torch.Tensor | None = None  # [B, N, D] base models: back at original positions
     pooler_output: torch.Tensor | None = None
+    n_rows: torch.Tensor | None = None  # [B, L] query rows with an attention output (n_in where tokens merge)
+    token_sizes: torch.Tensor | None = None  # [B, M] original tokens behind each final slot (merging only)
 
     @property
     def flops_ratio(self) -> torch.Tensor:
@@ -43,7 +46,9 @@ class TokenPrunedModel(nn.Module):
 
     ``mode='packed'`` removes pruned tokens (inference speed); ``'masked'`` keeps the sequence length and
     masks pruned tokens out (training, and the official LTP behaviour). ``policy=None`` or
-    :meth:`pruning_disabled` runs the original computation.
+    :meth:`pruning_disabled` runs the original computation. Merging policies (ToMe, EViT) run on the
+    same loop; a base model's ``last_hidden_state`` then holds each merged token at the position of the
+    token that absorbed the others (zeros where tokens were merged away).
     """
 
     def __init__(self, model: nn.Module, policy: PruningPolicy | None = None, mode: str = "packed"):
@@ -89,15 +94,24 @@ class TokenPrunedModel(nn.Module):
         use_policy = self.policy is not None and self.pruning_enabled
         blocks = self.adapter.blocks(self.model)
         num_prefix = self.adapter.num_prefix_tokens(self.model)
-        soft_keep, n_in, n_out = None, [], []
+        merger = getattr(self.policy, "merger", None) if use_policy else None
+        proportional = use_policy and bool(getattr(self.policy, "proportional_attention", False))
+        soft_keep, sizes, n_in, n_out, n_rows, extra = None, None, [], [], [], []
         for i, block in enumerate(blocks):
             decide = self.policy.decider(i, num_prefix) if use_policy else None
-            step = run_block(block, x, alive, positions, decide, self.mode == "packed", soft_keep)
+            merge = merger(i, num_prefix) if merger is not None else None
+            bias = proportional_attention_bias(sizes, alive) if proportional and sizes is not None else None
+            step = run_block(block, x, alive, positions, decide, self.mode == "packed", soft_keep,
+                             merge=merge, sizes=sizes, attn_bias=bias)
             x, alive, positions, soft_keep = step.hidden, step.alive, step.positions, step.soft_keep
+            sizes = step.sizes
             n_in.append(step.n_in)
             n_out.append(step.n_out)
+            n_rows.append(step.n_out if step.n_rows is None else step.n_rows)
+            extra.append(torch.zeros_like(step.n_in) if step.extra_macs is None else step.extra_macs)
         head = self.adapter.head(self.model, x, alive)
         n_in_t, n_out_t = torch.stack(n_in, dim=1), torch.stack(n_out, dim=1)  # [B, L]
+        n_rows_t, extra_t = torch.stack(n_rows, dim=1), torch.stack(extra, dim=1)  # [B, L]
         d, ffn = blocks[0].hidden_size, blocks[0].mlp_size
         logits = head.get("logits")
         loss = F.cross_entropy(logits, labels) if labels is not None and logits is not None else None
@@ -106,7 +120,8 @@ class TokenPrunedModel(nn.Module):
             hidden = unpack(hidden, positions, alive, length)
         return PrunedOutput(
             logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t,
-            flops=encoder_flops(d, ffn, n_in_t, n_out_t),
+            flops=encoder_flops(d, ffn, n_in_t, n_out_t, n_rows_t, extra_t),
             dense_flops=dense_encoder_flops(d, ffn, len(blocks), lengths).to(n_in_t.dtype),
             last_hidden_state=hidden, pooler_output=head.get("pooler_output"),
+            n_rows=n_rows_t, token_sizes=sizes,
         )

@@ -127,6 +127,35 @@ def train_loop(
     state_dir: str | Path | None = None,
 ) -> list[dict[str, float]]:
     """Run ``steps`` optimiser steps of ``loss_fn(model, batch) -> (loss, logs)``; returns per-step logs."""
+    collate = make_collate(tokenizer, config.max_length)
+
+    def loader(epoch: int, batch_size: int) -> DataLoader:
+        return _epoch_loader(data, collate, batch_size, config.seed, epoch)
+
+    return run_steps(module, lambda model, batch, _step: loss_fn(model, batch), param_groups, loader, len(data),
+                     config, steps, stage, state_dir)
+
+
+StepLoss = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
+
+
+def run_steps(
+    module: nn.Module,
+    loss_fn: StepLoss,
+    param_groups: list[dict],
+    epoch_loader: Callable[[int, int], DataLoader],
+    num_examples: int,
+    config: TrainConfig,
+    steps: int,
+    stage: str,
+    state_dir: str | Path | None = None,
+) -> list[dict[str, float]]:
+    """The loop behind :func:`train_loop`, for any data.
+
+    ``epoch_loader(epoch, per_process_batch_size)`` gives that epoch's DataLoader in its seeded order (drop
+    the last partial batch); ``loss_fn(model, batch, step) -> (loss, logs)`` also gets the 0-based step, so
+    that step-dependent recipes (SaiT's dense/sparse alternation) continue identically after a resume.
+    """
     if steps <= 0:
         return []
     accelerator = get_accelerator()
@@ -140,11 +169,10 @@ def train_loop(
         if start >= steps:
             return []
     model, optimizer = accelerator.prepare(module, optimizer)
-    collate = make_collate(tokenizer, config.max_length)
     global_batch = config.batch_size * accelerator.num_processes
-    per_epoch = max(1, len(data) // global_batch)
-    if len(data) < global_batch:
-        raise ValueError(f"{len(data)} training examples are fewer than one batch of {global_batch}")
+    per_epoch = max(1, num_examples // global_batch)
+    if num_examples < global_batch:
+        raise ValueError(f"{num_examples} training examples are fewer than one batch of {global_batch}")
     logs: list[dict[str, float]] = []
     bar = tqdm(total=steps, initial=start, desc=stage, disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
@@ -152,14 +180,13 @@ def train_loop(
     step = start
     while step < steps:
         epoch, skip = divmod(step, per_epoch)
-        loader = accelerator.prepare(_epoch_loader(data, collate, global_batch // accelerator.num_processes,
-                                                   config.seed, epoch))
+        loader = accelerator.prepare(epoch_loader(epoch, global_batch // accelerator.num_processes))
         if skip:
             loader = accelerator.skip_first_batches(loader, skip)
         for batch in loader:
             # Dropout randomness depends only on (seed, step, rank): a resumed run continues identically.
             torch.manual_seed(config.seed * 1_000_003 + step * 101 + accelerator.process_index)
-            loss, info = loss_fn(model, batch)
+            loss, info = loss_fn(model, batch, step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{stage}: loss became {loss.item()} at step {step}; lower the lr")
             accelerator.backward(loss)

@@ -10,6 +10,12 @@ after the attention softmax, so only kept tokens need the value mixing, output p
          + 2 d f n_out         (MLP, hidden width f)
 
 With no pruning (n_in = n_out = n) this is LTP's 2 d n^2 + 4 d^2 n + 8 d^2 n for f = 4d. FLOPs = 2 MACs.
+
+Merging (ToMe, EViT) happens after the attention instead, so every one of the n_in query rows gets the
+attention x V and the output projection (``n_rows`` = n_in) and only the MLP sees n_out tokens; the merge
+decision adds its own MACs (``extra_macs``; ToMe: the A x B key similarity matmul, Dh |A| |B|). As for
+softmax, LayerNorm and GELU, elementwise, gather and scatter work (the weighted averages) is not counted,
+which is what torch.utils.flop_counter counts too.
 """
 
 from __future__ import annotations
@@ -17,14 +23,24 @@ from __future__ import annotations
 import torch
 
 
-def layer_macs(d: int, ffn: int, n_in: torch.Tensor | float, n_out: torch.Tensor | float):
-    """MACs of one encoder layer (works elementwise on tensors of token counts)."""
-    return 3 * d * d * n_in + d * n_in * n_in + d * n_out * n_in + d * d * n_out + 2 * d * ffn * n_out
+def layer_macs(d: int, ffn: int, n_in: torch.Tensor | float, n_out: torch.Tensor | float,
+               n_rows: torch.Tensor | float | None = None):
+    """MACs of one encoder layer (works elementwise on tensors of token counts).
+
+    ``n_rows``: query rows that get attention x V and the output projection (default n_out, pruning;
+    n_in for merging layers).
+    """
+    rows = n_out if n_rows is None else n_rows
+    return 3 * d * d * n_in + d * n_in * n_in + d * rows * n_in + d * d * rows + 2 * d * ffn * n_out
 
 
-def encoder_flops(d: int, ffn: int, n_in: torch.Tensor, n_out: torch.Tensor) -> torch.Tensor:
-    """FLOPs per sample. n_in, n_out: [B, L] token counts per layer -> [B]."""
-    return 2 * layer_macs(d, ffn, n_in, n_out).sum(dim=-1)
+def encoder_flops(d: int, ffn: int, n_in: torch.Tensor, n_out: torch.Tensor, n_rows: torch.Tensor | None = None,
+                  extra_macs: torch.Tensor | None = None) -> torch.Tensor:
+    """FLOPs per sample. n_in, n_out (and n_rows, extra_macs if given): [B, L] per layer -> [B]."""
+    macs = layer_macs(d, ffn, n_in, n_out, n_rows)
+    if extra_macs is not None:
+        macs = macs + extra_macs
+    return 2 * macs.sum(dim=-1)
 
 
 def dense_encoder_flops(d: int, ffn: int, num_layers: int, lengths: torch.Tensor) -> torch.Tensor:

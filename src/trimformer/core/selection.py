@@ -43,3 +43,35 @@ def keep_counts_from_rate(alive: torch.Tensor, rate: float, minimum: int = 1) ->
     live = alive.sum(dim=1)
     counts = torch.ceil(live.to(torch.float64) * rate).to(torch.long)
     return torch.minimum(counts.clamp_min(minimum), live)
+
+
+def mass_keep_counts(scores: torch.Tensor, alive: torch.Tensor, mass: float | torch.Tensor,
+                     minimum: int = 1) -> torch.Tensor:
+    """Per row, the size of the smallest set of live tokens whose share of the row's score mass reaches ``mass``.
+
+    scores: [B, N] (negative values count as 0); alive: bool [B, N]; mass: a float or a [B] tensor in (0, 1].
+    Returns long [B] in [min(minimum, live), live]. A flat row needs about ``mass * live`` tokens, a peaked
+    row fewer: this is what makes the count input-adaptive. A row whose scores are all 0 keeps every token.
+    """
+    mass_t = torch.as_tensor(mass, dtype=torch.float64, device=scores.device)
+    if bool(((mass_t <= 0) | (mass_t > 1)).any()):
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    values = scores.detach().to(torch.float64).clamp_min(0).masked_fill(~alive, 0.0)  # [B, N]
+    total = values.sum(dim=1, keepdim=True)  # [B, 1]
+    ordered = values.sort(dim=1, descending=True).values  # [B, N]
+    share = ordered.cumsum(dim=1) / total.clamp_min(torch.finfo(torch.float64).tiny)  # [B, N] non-decreasing
+    slack = 16 * torch.finfo(scores.dtype).eps if scores.dtype.is_floating_point else 0.0
+    target = mass_t.reshape(-1, 1) - slack  # rounding of the input: a flat row at mass k/N needs exactly k tokens
+    counts = (share < target).sum(dim=1) + 1  # tokens before the share reaches the target, plus that one
+    live = alive.sum(dim=1)
+    counts = torch.where(total[:, 0] > 0, counts, live)
+    return torch.minimum(counts.clamp_min(minimum), live)
+
+
+def cumulative_mass_mask(scores: torch.Tensor, alive: torch.Tensor, mass: float | torch.Tensor,
+                         minimum: int = 1) -> torch.Tensor:
+    """Keep the highest-scoring live tokens of each row until their share of the score mass reaches ``mass``.
+
+    scores: [B, N]; alive: bool [B, N] -> bool [B, N], a subset of ``alive`` (see :func:`mass_keep_counts`).
+    """
+    return topk_mask(scores, alive, mass_keep_counts(scores, alive, mass, minimum))

@@ -1,0 +1,159 @@
+"""Adaptive Sparse ViT (Liu et al. 2022): learned thresholds on head-weighted class attention, FLOPs budget.
+
+At each stage (default 0-indexed blocks 4, 7, 10 of 12, scaled to the depth) a token survives if its score
+s_i = sum_h w_hi A_h[cls, i] (w_hi: the share of head h in the size of token i's attention output) reaches
+the stage's learned threshold theta (by default in units of uniform attention, n s_i, see
+:class:`ASViTConfig`). In training the decision is hard in the forward and soft in the
+backward (straight-through estimator): the kept tokens' outputs are multiplied by a gate whose value is 1
+and whose gradient is that of sigmoid((s - theta) / T), so the task loss reaches the thresholds, and
+:func:`ste_flops_ratio` gives FLOPs whose value is the hard count's and whose gradient is the soft mask's.
+The training forward therefore computes exactly what inference computes. Recipe:
+:func:`trimformer.vision_training.train_asvit` (loss = CE + 2.0 |FLOPs fraction - rho| + 0.5 KL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trimformer.blocks import Decide, StraightThroughKeep, with_values
+from trimformer.config import JsonConfig
+from trimformer.core.flops import encoder_flops
+from trimformer.core.scoring import head_weighted_class_attention
+from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
+from trimformer.methods.stages import Capture, CapturingPolicy, StageRecord, check_stage_list, stage_blocks
+
+ASVIT_DEFAULT_STAGES = (4, 7, 10)
+
+
+THRESHOLD_UNITS = ("relative", "absolute")
+_DEFAULT_TEMPERATURE = {"absolute": 1e-4, "relative": 0.02}  # 1e-4 at DeiT's 197 tokens = 0.02 x uniform
+_DEFAULT_THRESHOLD_LR = {"absolute": 5e-6, "relative": 1e-3}
+
+
+@dataclass
+class ASViTConfig(JsonConfig):
+    """AS-ViT method and training recipe.
+
+    stages: 0-indexed pruning blocks; None = blocks 4, 7, 10 of 12 scaled to the depth.
+    threshold_units: 'absolute' compares the score s_i with theta as the paper does; 'relative' (default)
+        compares n * s_i, n the live tokens of the image at that block, i.e. the score in units of uniform
+        attention. The paper's form at a fixed n, but one theta then means the same at every stage, depth
+        and resolution (a raw score shrinks as 1/n), so one calibrated value starts every stage inside its
+        score range, where the straight-through gradient is not zero.
+    temperature: T of the soft mask sigmoid((score - theta) / T) that gives the gradient; None = 1e-4
+        (absolute, the paper's) or 0.02 (relative: 1e-4 x 197 tokens).
+    target_flops: rho, the wanted fraction of dense encoder FLOPs; budget_weight and kd_weight weigh
+        |FLOPs fraction - rho| and the KL to the dense teacher (paper: 2.0 and 0.5).
+    init_threshold: starting threshold of every stage; None = calibrate one common threshold to reach
+        ``target_flops`` on ``calibration_batches`` before training (until then the policy keeps every
+        token). threshold_lr: learning rate of the thresholds (own group, no weight decay); None = 1e-3
+        (relative) or 5e-6 (absolute).
+    """
+
+    stages: tuple[int, ...] | None = None
+    threshold_units: str = "relative"
+    temperature: float | None = None
+    target_flops: float = 0.7
+    budget_weight: float = 2.0
+    kd_weight: float = 0.5
+    init_threshold: float | None = None
+    threshold_lr: float | None = None
+    steps: int = 200
+    calibration_batches: int = 8
+
+    def __post_init__(self) -> None:
+        self.stages = check_stage_list(self.stages)
+        if self.threshold_units not in THRESHOLD_UNITS:
+            raise ValueError(f"threshold_units must be one of {THRESHOLD_UNITS}, got {self.threshold_units!r}")
+        if self.temperature is None:
+            self.temperature = _DEFAULT_TEMPERATURE[self.threshold_units]
+        if self.threshold_lr is None:
+            self.threshold_lr = _DEFAULT_THRESHOLD_LR[self.threshold_units]
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.target_flops <= 1.0:
+            raise ValueError(f"target_flops (rho) is a fraction of dense FLOPs in (0, 1], got {self.target_flops}")
+        if self.budget_weight < 0 or self.kd_weight < 0:
+            raise ValueError("budget_weight and kd_weight must be >= 0")
+        if self.init_threshold is not None and self.init_threshold < 0:
+            raise ValueError(f"init_threshold is a score, >= 0, got {self.init_threshold}")
+        if self.threshold_lr <= 0:
+            raise ValueError(f"threshold_lr must be > 0, got {self.threshold_lr}")
+        if self.steps < 0 or self.calibration_batches < 1:
+            raise ValueError("steps must be >= 0 and calibration_batches >= 1")
+
+    @property
+    def max_threshold(self) -> float:
+        """A threshold that no patch token reaches (upper end of calibration)."""
+        return 1.0 if self.threshold_units == "absolute" else 1e4
+
+
+class ASViTPolicy(CapturingPolicy):
+    """Learned per-stage thresholds; straight-through masks in training mode, hard masks in eval mode."""
+
+    method = "asvit"
+
+    def __init__(self, num_layers: int, config: ASViTConfig):
+        super().__init__()
+        self.asvit_config = config
+        self.num_layers = num_layers
+        self.stages = stage_blocks(config.stages, ASVIT_DEFAULT_STAGES, num_layers)
+        init = 0.0 if config.init_threshold is None else config.init_threshold
+        self.thresholds = nn.Parameter(torch.full((len(self.stages),), float(init)))  # [S]
+
+    def config(self) -> ASViTConfig:
+        return self.asvit_config
+
+    def decider(self, layer: int, num_prefix: int) -> Decide | None:
+        if layer not in self.stages:
+            return None
+        theta = self.thresholds[self.stages.index(layer)]
+        temperature = self.asvit_config.temperature
+        straight_through = self.training
+        relative = self.asvit_config.threshold_units == "relative"
+
+        @with_values
+        def decide(probs: torch.Tensor, alive: torch.Tensor,
+                   values: torch.Tensor) -> torch.Tensor | StraightThroughKeep:
+            scores = head_weighted_class_attention(probs, values)  # [B, N]
+            if relative:  # in units of uniform attention over the live tokens
+                scores = scores * alive.sum(dim=1, keepdim=True).to(scores.dtype)
+            hard = protect_prefix(hard_threshold_mask(scores, theta.detach()), num_prefix) & alive  # [B, N]
+            if not straight_through:
+                self._record(StageRecord(layer, scores, alive, hard))
+                return hard
+            soft = protect_prefix(soft_threshold_mask(scores, theta, temperature), num_prefix)  # [B, N]
+            self._record(StageRecord(layer, scores, alive, hard, soft))
+            gate = hard.to(soft.dtype) + (soft - soft.detach())  # value: the hard mask; gradient: the soft one
+            return StraightThroughKeep(hard, gate)
+
+        return decide
+
+
+def ste_flops_ratio(n_in: torch.Tensor, n_out: torch.Tensor, dense_flops: torch.Tensor, capture: Capture,
+                    hidden_size: int, mlp_size: int) -> torch.Tensor:
+    """Batch FLOPs / dense FLOPs whose value is the hard one and whose gradient comes from the soft masks.
+
+    n_in, n_out: [B, L] hard counts of a forward (``PrunedOutput``); dense_flops: [B]; ``capture``: that
+    forward's records. Each stage's count is multiplied by c / c.detach(), c = sum over its live tokens of
+    (hard + soft - soft.detach()), from that block on: a token more kept at a stage carries through every
+    later block, proportionally. Returns a scalar.
+    """
+    num_layers = n_in.shape[1]
+    factor = torch.ones_like(n_in[:, 0])  # [B]
+    ins, outs = [], []
+    stages = {r.layer: r for r in capture.pruned()}
+    for layer in range(num_layers):
+        ins.append(n_in[:, layer] * factor)
+        record = stages.get(layer)
+        if record is not None and record.soft is not None:
+            live = record.alive.to(record.soft.dtype)  # [B, N]
+            ste = record.keep.to(record.soft.dtype) + (record.soft - record.soft.detach())  # [B, N]
+            count = (ste * live).sum(dim=1)
+            factor = factor * count / count.detach().clamp_min(1.0)
+        outs.append(n_out[:, layer] * factor)
+    flops = encoder_flops(hidden_size, mlp_size, torch.stack(ins, dim=1), torch.stack(outs, dim=1))  # [B]
+    return flops.sum() / dense_flops.sum()

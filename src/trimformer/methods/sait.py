@@ -1,0 +1,191 @@
+"""SaiT (Li, Thorsley, Hassoun 2022): token pruning in early blocks with a sparsity level chosen at run time.
+
+At each pruning stage (default: 0-indexed block 3 of 12, scaled to the model's depth) the patch tokens are
+ranked by their importance, the attention paid to them by [CLS] (mean over heads, or weighted per head as
+in AS-ViT), and either
+
+- ``policy='topk'``: a fixed fraction of them is kept (level = keep rate), or
+- ``policy='mass'``: the smallest set whose share of the importance mass reaches the level is kept, so a
+  cluttered image (flat importance) keeps more tokens than a simple one (peaked importance).
+
+Prefix tokens ([CLS], DeiT's distillation token) are always kept and never counted. The level is not part of
+the weights: ``policy.set_level(x)`` or ``with policy.at_level(x):`` switch one trained model between
+sparsities; ``None`` (or 1.0) runs the dense model exactly. The training recipe (dense/sparse passes with
+shared weights, logit and token-selection distillation) is :func:`trimformer.vision_training.train_sait`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from trimformer.blocks import Decide, with_values
+from trimformer.config import JsonConfig
+from trimformer.core.scoring import class_attention, head_weighted_class_attention
+from trimformer.core.selection import keep_counts_from_rate, mass_keep_counts, protect_prefix, topk_mask
+from trimformer.methods.stages import CapturingPolicy, StageRecord, check_stage_list, stage_blocks
+
+SAIT_POLICIES = ("topk", "mass")
+SAIT_SCORES = ("cls_attention", "head_weighted")
+SAIT_DEFAULT_STAGES = (3,)
+
+
+def sait_scores(kind: str, probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Importance [B, N] from probs [B, H, N, N] and values [B, H, N, Dh]."""
+    if kind == "head_weighted":
+        return head_weighted_class_attention(probs, values)
+    return class_attention(probs)
+
+
+def _check_level(level: float | None, name: str = "level") -> None:
+    if level is not None and not (isinstance(level, (int, float)) and 0.0 < level <= 1.0):
+        raise ValueError(f"{name} must be None (dense) or in (0, 1], got {level!r}")
+
+
+@dataclass
+class SaiTConfig(JsonConfig):
+    """SaiT method and training recipe.
+
+    policy: 'topk' (level = fraction of patch tokens kept) or 'mass' (level = share of the importance mass
+        kept). score: 'cls_attention' (mean over heads) or 'head_weighted' (AS-ViT's head weighting).
+    stages: 0-indexed pruning blocks; None = block 3 of 12 scaled to the depth. With several stages the level
+        applies at each, to the tokens still alive.
+    default_level: level when the model is built (None = dense); change it at run time with ``set_level``.
+    min_keep: patch tokens kept at least, per stage.
+    Training: every ``dense_every``-th step is a dense pass (2 = alternate, 0 = sparse passes only), the
+    others run at a level drawn from ``train_levels``. Sparse loss = (1 - kd_weight) CE + kd_weight T^2
+    KL(dense || sparse logits at temperature ``kd_temperature``); every pass adds ``token_distill_weight``
+    times the KL between the class attention of block ``distill_layer`` (dense pass, detached; negative
+    counts from the end) and each stage's importance, both normalised over the candidate patch tokens.
+    """
+
+    policy: str = "topk"
+    score: str = "cls_attention"
+    stages: tuple[int, ...] | None = None
+    default_level: float | None = 0.7
+    min_keep: int = 1
+    train_levels: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+    dense_every: int = 2
+    kd_weight: float = 0.5
+    kd_temperature: float = 1.0
+    token_distill_weight: float = 1.0
+    distill_layer: int = -1
+    steps: int = 200
+
+    def __post_init__(self) -> None:
+        if self.policy not in SAIT_POLICIES:
+            raise ValueError(f"SaiT policy must be one of {SAIT_POLICIES}, got {self.policy!r}")
+        if self.score not in SAIT_SCORES:
+            raise ValueError(f"SaiT score must be one of {SAIT_SCORES}, got {self.score!r}")
+        self.stages = check_stage_list(self.stages)
+        _check_level(self.default_level, "default_level")
+        self.train_levels = tuple(self.train_levels)
+        if not self.train_levels:
+            raise ValueError("train_levels must hold at least one level in (0, 1]")
+        for level in self.train_levels:
+            if level is None:
+                raise ValueError("train_levels are sparse levels in (0, 1]; dense passes come from dense_every")
+            _check_level(level, "train_levels entries")
+        if self.min_keep < 1:
+            raise ValueError(f"min_keep must be >= 1, got {self.min_keep}")
+        if self.dense_every < 0 or self.dense_every == 1:
+            raise ValueError(f"dense_every must be 0 (sparse passes only) or >= 2, got {self.dense_every} "
+                             "(1 would never train a sparse pass)")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        if self.token_distill_weight < 0:
+            raise ValueError(f"token_distill_weight must be >= 0, got {self.token_distill_weight}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+
+
+class SaiTPolicy(CapturingPolicy):
+    """Top-k or mass selection at the SaiT stages, at a level set at run time (not stored in the weights)."""
+
+    method = "sait"
+
+    def __init__(self, num_layers: int, config: SaiTConfig):
+        super().__init__()
+        self.sait_config = config
+        self.num_layers = num_layers
+        self.stages = stage_blocks(config.stages, SAIT_DEFAULT_STAGES, num_layers)
+        distill = config.distill_layer + num_layers if config.distill_layer < 0 else config.distill_layer
+        if not max(self.stages) < distill < num_layers:
+            raise ValueError(f"distill_layer {config.distill_layer} must name a block deeper than the last "
+                             f"pruning stage {max(self.stages)} of this {num_layers}-block model")
+        self.distill_layer = distill
+        self._level = config.default_level
+
+    def config(self) -> SaiTConfig:
+        return self.sait_config
+
+    @property
+    def level(self) -> float | None:
+        """Current sparsity level: keep rate ('topk') or importance mass ('mass'); None = dense."""
+        return self._level
+
+    def set_level(self, level: float | None) -> None:
+        """Switch the sparsity of the next forwards (None or 1.0: dense)."""
+        _check_level(level)
+        self._level = level
+
+    @contextmanager
+    def at_level(self, level: float | None) -> Iterator[SaiTPolicy]:
+        """Run the forwards inside the block at ``level``, then restore the previous one."""
+        previous = self._level
+        self.set_level(level)
+        try:
+            yield self
+        finally:
+            self._level = previous
+
+    @property
+    def dense(self) -> bool:
+        return self._level is None or self._level >= 1.0
+
+    def decider(self, layer: int, num_prefix: int) -> Decide | None:
+        prune = layer in self.stages and not self.dense
+        observe = self.capturing and (layer in self.stages or layer == self.distill_layer)
+        if not (prune or observe):
+            return None  # exactly the dense computation
+        cfg, level = self.sait_config, self._level
+        kind = cfg.score if layer in self.stages else "cls_attention"  # distillation target: plain class attention
+
+        @with_values
+        def decide(probs: torch.Tensor, alive: torch.Tensor, values: torch.Tensor) -> torch.Tensor | None:
+            scores = sait_scores(kind, probs, values)  # [B, N]
+            if not prune:
+                self._record(StageRecord(layer, scores, alive))
+                return None
+            prefix = protect_prefix(torch.zeros_like(alive), num_prefix)  # bool [B, N]
+            candidates = alive & ~prefix
+            if cfg.policy == "topk":
+                counts = keep_counts_from_rate(candidates, level, minimum=cfg.min_keep)  # [B]
+            else:
+                counts = mass_keep_counts(scores, candidates, level, minimum=cfg.min_keep)  # [B]
+            keep = topk_mask(scores, candidates, counts) | (prefix & alive)  # [B, N]
+            self._record(StageRecord(layer, scores, alive, keep))
+            return keep
+
+        return decide
+
+
+def score_distillation_kl(student: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of KL(target || student), both scores renormalised over the candidate tokens.
+
+    student, target: [B, N] non-negative scores (target detached by the caller); candidates: bool [B, N].
+    Rows without candidates contribute 0. Returns a scalar.
+    """
+    tiny = torch.finfo(student.dtype).tiny
+    weights = candidates.to(student.dtype)  # [B, N]
+    s = student.clamp_min(0) * weights
+    t = target.clamp_min(0) * weights
+    s = s / s.sum(dim=1, keepdim=True).clamp_min(tiny)
+    t = t / t.sum(dim=1, keepdim=True).clamp_min(tiny)
+    kl = torch.xlogy(t, t) - t * torch.log(s.clamp_min(tiny))  # [B, N]; 0 where t == 0
+    return kl.sum(dim=1).mean()

@@ -1,0 +1,67 @@
+"""ToMe, Token Merging (Bolya et al., ICLR 2023), training free, on the shared block runner.
+
+Written from the paper's description (not from its code). In every layer, between attention and MLP,
+bipartite soft matching merges ``r`` tokens by the cosine similarity of their attention keys (mean over
+heads); merged tokens are size-weighted averages and, with proportional attention, a token of size s
+counts as s tokens in later softmaxes. Prefix tokens ([CLS], DeiT's distillation token) are never merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from trimformer.blocks import AttentionState, Decide, Merge
+from trimformer.config import JsonConfig
+from trimformer.core.merging import MergePlan, bipartite_soft_matching
+from trimformer.policy import PruningPolicy
+
+
+@dataclass
+class ToMeConfig(JsonConfig):
+    """ToMe recipe.
+
+    r: tokens merged per layer (constant schedule; 0 = no merging). A layer merges at most half of its
+        mergeable tokens, as in the paper.
+    proportional_attention: add log(token size) to the attention logits of each key.
+    """
+
+    r: int = 8
+    proportional_attention: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int):
+            raise ValueError(f"r (tokens merged per layer) must be an integer, got {self.r!r}")
+        if self.r < 0:
+            raise ValueError(f"r (tokens merged per layer) must be >= 0, got {self.r}")
+
+
+class ToMePolicy(PruningPolicy):
+    """Merges ``config.r`` tokens in every layer; no learned parameters, no state between forwards."""
+
+    method = "tome"
+
+    def __init__(self, num_layers: int, config: ToMeConfig):
+        super().__init__()
+        self.tome_config = config
+        self.num_layers = num_layers
+
+    @property
+    def proportional_attention(self) -> bool:  # type: ignore[override]
+        return self.tome_config.proportional_attention
+
+    def config(self) -> ToMeConfig:
+        return self.tome_config
+
+    def decider(self, layer: int, num_prefix: int) -> Decide | None:
+        return None
+
+    def merger(self, layer: int, num_prefix: int) -> Merge | None:
+        r = self.tome_config.r
+        if r == 0:
+            return None
+
+        def merge(state: AttentionState) -> MergePlan:
+            metric = state.keys.mean(dim=1)  # [B, N, Dh] keys averaged over heads
+            return bipartite_soft_matching(metric, r, state.alive, num_prefix, weight=state.sizes)
+
+        return merge

@@ -1,0 +1,148 @@
+"""Vision token pruning end to end: load an image classifier, build a method, evaluate and time it.
+
+Models: a trimformer checkpoint (pruned or dense, ``trimformer.json``), a fine-tuned image classifier saved
+by :func:`trimformer.vision.checkpoint.save_image_classifier`, or any transformers ViT/DeiT/Dinov2
+classifier folder / hub name. Data: ``fashion_mnist`` (offline, Debian package) or an ImageFolder directory
+(``root/<class>/<image>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_pruned
+from trimformer.methods import ASViTConfig, EViTConfig, EViTPolicy, SaiTConfig, ToMeConfig, ToMePolicy
+from trimformer.pruned import TokenPrunedModel
+
+VISION_METHODS = ("sait", "asvit", "evit", "tome")
+DEFAULT_RESOLUTION = 112
+
+
+def load_vision_model(path: str | Path) -> tuple[TokenPrunedModel, dict[str, Any]]:
+    """Any image classifier trimformer can run -> (TokenPrunedModel in eval mode, metadata with resolution)."""
+    path_s = str(path)
+    if is_pruned_checkpoint(path_s):
+        model, meta = load_pruned(path_s)
+        if meta["model_class"] not in VISION_MODEL_CLASSES:
+            raise ValueError(f"{path_s} holds a text model ({meta['model_class']}); use the text commands")
+        return model, meta
+    if (Path(path_s) / "image_classifier.json").is_file():
+        from trimformer.vision.checkpoint import load_image_classifier
+
+        model, meta = load_image_classifier(path_s)
+        if meta.get("kind") != "hf":
+            raise ValueError(f"{path_s} is a {meta.get('kind')} model; token pruning needs a vision transformer")
+        return TokenPrunedModel(model, None).eval(), {**meta, "method": "dense"}
+    from transformers import AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(path_s, attn_implementation="sdpa")
+    except OSError as err:
+        raise ValueError(f"cannot load image model {path_s!r}: {err}") from err
+    return TokenPrunedModel(model, None).eval(), {"method": "dense"}
+
+
+def model_resolution(model: TokenPrunedModel, meta: dict[str, Any]) -> int:
+    """Input resolution recorded with the model (trimformer/vision checkpoints), else the model config's."""
+    res = meta.get("resolution") or meta.get("recipe", {}).get("resolution")
+    return int(res) if res else int(model.model.config.image_size)
+
+
+def load_image_data(data: str, split: str, resolution: int, limit: int | None = None, seed: int = 0) -> Dataset:
+    """``fashion_mnist`` (train/test) or an ImageFolder directory; ``limit``: a seeded subset."""
+    if data == "fashion_mnist":
+        from trimformer.vision.data import FashionMNIST
+
+        dataset: Dataset = FashionMNIST(split, resolution)
+    elif Path(data).is_dir():
+        from trimformer.vision.data import ImageFolderDataset
+
+        dataset = ImageFolderDataset(data, resolution)
+    else:
+        raise ValueError(f"unknown image data {data!r}: use 'fashion_mnist' or a folder root/<class>/<images>")
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is not None and limit < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        dataset = Subset(dataset, idx.tolist())
+    return dataset
+
+
+def pixel_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole dataset in order as (pixel_values [B, 3, H, W], labels [B]) batches."""
+    items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        out.append((torch.stack([p for p, _ in chunk]), torch.stack([torch.as_tensor(y) for _, y in chunk])))
+    return out
+
+
+def build_vision_method(model: torch.nn.Module, method: str, config: Any) -> TokenPrunedModel:
+    """Wrap a transformers ViT/DeiT/Dinov2 classifier with ``method``'s policy (weights shared)."""
+    layers = model.config.num_hidden_layers
+    if method == "tome":
+        return TokenPrunedModel(model, ToMePolicy(layers, config))
+    if method == "evit":
+        return TokenPrunedModel(model, EViTPolicy(layers, config))
+    if method in ("sait", "asvit"):
+        from trimformer.vision_training import build_vision_pruned
+
+        return build_vision_pruned(model, config)
+    raise ValueError(f"unknown vision method {method!r}; choose from {', '.join(VISION_METHODS)}")
+
+
+CONFIGS = {"sait": SaiTConfig, "asvit": ASViTConfig, "evit": EViTConfig, "tome": ToMeConfig}
+
+
+@dataclass
+class VisionEval:
+    accuracy: float
+    gflops_per_sample: float
+    dense_gflops_per_sample: float
+    flops_ratio: float
+    kept_tokens_per_layer: list[float]
+    num_examples: int
+    kept_last_layer: list[float] = field(default_factory=list, repr=False)
+    predictions: list[int] = field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out.pop("kept_last_layer")
+        out.pop("predictions")
+        return out
+
+
+@torch.no_grad()
+def evaluate_vision(model: TokenPrunedModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
+                    progress: bool = True) -> VisionEval:
+    """Accuracy, analytic FLOPs and kept tokens of ``model`` (in its current mode and level) on ``batches``."""
+    model.eval()
+    correct = n = 0
+    flops = dense = 0.0
+    kept_sum: torch.Tensor | None = None
+    kept_last: list[float] = []
+    preds: list[int] = []
+    for pixels, labels in tqdm(batches, desc="eval", disable=not progress, leave=False):
+        out = model(pixel_values=pixels)
+        pred = out.logits.argmax(-1)
+        correct += int((pred == labels).sum())
+        preds.extend(pred.tolist())
+        n += len(labels)
+        flops += float(out.flops.sum())
+        dense += float(out.dense_flops.sum())
+        kept = out.n_out.sum(0)
+        kept_sum = kept if kept_sum is None else kept_sum + kept
+        kept_last.extend(out.n_out[:, -1].tolist())
+    if n == 0:
+        raise ValueError("no images to evaluate")
+    assert kept_sum is not None
+    return VisionEval(accuracy=100.0 * correct / n, gflops_per_sample=flops / n / 1e9,
+                      dense_gflops_per_sample=dense / n / 1e9, flops_ratio=flops / dense,
+                      kept_tokens_per_layer=(kept_sum / n).tolist(), num_examples=n, kept_last_layer=kept_last,
+                      predictions=preds)
