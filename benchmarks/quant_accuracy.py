@@ -9,8 +9,10 @@ Models (each made by a script in this folder, loaded from runs/):
 Every nn.Linear / nn.Conv2d is quantized (weights per output channel, input activations per tensor,
 asymmetric, range = the paper's median of the top-10 per calibration batch averaged over batches); the
 classifier head (and the CNN's first convolution) keep 8-bit weights, as is usual in PTQ. PWLQ uses the
-Gaussian closed-form breakpoint and stores its region bit on top of b. Each configuration starts from the
-float checkpoint. Sizes are the real bit-packed safetensors files.
+Gaussian closed-form breakpoint and stores its region bit on top of b ("pwlq-inside": within b; "pwlq-act":
+PWLQ activations, whose 4 bits then also get a region bit on top). Each configuration starts from the float
+checkpoint; rows already in the results file are kept (``--force`` reruns them). Sizes are the real
+bit-packed safetensors files.
 
 Writes benchmarks/results/quant_accuracy.json (+ .png, a table in quant_accuracy.md).
 Usage: python benchmarks/quant_accuracy.py [--models minilm_rt,vit_fmnist,cnn_fmnist] [--threads 2]
@@ -149,6 +151,8 @@ def configs() -> list[tuple[str, QuantConfig]]:
     out.append(("pwlq pow2 +BC W4A8", QuantConfig(scheme="pwlq", wbits=4, abits=8, pow2_scale=True)))
     out.append(("pwlq search +BC W4A8", QuantConfig(scheme="pwlq", wbits=4, abits=8, breakpoint="search")))
     out.append(("pwlq +BC W4A4 pwlq-act", QuantConfig(scheme="pwlq", wbits=4, abits=4, act_scheme="pwlq")))
+    out.append(("pwlq-inside +BC W4A4 pwlq-act",
+                QuantConfig(scheme="pwlq", wbits=4, abits=4, act_scheme="pwlq", region_bit="inside")))
     return out
 
 
@@ -162,8 +166,10 @@ def fp32_file_bytes(model: nn.Module) -> int:
         return Path(f"{d}/m.safetensors").stat().st_size
 
 
-def run_task(task: Task) -> dict[str, Any]:
+def run_task(task: Task, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Float accuracy and every configuration; rows already in ``previous`` are kept, not rerun."""
     t0 = time.perf_counter()
+    done = {r["config"]: r for r in (previous or {}).get("results", [])}
     float_model = task.load()
     fp = task.accuracy(float_model)
     fp_bytes = fp32_file_bytes(float_model)
@@ -171,6 +177,9 @@ def run_task(task: Task) -> dict[str, Any]:
     print(f"[{task.name}] float accuracy {fp:.2f}%", flush=True)
     rows = []
     for label, cfg in tqdm(configs(), desc=task.name):
+        if label in done and previous and previous["accuracy_fp"] == fp:
+            rows.append(done[label])
+            continue
         cfg.layer_wbits = dict(task.eight_bit)
         model = task.load()
         quantize_(model, cfg)
@@ -258,6 +267,7 @@ def main() -> None:
     ap.add_argument("--cnn-ckpt", default=str(ROOT / "runs/fmnist_cnn"))
     ap.add_argument("--vit-test", type=int, default=1000, help="ViT test images (seeded subset)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--force", action="store_true", help="rerun configurations already in the results file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
@@ -270,7 +280,7 @@ def main() -> None:
     for name in args.models.split(","):
         if name not in makers:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(makers)}")
-        task = run_task(makers[name]())
+        task = run_task(makers[name](), None if args.force else done.get(name))
         task["checks"] = checks(task)
         done[name] = task
         tasks = [done[n] for n in makers if n in done]

@@ -108,12 +108,12 @@ class VisionEval:
     flops_ratio: float
     kept_tokens_per_layer: list[float]
     num_examples: int
-    kept_last_layer: list[float] = field(default_factory=list, repr=False)
+    kept_per_image: list[list[float]] = field(default_factory=list, repr=False)  # [images][layers] n_out
     predictions: list[int] = field(default_factory=list, repr=False)
 
     def summary(self) -> dict[str, Any]:
         out = dict(self.__dict__)
-        out.pop("kept_last_layer")
+        out.pop("kept_per_image")
         out.pop("predictions")
         return out
 
@@ -126,7 +126,7 @@ def evaluate_vision(model: TokenPrunedModel, batches: list[tuple[torch.Tensor, t
     correct = n = 0
     flops = dense = 0.0
     kept_sum: torch.Tensor | None = None
-    kept_last: list[float] = []
+    kept_per_image: list[list[float]] = []
     preds: list[int] = []
     for pixels, labels in tqdm(batches, desc="eval", disable=not progress, leave=False):
         out = model(pixel_values=pixels)
@@ -138,11 +138,11 @@ def evaluate_vision(model: TokenPrunedModel, batches: list[tuple[torch.Tensor, t
         dense += float(out.dense_flops.sum())
         kept = out.n_out.sum(0)
         kept_sum = kept if kept_sum is None else kept_sum + kept
-        kept_last.extend(out.n_out[:, -1].tolist())
+        kept_per_image.extend(out.n_out.tolist())
     if n == 0:
         raise ValueError("no images to evaluate")
     assert kept_sum is not None
     return VisionEval(accuracy=100.0 * correct / n, gflops_per_sample=flops / n / 1e9,
                       dense_gflops_per_sample=dense / n / 1e9, flops_ratio=flops / dense,
-                      kept_tokens_per_layer=(kept_sum / n).tolist(), num_examples=n, kept_last_layer=kept_last,
+                      kept_tokens_per_layer=(kept_sum / n).tolist(), num_examples=n, kept_per_image=kept_per_image,
                       predictions=preds)

@@ -1,0 +1,240 @@
+"""Vision token reduction on DINOv2 ViT-S/14 fine-tuned on Fashion-MNIST: SaiT, AS-ViT, EViT, ToMe vs dense.
+
+Stages (each cached, so a rerun resumes):
+1. train: SaiT (one checkpoint, dense/sparse passes with shared weights, distillation) and AS-ViT (thresholds
+   + FLOPs budget) from the plain fine-tuned model (runs/fmnist_vit, benchmarks/finetune_vit_fmnist.py);
+2. accuracy vs GFLOPs on a seeded test subset: the plain model, SaiT at several levels (top-K and the
+   input-adaptive mass policy, same weights), AS-ViT, EViT keep rates and ToMe r values (training-free);
+3. per-image kept-token counts of the mass policy (histogram) and a picture of the kept patches.
+Speed is measured separately by benchmarks/vision_speed.py.
+
+Writes benchmarks/results/vision_pruning.json and vision_pruning_*.png.
+Usage: python benchmarks/vision_pruning.py [--threads 2] [--sait-steps 120] [--asvit-steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trimformer.checkpoint import is_pruned_checkpoint, load_pruned, save_pruned
+from trimformer.envinfo import machine_info
+from trimformer.io_utils import atomic_write_json
+from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
+from trimformer.training import TrainConfig
+from trimformer.vision_pipeline import (
+    build_vision_method,
+    evaluate_vision,
+    load_image_data,
+    load_vision_model,
+    model_resolution,
+    pixel_batches,
+)
+from trimformer.vision_training import fit_vision
+
+ROOT = Path(__file__).resolve().parent.parent
+SAIT_TOPK_LEVELS = (0.7, 0.5, 0.4, 0.3)
+SAIT_MASS_LEVELS = (0.95, 0.9, 0.85, 0.8)
+EVIT_RATES = (0.9, 0.7, 0.5)
+TOME_R = (2, 3, 4, 5, 6)
+
+
+def train_method(name: str, base: Path, out: Path, config: Any, data, train: TrainConfig) -> tuple[Any, float]:
+    """Train (or reload) SaiT / AS-ViT; returns (model, training seconds, 0 when reloaded)."""
+    if is_pruned_checkpoint(out):
+        print(f"[{name}] reusing {out}", flush=True)
+        return load_pruned(out)[0], 0.0
+    model, meta = load_vision_model(base)
+    pruned = build_vision_method(model.model, name, config)
+    t0 = time.perf_counter()
+    history = fit_vision(pruned, data, train)
+    secs = time.perf_counter() - t0
+    summary = {k: v for k, v in history.items() if k != "train"}
+    save_pruned(pruned, out, extra={"resolution": meta["resolution"], "label_names": meta["label_names"],
+                                    "recipe": {"base_model": str(base), "train": train.to_dict(),
+                                               "train_seconds": round(secs, 1), **summary}})
+    return load_pruned(out)[0], secs
+
+
+def row(method: str, setting: str, ev, dense_acc: float, **extra: Any) -> dict[str, Any]:
+    r = {"method": method, "setting": setting, **ev.summary(), "delta_vs_plain": ev.accuracy - dense_acc, **extra}
+    print(f"  {method:6s} {setting:14s} acc {ev.accuracy:6.2f} ({ev.accuracy - dense_acc:+.2f})  "
+          f"FLOPs {ev.flops_ratio:.3f}", flush=True)
+    return r
+
+
+def plot_curves(rows: list[dict], dense_acc: float, dense_gflops: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    styles = {"sait-topk": ("C0", "o"), "sait-mass": ("C1", "s"), "asvit": ("C2", "^"), "evit": ("C3", "v"),
+              "tome": ("C4", "D")}
+    for method, (color, marker) in styles.items():
+        pts = sorted((r["gflops_per_sample"], r["accuracy"]) for r in rows if r["method"] == method)
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker=marker, color=color, label=method)
+    ax.scatter([dense_gflops], [dense_acc], color="k", marker="*", s=120, zorder=5, label="plain fine-tuned")
+    ax.set_xlabel("encoder GFLOPs per image")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("DINOv2 ViT-S/14, Fashion-MNIST 112 px: accuracy vs GFLOPs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def plot_histogram(counts: dict[str, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, values in counts.items():
+        ax.hist(values, bins=range(0, 66, 2), alpha=0.6, label=label)
+    ax.set_xlabel("patch tokens kept after the pruning block (of 64)")
+    ax.set_ylabel("test images")
+    ax.set_title("SaiT mass policy: kept tokens differ per image")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+@torch.no_grad()
+def kept_patch_masks(model, pixels: torch.Tensor, level: float) -> torch.Tensor:
+    """bool [B, 64] patches kept at the (single) SaiT stage, in masked mode (original positions)."""
+    policy = model.policy
+    model.mode = "masked"
+    with policy.at_level(level), policy.capture() as cap:
+        model(pixel_values=pixels)
+    model.mode = "packed"
+    keep = cap.records[0].keep
+    return keep[:, 1:]  # drop [CLS]
+
+
+def plot_overlay(images: torch.Tensor, keeps: torch.Tensor, labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4))
+    grid = int(keeps.shape[1] ** 0.5)
+    for i in range(n):
+        img = images[i, 0]
+        img = (img - img.min()) / (img.max() - img.min() + 1e-8)
+        axes[0, i].imshow(img, cmap="gray")
+        mask = keeps[i].reshape(grid, grid).float()
+        mask = mask.repeat_interleave(img.shape[0] // grid, 0).repeat_interleave(img.shape[1] // grid, 1)
+        rgb = img[..., None].repeat(1, 1, 3)
+        red = torch.tensor([0.85, 0.1, 0.1])
+        rgb = torch.where(mask[..., None] > 0, rgb, 0.35 * rgb + 0.65 * red)  # pruned patches tinted red
+        axes[1, i].imshow(rgb.clamp(0, 1).numpy())
+        axes[1, i].set_title(f"{int(keeps[i].sum())}/{keeps.shape[1]}", fontsize=8)
+        axes[0, i].set_title(labels[i], fontsize=7)
+        for a in axes[:, i]:
+            a.axis("off")
+    fig.suptitle("SaiT (mass policy): patches pruned after the pruning block in red; kept / 64 above", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base", default=str(ROOT / "runs/fmnist_vit"))
+    ap.add_argument("--runs", default=str(ROOT / "runs/vision"))
+    ap.add_argument("--train-images", type=int, default=6000)
+    ap.add_argument("--test-images", type=int, default=1000)
+    ap.add_argument("--sait-steps", type=int, default=120)
+    ap.add_argument("--asvit-steps", type=int, default=100)
+    ap.add_argument("--asvit-rho", type=float, default=0.6)
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out, runs = Path(args.out_dir), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    plain, meta = load_vision_model(args.base)
+    res = model_resolution(plain, meta)
+    train_data = load_image_data("fashion_mnist", "train", res, limit=args.train_images, seed=1)
+    test_batches = pixel_batches(load_image_data("fashion_mnist", "test", res, limit=args.test_images), 50)
+    train_cfg = TrainConfig(batch_size=32, lr=2e-5, seed=0, save_every=1000)
+
+    t0 = time.perf_counter()
+    plain_eval = evaluate_vision(plain, test_batches)
+    dense_acc = plain_eval.accuracy
+    print(f"plain fine-tuned: {dense_acc:.2f}% at {plain_eval.gflops_per_sample:.3f} GFLOPs", flush=True)
+    sait_cfg = SaiTConfig(policy="topk", steps=args.sait_steps)
+    sait, sait_secs = train_method("sait", Path(args.base), runs / "sait", sait_cfg, train_data, train_cfg)
+    asvit_cfg = ASViTConfig(target_flops=args.asvit_rho, steps=args.asvit_steps)
+    asvit, asvit_secs = train_method("asvit", Path(args.base), runs / "asvit", asvit_cfg, train_data, train_cfg)
+
+    rows = [row("plain", "fine-tuned", plain_eval, dense_acc)]
+    with sait.policy.at_level(None):
+        sait_dense = evaluate_vision(sait, test_batches)
+    rows.append(row("sait", "dense (level None)", sait_dense, dense_acc))
+    for level in SAIT_TOPK_LEVELS:
+        with sait.policy.at_level(level):
+            rows.append(row("sait-topk", f"keep {level}", evaluate_vision(sait, test_batches), dense_acc,
+                            level=level))
+    mass_counts: dict[str, list[float]] = {}
+    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", steps=args.sait_steps))
+    for level in SAIT_MASS_LEVELS:
+        with mass.policy.at_level(level):
+            ev = evaluate_vision(mass, test_batches)
+        stage = mass.policy.stages[0]
+        per_image = [kept[stage] - 1 for kept in ev.kept_per_image]  # patch tokens (minus [CLS])
+        mass_counts[f"mass {level}"] = per_image
+        rows.append(row("sait-mass", f"mass {level}", ev, dense_acc, level=level,
+                        kept_at_stage_min=min(per_image), kept_at_stage_max=max(per_image)))
+    rows.append(row("asvit", f"rho {args.asvit_rho}", evaluate_vision(asvit, test_batches), dense_acc))
+    for rate in EVIT_RATES:
+        m = build_vision_method(plain.model, "evit", EViTConfig(keep_rate=rate))
+        rows.append(row("evit", f"keep {rate}", evaluate_vision(m, test_batches), dense_acc, keep_rate=rate))
+    for r in TOME_R:
+        m = build_vision_method(plain.model, "tome", ToMeConfig(r=r))
+        rows.append(row("tome", f"r={r}", evaluate_vision(m, test_batches), dense_acc, r=r))
+
+    pixels = test_batches[0][0][:8]
+    labels = [meta["label_names"][int(y)] for y in test_batches[0][1][:8]]
+    keeps = kept_patch_masks(mass, pixels, SAIT_MASS_LEVELS[1])
+    plot_overlay(pixels, keeps, labels, out / "vision_pruning_kept_patches.png")
+    plot_histogram(mass_counts, out / "vision_pruning_kept_histogram.png")
+    plot_curves([r for r in rows if r["method"] not in ("plain", "sait")], dense_acc,
+                plain_eval.gflops_per_sample, out / "vision_pruning_accuracy_vs_gflops.png")
+    result = {
+        "benchmark": "vision_pruning",
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**machine_info(), "threads": args.threads},
+        "settings": {"base_model": args.base, "resolution": res, "train_images": args.train_images,
+                     "test_images": args.test_images, "test_subset": "seeded (seed 0) from the 10k test set",
+                     "train": train_cfg.to_dict(), "sait": sait_cfg.to_dict(), "asvit": asvit_cfg.to_dict(),
+                     "sait_train_seconds": round(sait_secs, 1), "asvit_train_seconds": round(asvit_secs, 1)},
+        "accuracy_plain": dense_acc,
+        "rows": rows,
+        "kept_at_stage_per_image": mass_counts,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+    }
+    atomic_write_json(out / "vision_pruning.json", result)
+
+
+if __name__ == "__main__":
+    main()

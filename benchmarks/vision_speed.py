@@ -1,0 +1,130 @@
+"""Measured speed of vision token reduction vs the unmodified transformers model, same run, interleaved.
+
+Variants: the plain fine-tuned DINOv2 classifier (transformers' own forward, SDPA attention), our engine with
+pruning off, SaiT (packed, tokens removed) at a chosen level, and ToMe / EViT at the setting whose FLOPs are
+closest to SaiT's (from benchmarks/results/vision_pruning.json). Batch 64 (throughput) and batch 1 (latency).
+Run it on an otherwise idle machine.
+
+Writes benchmarks/results/vision_speed.json and vision_speed.png.
+Usage: python benchmarks/vision_speed.py [--sait-level 0.4] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+import torch
+
+from trimformer.bench import time_variants
+from trimformer.checkpoint import load_pruned
+from trimformer.envinfo import machine_info
+from trimformer.io_utils import atomic_write_json
+from trimformer.methods import EViTConfig, ToMeConfig
+from trimformer.vision_pipeline import (
+    build_vision_method,
+    evaluate_vision,
+    load_image_data,
+    load_vision_model,
+    model_resolution,
+    pixel_batches,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def closest(rows: list[dict], method: str, flops: float) -> dict:
+    candidates = [r for r in rows if r["method"] == method]
+    return min(candidates, key=lambda r: abs(r["flops_ratio"] - flops))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base", default=str(ROOT / "runs/fmnist_vit"))
+    ap.add_argument("--sait", default=str(ROOT / "runs/vision/sait"))
+    ap.add_argument("--sait-level", type=float, default=0.4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out_dir)
+    accuracy = json.loads((out / "vision_pruning.json").read_text())
+    plain, meta = load_vision_model(args.base)
+    sait, _ = load_pruned(args.sait)
+    sait.policy.set_level(args.sait_level)
+    res = model_resolution(plain, meta)
+    images = load_image_data("fashion_mnist", "test", res, limit=256, seed=3)
+    sait_eval = evaluate_vision(sait, pixel_batches(images, 64), progress=False)
+    tome_row = closest(accuracy["rows"], "tome", sait_eval.flops_ratio)
+    evit_row = closest(accuracy["rows"], "evit", sait_eval.flops_ratio)
+    tome = build_vision_method(plain.model, "tome", ToMeConfig(r=tome_row["r"]))
+    evit = build_vision_method(plain.model, "evit", EViTConfig(keep_rate=evit_row["keep_rate"]))
+    flops = {"sait": sait_eval.flops_ratio,
+             "tome": evaluate_vision(tome, pixel_batches(images, 64), progress=False).flops_ratio,
+             "evit": evaluate_vision(evit, pixel_batches(images, 64), progress=False).flops_ratio}
+    variants = {
+        "dense_hf": lambda b: plain.model(**b).logits,
+        "engine_dense": lambda b: _engine_dense(plain, b),
+        "sait": lambda b: sait(**b).logits,
+        "tome": lambda b: tome(**b).logits,
+        "evit": lambda b: evit(**b).logits,
+    }
+    results = {}
+    for batch_size, n in ((64, 256), (1, 48)):
+        batches = [{"pixel_values": p} for p, _ in pixel_batches(images, batch_size)][: max(1, n // batch_size)]
+        speed = time_variants(variants, batches, args.repeats)
+        base = speed["dense_hf"]["samples_per_s"]
+        results[str(batch_size)] = {
+            name: {**v, "speedup_vs_dense_hf": v["samples_per_s"] / base,
+                   "flops_ratio": flops.get(name, 1.0),
+                   "speedup_over_flops_reduction": v["samples_per_s"] / base * flops.get(name, 1.0)}
+            for name, v in speed.items()}
+        for name, v in results[str(batch_size)].items():
+            print(f"batch {batch_size:3d} {name:13s} {v['samples_per_s']:8.1f}/s  {v['latency_ms_median']:8.1f} ms  "
+                  f"x{v['speedup_vs_dense_hf']:.2f}  FLOPs {v['flops_ratio']:.3f}", flush=True)
+    result = {"benchmark": "vision_speed",
+              "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {**machine_info(), "threads": args.threads},
+              "settings": {"base_model": args.base, "sait": args.sait, "sait_level": args.sait_level,
+                           "sait_policy": sait.policy.config().policy, "tome_r": tome_row["r"],
+                           "evit_keep_rate": evit_row["keep_rate"], "resolution": res, "repeats": args.repeats,
+                           "images": "seeded Fashion-MNIST test images (seed 3)"},
+              "results": results}
+    atomic_write_json(out / "vision_speed.json", result)
+    plot(results, out / "vision_speed.png")
+
+
+def _engine_dense(model, batch):
+    with model.pruning_disabled():
+        return model(**batch).logits
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (bs, res) in zip(axes, results.items(), strict=True):
+        names = list(res)
+        ax.bar(names, [res[n]["speedup_vs_dense_hf"] for n in names],
+               color=["k", "grey", "C0", "C4", "C3"][: len(names)])
+        for i, n in enumerate(names):
+            ax.text(i, res[n]["speedup_vs_dense_hf"], f"{res[n]['speedup_vs_dense_hf']:.2f}x\n"
+                    f"F {res[n]['flops_ratio']:.2f}", ha="center", va="bottom", fontsize=7)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_title(f"batch {bs}: speed-up vs transformers dense (F = FLOPs ratio)", fontsize=9)
+        ax.set_ylabel("speed-up")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
