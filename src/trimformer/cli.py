@@ -20,9 +20,23 @@ def _add_train_options(p: argparse.ArgumentParser, lr: float) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="rotten_tomatoes",
-                   help="'rotten_tomatoes', '20newsgroups' (built in, offline) or a .csv/.jsonl file with "
-                        "'text' and 'label' columns (default rotten_tomatoes)")
-    p.add_argument("--eval-data", default=None, help="evaluation file when --data is a file")
+                   help="text: 'rotten_tomatoes', '20newsgroups' (built in, offline) or a .csv/.jsonl file with "
+                        "'text' and 'label' columns (default rotten_tomatoes); vision: 'fashion_mnist' (default, "
+                        "offline) or an image folder root/<class>/<images>")
+    p.add_argument("--eval-data", default=None, help="evaluation file (text) or image folder (vision) when --data "
+                                                    "is a file / folder")
+
+
+def _add_task_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("text", "vision"), default="text",
+                   help="text: BERT-family classifiers (default); vision: ViT/DeiT/Dinov2 image classifiers "
+                        "(--data fashion_mnist or an image folder root/<class>/<images>)")
+
+
+def _add_level_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--level", type=float, default=None,
+                   help="vision SaiT: sparsity level to run at (keep rate or importance mass in (0, 1]; "
+                        "default: the checkpoint's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (transformers save_pretrained format)")
     _add_train_options(p, lr=1e-4)
 
-    p = sub.add_parser("prune", help="learn token pruning (LTP) or a top-k cascade on a fine-tuned model")
+    p = sub.add_parser("prune", help="learn token pruning (text: LTP, top-k; vision: SaiT, AS-ViT, EViT, ToMe)")
     p.add_argument("--model", required=True, help="fine-tuned classifier: local folder or hub name")
+    _add_task_option(p)
     _add_data_options(p)
-    p.add_argument("--method", choices=("ltp", "topk"), default="ltp", help="pruning method (default ltp)")
+    p.add_argument("--method", choices=("ltp", "topk", "sait", "asvit", "evit", "tome"), default=None,
+                   help="pruning method: text ltp (default) | topk; vision sait (default) | asvit | evit | tome")
     p.add_argument("--target-flops", type=float, default=0.5,
                    help="wanted fraction of dense FLOPs; thresholds are calibrated to it (default 0.5). "
                         "Pass 0 to use LTP's lambda regulariser with --final-threshold instead")
@@ -53,11 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--final-threshold", type=float, default=0.01,
                    help="LTP base threshold of the last layer (default 0.01)")
     p.add_argument("--threshold-lr", type=float, default=2e-5, help="LTP threshold learning rate (default 2e-5)")
+    v = p.add_argument_group("vision methods")
+    v.add_argument("--sait-policy", choices=("topk", "mass"), default="topk",
+                   help="SaiT: fixed keep rate (topk) or input-adaptive importance mass (default topk)")
+    v.add_argument("--level", type=float, default=0.7, help="SaiT: default sparsity level saved (default 0.7)")
+    v.add_argument("--steps", type=int, default=200, help="SaiT / AS-ViT training steps (default 200)")
+    v.add_argument("--keep-rate", type=float, default=0.7, help="EViT keep rate per pruning layer (default 0.7)")
+    v.add_argument("--r", type=int, default=8, help="ToMe: tokens merged per layer (default 8)")
     p.add_argument("--out", required=True, help="output folder of the pruned checkpoint")
     _add_train_options(p, lr=2e-5)
 
     p = sub.add_parser("eval", help="accuracy, FLOPs and kept tokens of a checkpoint")
     p.add_argument("checkpoint", help="pruned checkpoint folder, or a dense transformers model")
+    _add_task_option(p)
+    _add_level_option(p)
     _add_data_options(p)
     p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
@@ -68,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measured throughput and latency: dense vs pruned, same run")
     p.add_argument("checkpoint", help="pruned checkpoint folder")
+    _add_task_option(p)
+    _add_level_option(p)
     _add_data_options(p)
     p.add_argument("--batch-size", type=int, default=32, help="batch size to time (default 32)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")

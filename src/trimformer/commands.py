@@ -53,6 +53,14 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
+    if args.task == "vision":
+        from trimformer.vision_commands import run_prune_vision
+
+        args.method = args.method or "sait"
+        return run_prune_vision(args)
+    args.method = args.method or "ltp"
+    if args.method not in ("ltp", "topk"):
+        raise ValueError(f"--method {args.method} is a vision method: add --task vision")
     pruned, tokenizer, meta = load_model(args.model)
     if meta.get("method") != "dense":
         raise ValueError(f"{args.model} is already pruned ({meta['method']}); prune a dense fine-tuned model")
@@ -81,6 +89,12 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    if args.task == "vision":
+        from trimformer.vision_commands import run_eval_vision
+
+        return run_eval_vision(args)
+    if args.level is not None:
+        raise ValueError("--level applies to vision SaiT checkpoints (--task vision)")
     model, tokenizer, meta = load_model(args.checkpoint)
     model.mode = args.mode
     label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
@@ -100,6 +114,16 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from trimformer.bench import bench_checkpoint
 
+    if args.task == "vision":
+        from trimformer.vision_commands import bench_vision
+
+        result = bench_vision(args)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            atomic_write_json(args.json, result)
+        return 0
+    if args.level is not None:
+        raise ValueError("--level applies to vision SaiT checkpoints (--task vision)")
     result = bench_checkpoint(args.checkpoint, args.data, args.eval_data, batch_size=args.batch_size,
                               max_length=args.max_length, num_samples=args.num_samples, repeats=args.repeats,
                               threads=args.threads, accuracy=not args.no_accuracy,

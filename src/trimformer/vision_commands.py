@@ -1,0 +1,140 @@
+"""``--task vision`` implementations of prune / eval / bench (a thin shell over :mod:`trimformer.vision_pipeline`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+
+from trimformer.checkpoint import save_pruned
+from trimformer.envinfo import machine_info
+from trimformer.io_utils import atomic_write_json
+from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
+from trimformer.pruned import TokenPrunedModel
+from trimformer.training import TrainConfig
+from trimformer.vision_pipeline import (
+    VISION_METHODS,
+    build_vision_method,
+    evaluate_vision,
+    load_image_data,
+    load_vision_model,
+    model_resolution,
+    pixel_batches,
+)
+
+DEFAULT_VISION_DATA = "fashion_mnist"
+
+
+def vision_data_name(args: argparse.Namespace) -> str:
+    """The text default data name means 'not given' for vision."""
+    return DEFAULT_VISION_DATA if args.data == "rotten_tomatoes" else args.data
+
+
+def method_config(args: argparse.Namespace) -> Any:
+    """The method's config from the command-line options."""
+    if args.method == "sait":
+        return SaiTConfig(policy=args.sait_policy, default_level=args.level, steps=args.steps)
+    if args.method == "asvit":
+        return ASViTConfig(target_flops=args.target_flops, steps=args.steps)
+    if args.method == "evit":
+        return EViTConfig(keep_rate=args.keep_rate)
+    return ToMeConfig(r=args.r)
+
+
+def run_prune_vision(args: argparse.Namespace) -> int:
+    if args.method not in VISION_METHODS:
+        raise ValueError(f"--task vision takes --method {' | '.join(VISION_METHODS)}, got {args.method!r}")
+    base, meta = load_vision_model(args.model)
+    if meta.get("method", "dense") != "dense":
+        raise ValueError(f"{args.model} is already pruned ({meta['method']}); start from a dense fine-tuned model")
+    config = method_config(args)
+    model = build_vision_method(base.model, args.method, config)
+    resolution = model_resolution(base, meta)
+    recipe: dict[str, Any] = {"base_model": args.model, "data": vision_data_name(args)}
+    if args.method in ("sait", "asvit"):
+        from trimformer.vision_training import fit_vision
+
+        train = load_image_data(vision_data_name(args), "train", resolution, args.train_subset, seed=args.seed)
+        train_config = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        history = fit_vision(model, train, train_config)
+        recipe.update(train=train_config.to_dict(), train_images=len(train),
+                      **{k: v for k, v in history.items() if k != "train"})
+    labels = meta.get("label_names") or [base.model.config.id2label[i] for i in range(base.model.config.num_labels)]
+    save_pruned(model, args.out, extra={"resolution": resolution, "label_names": labels, "recipe": recipe})
+    print(f"saved {args.method} model to {args.out}")
+    return 0
+
+
+def _test_batches(args: argparse.Namespace, resolution: int, limit: int | None, batch_size: int):
+    data = args.eval_data or vision_data_name(args)
+    return pixel_batches(load_image_data(data, "test", resolution, limit), batch_size)
+
+
+def _set_level(model: TokenPrunedModel, level: float | None) -> None:
+    if level is not None:
+        if not hasattr(model.policy, "set_level"):
+            raise ValueError("--level applies to SaiT checkpoints only")
+        model.policy.set_level(level)
+
+
+def run_eval_vision(args: argparse.Namespace) -> int:
+    model, meta = load_vision_model(args.checkpoint)
+    _set_level(model, args.level)
+    model.mode = args.mode
+    result = evaluate_vision(model, _test_batches(args, model_resolution(model, meta), args.limit, args.batch_size))
+    summary = {"checkpoint": args.checkpoint, "method": meta.get("method"), "data": vision_data_name(args),
+               "mode": args.mode, **result.summary()}
+    if hasattr(model.policy, "level"):
+        summary["level"] = model.policy.level
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        atomic_write_json(args.json, summary)
+    return 0
+
+
+def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
+    """The JSON record of ``trimformer bench --task vision`` (same keys as the text bench)."""
+    from trimformer.bench import time_variants
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model, meta = load_vision_model(args.checkpoint)
+    if meta.get("method", "dense") == "dense":
+        raise ValueError(f"{args.checkpoint} is a dense model: bench compares a pruned checkpoint with its dense self")
+    _set_level(model, args.level)
+    resolution = model_resolution(model, meta)
+    timed = _test_batches(args, resolution, args.num_samples, args.batch_size)
+    batches = [{"pixel_values": p} for p, _ in timed]
+
+    def dense(batch: dict) -> object:
+        return model.model(**batch).logits
+
+    def packed(batch: dict) -> object:
+        return model(**batch).logits
+
+    speed = time_variants({"dense": dense, "packed": packed}, batches, args.repeats)
+    counts = evaluate_vision(model, timed, progress=False)
+    result: dict[str, Any] = {
+        "method": meta["method"], "data": args.eval_data or vision_data_name(args), "checkpoint": args.checkpoint,
+        "batch_size": args.batch_size, "num_samples_timed": sum(len(y) for _, y in timed), "repeats": args.repeats,
+        "dense_samples_per_s": speed["dense"]["samples_per_s"],
+        "pruned_samples_per_s": speed["packed"]["samples_per_s"],
+        "speedup": speed["packed"]["samples_per_s"] / speed["dense"]["samples_per_s"],
+        "latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},
+        "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
+        "flops_ratio": counts.flops_ratio, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
+        "machine": machine_info(), "method_config": meta.get("method_config"),
+    }
+    result["speedup_over_flops_reduction"] = result["speedup"] * result["flops_ratio"]
+    if hasattr(model.policy, "level"):
+        result["level"] = model.policy.level
+    if not args.no_accuracy:
+        scored = _test_batches(args, resolution, args.accuracy_limit, 64)
+        pruned_eval = evaluate_vision(model, scored)
+        with model.pruning_disabled():
+            dense_eval = evaluate_vision(model, scored)
+        result.update(accuracy_dense=dense_eval.accuracy, accuracy_pruned=pruned_eval.accuracy,
+                      num_eval_examples=pruned_eval.num_examples)
+    return result

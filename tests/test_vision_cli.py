@@ -1,0 +1,76 @@
+"""The vision command line on a tiny Dinov2 classifier and a tiny image folder: prune, eval, bench."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import Dinov2Config, Dinov2ForImageClassification
+
+from trimformer.cli import main
+
+
+@pytest.fixture
+def vision_setup(tmp_path):
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8,
+                          mlp_ratio=2, num_labels=2, id2label={0: "dark", 1: "bright"},
+                          label2id={"dark": 0, "bright": 1})
+    Dinov2ForImageClassification(config).save_pretrained(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    for label, scale in (("bright", 1.0), ("dark", 0.2)):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(6):
+            np.save(tmp_path / "images" / label / f"{i}.npy", (rng.random((32, 32)) * scale).astype(np.float32))
+    return tmp_path
+
+
+def _args(root) -> list[str]:
+    return ["--task", "vision", "--data", str(root / "images"), "--eval-data", str(root / "images")]
+
+
+@pytest.mark.parametrize("method,extra", [("tome", ["--r", "2"]), ("evit", ["--keep-rate", "0.5"]),
+                                          ("sait", ["--steps", "2", "--batch-size", "4", "--level", "0.5"]),
+                                          ("asvit", ["--steps", "2", "--batch-size", "4", "--target-flops", "0.7"])])
+def test_prune_eval_bench(vision_setup, method, extra):
+    root = vision_setup
+    ckpt = root / method
+    assert main(["prune", "--model", str(root / "base"), "--method", method, *_args(root), *extra,
+                 "--out", str(ckpt)]) == 0
+    assert main(["eval", str(ckpt), *_args(root), "--json", str(root / "e.json")]) == 0
+    evaluated = json.loads((root / "e.json").read_text())
+    assert evaluated["method"] == method and evaluated["num_examples"] == 12
+    assert evaluated["flops_ratio"] < 1.0  # the method really reduces tokens
+    assert main(["bench", str(ckpt), *_args(root), "--batch-size", "4", "--num-samples", "8", "--repeats", "1",
+                 "--json", str(root / "b.json")]) == 0
+    bench = json.loads((root / "b.json").read_text())
+    for key in ("method", "data", "batch_size", "dense_samples_per_s", "pruned_samples_per_s", "speedup",
+                "flops_ratio", "accuracy_dense", "accuracy_pruned"):
+        assert key in bench, key
+    assert ("level" in bench) == (method == "sait")
+
+
+def test_sait_level_is_a_runtime_dial(vision_setup):
+    root = vision_setup
+    assert main(["prune", "--model", str(root / "base"), "--method", "sait", *_args(root), "--steps", "1",
+                 "--batch-size", "4", "--out", str(root / "s")]) == 0
+    ratios = []
+    for level in ("1.0", "0.5", "0.25"):
+        assert main(["eval", str(root / "s"), *_args(root), "--level", level, "--json", str(root / "e.json")]) == 0
+        ratios.append(json.loads((root / "e.json").read_text())["flops_ratio"])
+    assert ratios[0] == pytest.approx(1.0) and ratios[0] > ratios[1] > ratios[2]
+
+
+def test_vision_errors_are_clear(vision_setup, capsys):
+    root = vision_setup
+    assert main(["prune", "--model", str(root / "base"), "--method", "ltp", *_args(root), "--out",
+                 str(root / "x")]) == 2
+    assert "--task vision takes" in capsys.readouterr().err
+    assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--out", str(root / "x")]) == 2
+    assert "vision method" in capsys.readouterr().err
+    assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--task", "vision", "--data",
+                 "cifar", "--out", str(root / "x")]) == 0  # ToMe is training-free: no data needed to build it
+    assert main(["eval", str(root / "x"), "--task", "vision", "--data", "cifar"]) == 2
+    assert "unknown image data" in capsys.readouterr().err
+    assert main(["eval", str(root / "x"), "--task", "vision", *_args(root)[2:], "--level", "0.5"]) == 2
+    assert "SaiT checkpoints only" in capsys.readouterr().err
