@@ -43,3 +43,25 @@ def test_readme_quantization_flow(tokenizer, text_data, tmp_path):
     again, meta = trimformer.load_pruned(tmp_path / "q")
     assert meta["quant_config"]["wbits"] == 4
     assert torch.equal(again(**batches[0]).logits, pruned(**batches[0]).logits)
+
+
+def test_readme_vision_flow():
+    from torch.utils.data import TensorDataset
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    from trimformer.methods import SaiTConfig
+    from trimformer.vision_pipeline import build_vision_method
+    from trimformer.vision_training import fit_vision
+
+    torch.manual_seed(0)
+    vit = Dinov2ForImageClassification(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                                    image_size=32, patch_size=8, mlp_ratio=2, num_labels=3))
+    images = torch.randn(8, 3, 32, 32)
+    train_images = TensorDataset(images, torch.randint(0, 3, (8,)))
+    sait = build_vision_method(vit, "sait", SaiTConfig(policy="topk", steps=2))
+    fit_vision(sait, train_images, trimformer.TrainConfig(batch_size=4, lr=2e-5))
+    with sait.policy.at_level(0.5):
+        half = sait(pixel_values=images)
+    with sait.policy.at_level(None):
+        dense = sait(pixel_values=images)
+    assert float(half.flops_ratio) < float(dense.flops_ratio) == 1.0
