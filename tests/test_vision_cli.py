@@ -74,3 +74,17 @@ def test_vision_errors_are_clear(vision_setup, capsys):
     assert "unknown image data" in capsys.readouterr().err
     assert main(["eval", str(root / "x"), "--task", "vision", *_args(root)[2:], "--level", "0.5"]) == 2
     assert "SaiT checkpoints only" in capsys.readouterr().err
+
+
+def test_prune_then_quantize_one_vision_model(vision_setup):
+    root = vision_setup
+    assert main(["prune", "--model", str(root / "base"), "--method", "sait", *_args(root), "--steps", "1",
+                 "--batch-size", "4", "--level", "0.5", "--out", str(root / "s")]) == 0
+    assert main(["quantize", str(root / "s"), *_args(root), "--wbits", "4", "--abits", "8", "--calib-batches", "1",
+                 "--out", str(root / "sq"), "--json", str(root / "q.json")]) == 0
+    report = json.loads((root / "q.json").read_text())
+    assert report["method"] == "sait" and report["flops_ratio"] < 1.0 and report["scheme"] == "pwlq"
+    assert main(["eval", str(root / "sq"), *_args(root), "--json", str(root / "e.json")]) == 0
+    evaluated = json.loads((root / "e.json").read_text())
+    assert evaluated["accuracy"] == pytest.approx(report["accuracy_quant"])
+    assert evaluated["flops_ratio"] == pytest.approx(report["flops_ratio"])

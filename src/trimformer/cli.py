@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute the accuracies on a seeded subset of N test texts (default: all)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
 
-    p = sub.add_parser("quantize", help="post-training quantization (PWLQ or uniform) of a text checkpoint")
+    p = sub.add_parser("quantize", help="post-training quantization (PWLQ or uniform) of a text or vision checkpoint")
     p.add_argument("checkpoint", help="fine-tuned classifier or pruned checkpoint folder (pruned stays pruned)")
+    _add_task_option(p)
     _add_data_options(p)
     p.add_argument("--out", required=True, help="output folder of the quantized checkpoint")
     p.add_argument("--scheme", choices=("pwlq", "uniform"), default="pwlq", help="weight scheme (default pwlq)")
@@ -136,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer-wbits", nargs="*", default=[], metavar="GLOB=BITS",
                    help="per-layer weight bits, first match wins (e.g. 'classifier=8')")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
-    p.add_argument("--calib-batches", type=int, default=16, help="calibration batches of 32 texts (default 16)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N test texts")
+    p.add_argument("--calib-batches", type=int, default=16,
+                   help="calibration batches of 32 training texts / images (default 16)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N test texts / images")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
 
     p = sub.add_parser("demo", help="offline end-to-end demo: fine-tune, prune, evaluate, benchmark, report")

@@ -147,7 +147,7 @@ def parse_layer_bits(items: list[str]) -> dict[str, int]:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from trimformer.quant import QuantConfig
-    from trimformer.quant_pipeline import quantize_text_checkpoint
+    from trimformer.quant_pipeline import quantize_vision_checkpoint
 
     config = QuantConfig(
         scheme=args.scheme, wbits=args.wbits, abits=args.abits or None, breakpoint=args.breakpoint,
@@ -155,16 +155,28 @@ def run_quantize(args: argparse.Namespace) -> int:
         per_channel=not args.per_tensor, weight_clip=args.weight_clip, act_clip=args.act_clip,
         act_scheme=args.act_scheme,
         pow2_scale=args.pow2_scale, exclude=list(args.exclude), layer_wbits=parse_layer_bits(args.layer_wbits))
-    model, _, _ = load_model(args.checkpoint)
-    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
-    del model
-    calib, test = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
-    report = quantize_text_checkpoint(args.checkpoint, config, calib, test.subset(args.limit), args.out,
-                                      max_length=args.max_length, calib_batches=args.calib_batches)
+    if args.task == "vision":
+        from trimformer.vision_commands import vision_data_name
+
+        report = quantize_vision_checkpoint(args.checkpoint, config, vision_data_name(args), args.eval_data,
+                                            args.out, calib_batches=args.calib_batches, test_limit=args.limit)
+    else:
+        report = _quantize_text(args, config)
     print(json.dumps(report, indent=2))
     if args.json:
         atomic_write_json(args.json, report)
     return 0
+
+
+def _quantize_text(args: argparse.Namespace, config) -> dict:
+    from trimformer.quant_pipeline import quantize_text_checkpoint
+
+    model, _, _ = load_model(args.checkpoint)
+    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
+    del model
+    calib, test = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
+    return quantize_text_checkpoint(args.checkpoint, config, calib, test.subset(args.limit), args.out,
+                                    max_length=args.max_length, calib_batches=args.calib_batches)
 
 
 def run_demo(args: argparse.Namespace) -> int:

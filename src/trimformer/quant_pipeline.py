@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from torch import nn
 
 from trimformer.checkpoint import WEIGHTS_FILE, load_model, save_pruned
 from trimformer.evaluation import evaluate
+from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import QuantConfig, calibrate, is_quantized, quantize_, quantize_weight
 from trimformer.text_data import TextDataset
 from trimformer.training import unlabelled_batches
@@ -53,6 +55,54 @@ def weight_mse(model: nn.Module, originals: dict[str, torch.Tensor]) -> tuple[fl
     return err, ref
 
 
+def quantize_loaded(
+    model: TokenPrunedModel,
+    meta: dict[str, Any],
+    config: QuantConfig,
+    calibration_batches: list[dict[str, torch.Tensor]],
+    evaluate_fn: Callable[[TokenPrunedModel], Any],
+    out: str | Path,
+    source: str,
+    tokenizer: Any = None,
+    recipe: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Quantize a loaded (possibly pruned) model, calibrate, evaluate before/after, save; returns the report.
+
+    ``evaluate_fn(model)`` returns an object with ``accuracy``, ``flops_ratio`` and ``num_examples``.
+    """
+    if is_quantized(model.model):
+        raise ValueError(f"{source} is already quantized; quantize the float checkpoint it was made from")
+    fp = evaluate_fn(model)
+    size_fp32 = fp32_nbytes(model)
+    originals = float_weights(model.model)
+    quantize_(model.model, config)
+    if config.abits is not None or config.layer_abits:
+        unseen = calibrate(model, calibration_batches)
+        if unseen:
+            raise ValueError(f"calibration never reached {len(unseen)} quantized layer(s), e.g. {unseen[:3]}")
+    quant = evaluate_fn(model)
+    err, ref = weight_mse(model.model, originals)
+    extra = {k: meta[k] for k in ("resolution", "label_names") if k in meta}
+    save_pruned(model, out, tokenizer, extra={**extra, "recipe": {**meta.get("recipe", {}), "quantize": {
+        "quantized_from": source, "calibration_batches": len(calibration_batches), **(recipe or {})}}})
+    return {
+        "scheme": config.scheme,
+        "wbits": config.wbits,
+        "abits": config.abits,
+        "model": source,
+        "method": meta.get("method", "dense"),
+        "quant_config": config.to_dict(),
+        "accuracy_fp": fp.accuracy,
+        "accuracy_quant": quant.accuracy,
+        "weight_mse_ratio_vs_uniform": err / ref if ref > 0 else float("nan"),
+        "size_bytes_fp32": size_fp32,
+        "size_bytes_quant": (Path(out) / WEIGHTS_FILE).stat().st_size,
+        "flops_ratio": quant.flops_ratio,
+        "num_test_examples": quant.num_examples,
+        "out": str(out),
+    }
+
+
 def quantize_text_checkpoint(
     checkpoint: str | Path,
     config: QuantConfig,
@@ -69,36 +119,34 @@ def quantize_text_checkpoint(
     measured on ``test`` before and after. Returns the report (the keys of ``trimformer quantize --json``).
     """
     model, tokenizer, meta = load_model(checkpoint)
-    if is_quantized(model.model):
-        raise ValueError(f"{checkpoint} is already quantized; quantize the float checkpoint it was made from")
-    fp = evaluate(model, test, tokenizer, max_length)
-    size_fp32 = fp32_nbytes(model)
-    originals = float_weights(model.model)
-    quantize_(model.model, config)
-    if config.abits is not None or config.layer_abits:
-        data = calib.subset(calib_batches * batch_size, seed=0)
-        batches = unlabelled_batches(data, tokenizer, batch_size, max_length)
-        unseen = calibrate(model, batches)
-        if unseen:
-            raise ValueError(f"calibration never reached {len(unseen)} quantized layer(s), e.g. {unseen[:3]}")
-    quant = evaluate(model, test, tokenizer, max_length)
-    err, ref = weight_mse(model.model, originals)
-    recipe = {"quantized_from": str(checkpoint), "calibration_texts": min(len(calib), calib_batches * batch_size),
-              "max_length": max_length}
-    save_pruned(model, out, tokenizer, extra={"recipe": {**meta.get("recipe", {}), "quantize": recipe}})
-    return {
-        "scheme": config.scheme,
-        "wbits": config.wbits,
-        "abits": config.abits,
-        "model": str(checkpoint),
-        "method": meta.get("method", "dense"),
-        "quant_config": config.to_dict(),
-        "accuracy_fp": fp.accuracy,
-        "accuracy_quant": quant.accuracy,
-        "weight_mse_ratio_vs_uniform": err / ref if ref > 0 else float("nan"),
-        "size_bytes_fp32": size_fp32,
-        "size_bytes_quant": (Path(out) / WEIGHTS_FILE).stat().st_size,
-        "flops_ratio": quant.flops_ratio,
-        "num_test_examples": quant.num_examples,
-        "out": str(out),
-    }
+    batches = unlabelled_batches(calib.subset(calib_batches * batch_size, seed=0), tokenizer, batch_size, max_length)
+    return quantize_loaded(model, meta, config, batches, lambda m: evaluate(m, test, tokenizer, max_length), out,
+                           str(checkpoint), tokenizer, {"max_length": max_length})
+
+
+def quantize_vision_checkpoint(
+    checkpoint: str | Path,
+    config: QuantConfig,
+    data: str,
+    eval_data: str | None,
+    out: str | Path,
+    calib_batches: int = 16,
+    batch_size: int = 32,
+    test_limit: int | None = None,
+) -> dict[str, Any]:
+    """Quantize a vision checkpoint (dense or SaiT/AS-ViT/EViT/ToMe-pruned) and save it to ``out``."""
+    from trimformer.vision_pipeline import (
+        evaluate_vision,
+        load_image_data,
+        load_vision_model,
+        model_resolution,
+        pixel_batches,
+    )
+
+    model, meta = load_vision_model(checkpoint)
+    res = model_resolution(model, meta)
+    calib = load_image_data(data, "train", res, calib_batches * batch_size, seed=0)
+    batches = [{"pixel_values": p} for p, _ in pixel_batches(calib, batch_size)]
+    test = pixel_batches(load_image_data(eval_data or data, "test", res, test_limit), 64)
+    meta = {**meta, "resolution": res}
+    return quantize_loaded(model, meta, config, batches, lambda m: evaluate_vision(m, test), out, str(checkpoint))
