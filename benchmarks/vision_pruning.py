@@ -35,6 +35,7 @@ from trimformer.vision_pipeline import (
     model_resolution,
     pixel_batches,
 )
+from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches
 from trimformer.vision_training import fit_vision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,63 +101,6 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def plot_histogram(counts: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, values in counts.items():
-        ax.hist(values, bins=range(0, 66, 2), alpha=0.6, label=label)
-    ax.set_xlabel("patch tokens kept after the pruning block (of 64)")
-    ax.set_ylabel("test images")
-    ax.set_title("SaiT mass policy: kept tokens differ per image")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-@torch.no_grad()
-def kept_patch_masks(model, pixels: torch.Tensor, level: float) -> torch.Tensor:
-    """bool [B, 64] patches kept at the (single) SaiT stage, in masked mode (original positions)."""
-    policy = model.policy
-    model.mode = "masked"
-    with policy.at_level(level), policy.capture() as cap:
-        model(pixel_values=pixels)
-    model.mode = "packed"
-    keep = cap.records[0].keep
-    return keep[:, 1:]  # drop [CLS]
-
-
-def plot_overlay(images: torch.Tensor, keeps: torch.Tensor, labels: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = images.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4))
-    grid = int(keeps.shape[1] ** 0.5)
-    for i in range(n):
-        img = images[i, 0]
-        img = (img - img.min()) / (img.max() - img.min() + 1e-8)
-        axes[0, i].imshow(img, cmap="gray")
-        mask = keeps[i].reshape(grid, grid).float()
-        mask = mask.repeat_interleave(img.shape[0] // grid, 0).repeat_interleave(img.shape[1] // grid, 1)
-        rgb = img[..., None].repeat(1, 1, 3)
-        red = torch.tensor([0.85, 0.1, 0.1])
-        rgb = torch.where(mask[..., None] > 0, rgb, 0.35 * rgb + 0.65 * red)  # pruned patches tinted red
-        axes[1, i].imshow(rgb.clamp(0, 1).numpy())
-        axes[1, i].set_title(f"{int(keeps[i].sum())}/{keeps.shape[1]}", fontsize=8)
-        axes[0, i].set_title(labels[i], fontsize=7)
-        for a in axes[:, i]:
-            a.axis("off")
-    fig.suptitle("SaiT (mass policy): patches pruned after the pruning block in red; kept / 64 above", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -216,8 +160,10 @@ def main() -> None:
     pixels = test_batches[0][0][:8]
     labels = [meta["label_names"][int(y)] for y in test_batches[0][1][:8]]
     keeps = kept_patch_masks(mass, pixels, SAIT_MASS_LEVELS[1])
-    plot_overlay(pixels, keeps, labels, out / "vision_pruning_kept_patches.png")
-    plot_histogram(mass_counts, out / "vision_pruning_kept_histogram.png")
+    kept_patches(pixels, keeps, labels, out / "vision_pruning_kept_patches.png",
+                 f"SaiT mass {SAIT_MASS_LEVELS[1]}: patches pruned at block {mass.policy.stages[0]} in red")
+    kept_histogram(mass_counts, keeps.shape[1], out / "vision_pruning_kept_histogram.png",
+                   "SaiT mass policy: kept tokens differ per image")
     plot_curves([r for r in rows if r["method"] not in ("plain", "sait")], dense_acc,
                 plain_eval.gflops_per_sample, out / "vision_pruning_accuracy_vs_gflops.png")
     result = {

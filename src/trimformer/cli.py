@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--target-flops", type=float, default=0.5, help="FLOPs target (default 0.5)")
     p.add_argument("--fast", action="store_true", help="tiny settings for a smoke test (numbers are meaningless)")
+    p.add_argument("--task", choices=("text", "vision"), default="text",
+                   help="text: LTP on MiniLM / Rotten Tomatoes (default); vision: the sparsity dial of one SaiT "
+                        "checkpoint on a small ViT / Fashion-MNIST")
     return parser
 
 

@@ -180,6 +180,11 @@ def _quantize_text(args: argparse.Namespace, config) -> dict:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.task == "vision":
+        from trimformer.vision_demo import run_vision_demo
+
+        run_vision_demo(Path(args.out), fast=args.fast)
+        return 0
     from trimformer.demo import run_demo as demo
 
     demo(Path(args.out), target_flops=args.target_flops, fast=args.fast)
