@@ -8,8 +8,9 @@ Stages (each cached, so a rerun resumes):
 3. per-image kept-token counts of the mass policy (histogram) and a picture of the kept patches.
 Speed is measured separately by benchmarks/vision_speed.py.
 
-Writes benchmarks/results/vision_pruning.json and vision_pruning_*.png.
+Writes benchmarks/results/vision_pruning[_TAG].json and vision_pruning[_TAG]_*.png.
 Usage: python benchmarks/vision_pruning.py [--threads 2] [--sait-steps 120] [--asvit-steps 100]
+       python benchmarks/vision_pruning.py --base runs/tiny_vit --runs runs/vision_tiny --tag tiny_vit
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def row(method: str, setting: str, ev, dense_acc: float, **extra: Any) -> dict[s
     return r
 
 
-def plot_curves(rows: list[dict], dense_acc: float, dense_gflops: float, path: Path) -> None:
+def plot_curves(rows: list[dict], dense_acc: float, dense_gflops: float, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +86,7 @@ def plot_curves(rows: list[dict], dense_acc: float, dense_gflops: float, path: P
     ax.scatter([dense_gflops], [dense_acc], color="k", marker="*", s=120, zorder=5, label="plain fine-tuned")
     ax.set_xlabel("encoder GFLOPs per image")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("DINOv2 ViT-S/14, Fashion-MNIST 112 px: accuracy vs GFLOPs")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -112,9 +113,11 @@ def main() -> None:
     ap.add_argument("--asvit-steps", type=int, default=100)
     ap.add_argument("--asvit-rho", type=float, default=0.6)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. 'tiny_vit')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out, runs = Path(args.out_dir), Path(args.runs)
+    stem = "vision_pruning" + (f"_{args.tag}" if args.tag else "")
     out.mkdir(parents=True, exist_ok=True)
     plain, meta = load_vision_model(args.base)
     res = model_resolution(plain, meta)
@@ -160,12 +163,13 @@ def main() -> None:
     pixels = test_batches[0][0][:8]
     labels = [meta["label_names"][int(y)] for y in test_batches[0][1][:8]]
     keeps = kept_patch_masks(mass, pixels, SAIT_MASS_LEVELS[1])
-    kept_patches(pixels, keeps, labels, out / "vision_pruning_kept_patches.png",
+    kept_patches(pixels, keeps, labels, out / f"{stem}_kept_patches.png",
                  f"SaiT mass {SAIT_MASS_LEVELS[1]}: patches pruned at block {mass.policy.stages[0]} in red")
-    kept_histogram(mass_counts, keeps.shape[1], out / "vision_pruning_kept_histogram.png",
+    kept_histogram(mass_counts, keeps.shape[1], out / f"{stem}_kept_histogram.png",
                    "SaiT mass policy: kept tokens differ per image")
     plot_curves([r for r in rows if r["method"] not in ("plain", "sait")], dense_acc,
-                plain_eval.gflops_per_sample, out / "vision_pruning_accuracy_vs_gflops.png")
+                plain_eval.gflops_per_sample, out / f"{stem}_accuracy_vs_gflops.png",
+                f"{type(plain.model).__name__} / Fashion-MNIST {res} px: accuracy vs GFLOPs")
     result = {
         "benchmark": "vision_pruning",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -179,7 +183,7 @@ def main() -> None:
         "kept_at_stage_per_image": mass_counts,
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    atomic_write_json(out / "vision_pruning.json", result)
+    atomic_write_json(out / f"{stem}.json", result)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ pruning off, SaiT (packed, tokens removed) at a chosen level, and ToMe / EViT at
 closest to SaiT's (from benchmarks/results/vision_pruning.json). Batch 64 (throughput) and batch 1 (latency).
 Run it on an otherwise idle machine.
 
-Writes benchmarks/results/vision_speed.json and vision_speed.png.
-Usage: python benchmarks/vision_speed.py [--sait-level 0.4] [--threads 2]
+Writes benchmarks/results/vision_speed[_TAG].json and .png.
+Usage: python benchmarks/vision_speed.py [--sait-level 0.4] [--threads 2] [--base DIR --sait DIR --tag TAG]
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ def main() -> None:
     ap.add_argument("--sait-level", type=float, default=0.4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
+    ap.add_argument("--tag", default="", help="suffix of vision_pruning.py's results to pair with (e.g. tiny_vit)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
-    accuracy = json.loads((out / "vision_pruning.json").read_text())
+    suffix = f"_{args.tag}" if args.tag else ""
+    accuracy = json.loads((out / f"vision_pruning{suffix}.json").read_text())
     plain, meta = load_vision_model(args.base)
     sait, _ = load_pruned(args.sait)
     sait.policy.set_level(args.sait_level)
@@ -93,8 +95,8 @@ def main() -> None:
                            "evit_keep_rate": evit_row["keep_rate"], "resolution": res, "repeats": args.repeats,
                            "images": "seeded Fashion-MNIST test images (seed 3)"},
               "results": results}
-    atomic_write_json(out / "vision_speed.json", result)
-    plot(results, out / "vision_speed.png")
+    atomic_write_json(out / f"vision_speed{suffix}.json", result)
+    plot(results, out / f"vision_speed{suffix}.png")
 
 
 def _engine_dense(model, batch):
