@@ -84,7 +84,7 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss.detach().item():.3f}", refresh=False)
         acc = accuracy(model, x_test, y_test)
         history.append({"epoch": epoch + 1, "test_accuracy": acc, "seconds": round(time.perf_counter() - t0, 1)})
         print(f"epoch {epoch + 1}: test accuracy {acc:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
