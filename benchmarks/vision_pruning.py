@@ -10,7 +10,7 @@ Speed is measured separately by benchmarks/vision_speed.py.
 
 Writes benchmarks/results/vision_pruning[_TAG].json and vision_pruning[_TAG]_*.png.
 Usage: python benchmarks/vision_pruning.py [--threads 2] [--sait-steps 120] [--asvit-steps 100]
-       python benchmarks/vision_pruning.py --base runs/tiny_vit --runs runs/vision_tiny --tag tiny_vit
+       python benchmarks/vision_pruning.py --base OTHER_CLASSIFIER --runs runs/vision_other --tag other
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--asvit-steps", type=int, default=100)
     ap.add_argument("--asvit-rho", type=float, default=0.6)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
-    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. 'tiny_vit')")
+    ap.add_argument("--tag", default="", help="suffix of the result files (e.g. 'other')")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out, runs = Path(args.out_dir), Path(args.runs)

@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--sait-level", type=float, default=0.4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
-    ap.add_argument("--tag", default="", help="suffix of vision_pruning.py's results to pair with (e.g. tiny_vit)")
+    ap.add_argument("--tag", default="", help="suffix of vision_pruning.py's results to pair with (e.g. other)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
