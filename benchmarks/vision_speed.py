@@ -1,7 +1,8 @@
 """Measured speed of vision token reduction vs the unmodified transformers model, same run, interleaved.
 
 Variants: the plain fine-tuned DINOv2 classifier (transformers' own forward, SDPA attention), our engine with
-pruning off, SaiT (packed, tokens removed) at a chosen level, and ToMe / EViT at the setting whose FLOPs are
+pruning off, SaiT (packed, tokens removed) at a chosen top-K level and with the input-adaptive mass policy on
+the same weights, and ToMe / EViT at the setting whose FLOPs are
 closest to SaiT's (from benchmarks/results/vision_pruning.json). Batch 64 (throughput) and batch 1 (latency).
 Run it on an otherwise idle machine.
 
@@ -22,7 +23,7 @@ from trimformer.bench import time_variants
 from trimformer.checkpoint import load_pruned
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
-from trimformer.methods import EViTConfig, ToMeConfig
+from trimformer.methods import EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.vision_pipeline import (
     build_vision_method,
     evaluate_vision,
@@ -45,7 +46,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--base", default=str(ROOT / "runs/fmnist_vit"))
     ap.add_argument("--sait", default=str(ROOT / "runs/vision/sait"))
-    ap.add_argument("--sait-level", type=float, default=0.4)
+    ap.add_argument("--sait-level", type=float, default=0.5, help="top-K keep rate of the SaiT checkpoint")
+    ap.add_argument("--mass-level", type=float, default=0.8, help="importance mass of the input-adaptive policy")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--tag", default="", help="suffix of vision_pruning.py's results to pair with (e.g. other)")
@@ -60,17 +62,20 @@ def main() -> None:
     res = model_resolution(plain, meta)
     images = load_image_data("fashion_mnist", "test", res, limit=256, seed=3)
     sait_eval = evaluate_vision(sait, pixel_batches(images, 64), progress=False)
+    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", default_level=args.mass_level))
     tome_row = closest(accuracy["rows"], "tome", sait_eval.flops_ratio)
     evit_row = closest(accuracy["rows"], "evit", sait_eval.flops_ratio)
     tome = build_vision_method(plain.model, "tome", ToMeConfig(r=tome_row["r"]))
     evit = build_vision_method(plain.model, "evit", EViTConfig(keep_rate=evit_row["keep_rate"]))
     flops = {"sait": sait_eval.flops_ratio,
              "tome": evaluate_vision(tome, pixel_batches(images, 64), progress=False).flops_ratio,
-             "evit": evaluate_vision(evit, pixel_batches(images, 64), progress=False).flops_ratio}
+             "evit": evaluate_vision(evit, pixel_batches(images, 64), progress=False).flops_ratio,
+             "sait_mass": evaluate_vision(mass, pixel_batches(images, 64), progress=False).flops_ratio}
     variants = {
         "dense_hf": lambda b: plain.model(**b).logits,
         "engine_dense": lambda b: _engine_dense(plain, b),
         "sait": lambda b: sait(**b).logits,
+        "sait_mass": lambda b: mass(**b).logits,
         "tome": lambda b: tome(**b).logits,
         "evit": lambda b: evit(**b).logits,
     }
@@ -91,7 +96,8 @@ def main() -> None:
               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {**machine_info(), "threads": args.threads},
               "settings": {"base_model": args.base, "sait": args.sait, "sait_level": args.sait_level,
-                           "sait_policy": sait.policy.config().policy, "tome_r": tome_row["r"],
+                           "sait_policy": sait.policy.config().policy,
+                           "mass_level": args.mass_level, "tome_r": tome_row["r"],
                            "evit_keep_rate": evit_row["keep_rate"], "resolution": res, "repeats": args.repeats,
                            "images": "seeded Fashion-MNIST test images (seed 3)"},
               "results": results}
@@ -114,7 +120,7 @@ def plot(results: dict, path: Path) -> None:
     for ax, (bs, res) in zip(axes, results.items(), strict=True):
         names = list(res)
         ax.bar(names, [res[n]["speedup_vs_dense_hf"] for n in names],
-               color=["k", "grey", "C0", "C4", "C3"][: len(names)])
+               color=["k", "grey", "C0", "C1", "C4", "C3"][: len(names)])
         for i, n in enumerate(names):
             ax.text(i, res[n]["speedup_vs_dense_hf"], f"{res[n]['speedup_vs_dense_hf']:.2f}x\n"
                     f"F {res[n]['flops_ratio']:.2f}", ha="center", va="bottom", fontsize=7)

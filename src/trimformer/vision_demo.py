@@ -36,7 +36,7 @@ MASS_LEVEL = 0.9
 
 @dataclass
 class VisionDemoSettings:
-    train_images: int = 12000
+    train_images: int = 60000
     epochs: int = 2
     sait_steps: int = 80
     eval_images: int = 2000
