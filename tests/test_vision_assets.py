@@ -268,3 +268,15 @@ def test_real_conversion_matches_onnxruntime(tmp_path: Path, monkeypatch: pytest
     assert classifier.classifier.out_features == 3
     for name, tensor in model.state_dict().items():
         assert torch.equal(classifier.dinov2.state_dict()[name], tensor), name
+
+
+def test_batched_conversion_equals_per_image():
+    import torch
+
+    from trimformer.vision.data import grayscale_batch_to_inputs, to_model_input
+
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for res in (None, 28, 56):
+        batched = grayscale_batch_to_inputs(images, res, chunk=2)
+        single = torch.stack([to_model_input(img.float().div(255)[None], res) for img in images])
+        assert torch.allclose(batched, single, atol=1e-6)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Subset
+from torch.utils.data import Subset, TensorDataset
 from tqdm.auto import tqdm
 from transformers import ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 
@@ -24,7 +24,7 @@ from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import SaiTConfig
 from trimformer.training import TrainConfig
-from trimformer.vision.data import FASHION_MNIST_CLASSES, FashionMNIST
+from trimformer.vision.data import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
 from trimformer.vision_pipeline import build_vision_method, evaluate_vision, pixel_batches
 from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches, sparsity_dial
 from trimformer.vision_training import fit_vision
@@ -81,12 +81,14 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
     settings = VisionDemoSettings.fast() if fast else VisionDemoSettings()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    train_all = FashionMNIST("train", RESOLUTION)
-    idx = torch.randperm(len(train_all), generator=torch.Generator().manual_seed(seed))[:settings.train_images]
-    train = Subset(train_all, idx.tolist())
-    test_all = FashionMNIST("test", RESOLUTION)
-    test_idx = torch.randperm(len(test_all), generator=torch.Generator().manual_seed(1))[:settings.eval_images]
-    test = pixel_batches(Subset(test_all, sorted(test_idx.tolist())), 100)
+    train_x, train_y = load_fashion_mnist("train")
+    test_x, test_y = load_fashion_mnist("test")
+    idx = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:settings.train_images]
+    train = TensorDataset(grayscale_batch_to_inputs(train_x[idx], RESOLUTION), train_y[idx].long())
+    test_idx = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(1))[:settings.eval_images]
+    test_idx = test_idx.sort().values
+    test_all = TensorDataset(grayscale_batch_to_inputs(test_x, RESOLUTION), test_y.long())
+    test = pixel_batches(Subset(test_all, test_idx.tolist()), 100)
 
     print(f"[demo] training a small ViT from scratch on {len(train)} Fashion-MNIST images")
     vit = tiny_vit()

@@ -113,6 +113,22 @@ def to_model_input(image: torch.Tensor, resolution: int | None) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
+def grayscale_batch_to_inputs(images: torch.Tensor, resolution: int | None, chunk: int = 4096) -> torch.Tensor:
+    """uint8 images [N, H, W] -> normalised float32 [N, 3, R, R], the batched form of :func:`to_model_input`."""
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W), got {tuple(images.shape)}")
+    out = []
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].to(torch.float32).div(255.0)[:, None]  # [n, 1, H, W]
+        if resolution is not None and tuple(x.shape[2:]) != (resolution, resolution):
+            x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+        x = x.expand(-1, 3, -1, -1)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        out.append((x - mean) / std)
+    return torch.cat(out)
+
+
 class GrayscaleImageDataset(Dataset):
     """uint8 grayscale images (N, H, W) + labels, served as normalised 3-channel (3, R, R) tensors."""
 
