@@ -143,10 +143,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def plot(records: list[dict], layers: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trimformer.plots import plt, save_figure
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     styles = {"minmax": "C0", "mse": "C1", "gaussian": "C2", "laplace": "C3", "search": "C4", "search3": "C5"}
@@ -192,11 +189,7 @@ def plot(records: list[dict], layers: list[str], path: Path, title: str) -> None
     ax2.set_ylim(0, 0.6)
     ax2.set_title("per layer, 4 bits, no bias correction")
     ax2.legend(fontsize=7, ncol=2, loc="upper left")
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run_model(model: str, threads: int, out: Path) -> dict:

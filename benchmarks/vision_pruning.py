@@ -71,10 +71,7 @@ def row(method: str, setting: str, ev, dense_acc: float, **extra: Any) -> dict[s
 
 
 def plot_curves(rows: list[dict], dense_acc: float, dense_gflops: float, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trimformer.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.6))
     styles = {"sait-topk": ("C0", "o"), "sait-mass": ("C1", "s"), "asvit": ("C2", "^"), "evit": ("C3", "v"),
@@ -89,17 +86,7 @@ def plot_curves(rows: list[dict], dense_acc: float, dense_gflops: float, path: P
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def main() -> None:

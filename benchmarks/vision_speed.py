@@ -111,10 +111,7 @@ def _engine_dense(model, batch):
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trimformer.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, (bs, res) in zip(axes, results.items(), strict=True):
@@ -127,11 +124,7 @@ def plot(results: dict, path: Path) -> None:
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_title(f"batch {bs}: speed-up vs transformers dense (F = FLOPs ratio)", fontsize=9)
         ax.set_ylabel("speed-up")
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

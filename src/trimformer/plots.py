@@ -15,7 +15,8 @@ from trimformer.io_utils import atomic_save_file  # noqa: E402
 _COLORS = {"dense": "black", "ltp": "tab:blue", "topk": "tab:orange", "masked": "tab:gray", "packed": "tab:blue"}
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """tight_layout, then write the PNG atomically (an interrupted write leaves the old file) and close."""
     fig.tight_layout()
     atomic_save_file(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
@@ -34,7 +35,7 @@ def accuracy_vs_gflops(points: Sequence[dict], path: str | Path, title: str) -> 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def kept_tokens_per_layer(series: dict[str, Sequence[float]], path: str | Path, title: str,
@@ -51,7 +52,7 @@ def kept_tokens_per_layer(series: dict[str, Sequence[float]], path: str | Path, 
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def throughput_bars(rows: Sequence[dict], path: str | Path, title: str) -> Path:
@@ -72,4 +73,4 @@ def throughput_bars(rows: Sequence[dict], path: str | Path, title: str) -> Path:
     ax.set_title(title)
     ax.axhline(1.0, color="black", lw=0.8)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)

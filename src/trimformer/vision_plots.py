@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from trimformer.plots import _save, plt
+from trimformer.plots import plt, save_figure
 from trimformer.pruned import TokenPrunedModel
 
 
@@ -47,7 +47,7 @@ def kept_patches(images: torch.Tensor, keeps: torch.Tensor, titles: Sequence[str
         for ax in axes[:, i]:
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def kept_histogram(counts: dict[str, Sequence[float]], total: int, path: str | Path, title: str) -> Path:
@@ -60,7 +60,7 @@ def kept_histogram(counts: dict[str, Sequence[float]], total: int, path: str | P
     ax.set_ylabel("test images")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sparsity_dial(rows: Sequence[dict], path: str | Path, title: str) -> Path:
@@ -79,4 +79,4 @@ def sparsity_dial(rows: Sequence[dict], path: str | Path, title: str) -> Path:
     ax2.set_ylabel("measured speed-up vs dense", color="tab:orange")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
