@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from trimformer.checkpoint import load_model
+from trimformer.checkpoint import label_names, load_model
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.pruned import TokenPrunedModel
@@ -49,7 +49,7 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
             for name in variants}
 
 
-def speed_variants(model: TokenPrunedModel) -> dict[str, Callable[[dict], object]]:
+def speed_variants(model: TokenPrunedModel, masked: bool = True) -> dict[str, Callable[[dict], object]]:
     """dense: the unmodified transformers forward (its default attention); packed / masked: pruned."""
 
     def dense(batch: dict) -> object:
@@ -59,11 +59,38 @@ def speed_variants(model: TokenPrunedModel) -> dict[str, Callable[[dict], object
         model.mode = "packed"
         return model(**batch).logits
 
-    def masked(batch: dict) -> object:
+    def masked_run(batch: dict) -> object:
         model.mode = "masked"
         return model(**batch).logits
 
-    return {"dense": dense, "packed": packed, "masked": masked}
+    variants = {"dense": dense, "packed": packed}
+    if masked:
+        variants["masked"] = masked_run
+    return variants
+
+
+def check_benchable(checkpoint: str | Path, meta: dict) -> None:
+    """bench compares a token-reduced model with its dense self: refuse a dense checkpoint clearly."""
+    if meta.get("method", "dense") == "dense":
+        what = "a quantized dense" if meta.get("quant_config") else "a dense"
+        raise ValueError(f"{checkpoint} is {what} model: bench compares a token-pruned checkpoint with its dense "
+                         "self (quantization is simulated in float, so it has no speed of its own); use eval")
+
+
+def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts) -> dict:
+    """The keys every ``bench`` JSON shares, from timed variants and an evaluation of the pruned model."""
+    dense, packed = speed["dense"]["samples_per_s"], speed["packed"]["samples_per_s"]
+    record = {
+        "dense_samples_per_s": dense, "pruned_samples_per_s": packed, "speedup": packed / dense,
+        "latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},
+        "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
+        "flops_ratio": counts.flops_ratio, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
+        "machine": machine_info(), "method_config": meta.get("method_config"),
+        "speedup_over_flops_reduction": packed / dense * counts.flops_ratio,
+    }
+    if meta.get("quant_config"):  # both variants run the same fake-quant weights; the ratio is pruning's
+        record["quant_config"] = meta["quant_config"]
+    return record
 
 
 def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = None, batch_size: int = 32,
@@ -74,13 +101,10 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
     if threads is not None:
         torch.set_num_threads(threads)
     model, tokenizer, meta = load_model(str(checkpoint))
-    if meta.get("method") == "dense":
-        what = "a quantized dense" if meta.get("quant_config") else "a dense"
-        raise ValueError(f"{checkpoint} is {what} model: bench compares a token-pruned checkpoint with its dense "
-                         "self (quantization is simulated in float, so it has no speed of its own); use eval")
+    check_benchable(checkpoint, meta)
     model.eval()
-    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
-    test = load_text_data(eval_data or data, "test", label_names if eval_data or Path(data).suffix else None)
+    names = label_names(model) if eval_data or Path(data).suffix else None
+    test = load_text_data(eval_data or data, "test", names)
     timed = test.subset(num_samples, seed=seed)
     batches = unlabelled_batches(timed, tokenizer, batch_size, max_length)
     speed = time_variants(speed_variants(model), batches, repeats)
@@ -89,22 +113,12 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
     result = {
         "method": meta["method"], "data": eval_data or data, "checkpoint": str(checkpoint),
         "batch_size": batch_size, "max_length": max_length, "num_samples_timed": len(timed),
-        "repeats": repeats,
-        "dense_samples_per_s": speed["dense"]["samples_per_s"],
-        "pruned_samples_per_s": speed["packed"]["samples_per_s"],
+        "repeats": repeats, **speed_record(meta, speed, counts),
         "masked_samples_per_s": speed["masked"]["samples_per_s"],
-        "speedup": speed["packed"]["samples_per_s"] / speed["dense"]["samples_per_s"],
         "masked_speedup": speed["masked"]["samples_per_s"] / speed["dense"]["samples_per_s"],
-        "latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},
         "latency_ms_p90": {k: v["latency_ms_p90"] for k, v in speed.items()},
-        "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
-        "flops_ratio": counts.flops_ratio,
-        "mean_length": counts.mean_length, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
-        "machine": machine_info(), "method_config": meta.get("method_config"),
+        "mean_length": counts.mean_length,
     }
-    if meta.get("quant_config"):  # both variants run the same fake-quant weights; the ratio is pruning's
-        result["quant_config"] = meta["quant_config"]
-    result["speedup_over_flops_reduction"] = result["speedup"] * result["flops_ratio"]
     if accuracy:
         scored = test.subset(accuracy_limit, seed=seed)
         full_pruned = evaluate(model, scored, tokenizer, max_length)

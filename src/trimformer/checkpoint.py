@@ -55,6 +55,12 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete or corrupt."""
 
 
+def label_names(model: TokenPrunedModel) -> list[str]:
+    """Class names of a wrapped classifier, in label-id order."""
+    config = model.model.config
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
 def is_pruned_checkpoint(path: str | Path) -> bool:
     return (Path(path) / META_FILE).is_file()
 

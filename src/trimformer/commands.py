@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from trimformer.assets import minilm_path
-from trimformer.checkpoint import load_model, save_dense, save_pruned
+from trimformer.checkpoint import label_names, load_model, save_dense, save_pruned
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import LTPConfig, TopKConfig
@@ -21,8 +21,8 @@ def resolve_model_name(name: str) -> str:
     return str(minilm_path()) if name == "minilm" else name
 
 
-def load_splits(data: str, eval_data: str | None, label_names=None) -> tuple[TextDataset, TextDataset]:
-    train = load_text_data(data, "train", label_names)
+def load_splits(data: str, eval_data: str | None, names: list[str] | None = None) -> tuple[TextDataset, TextDataset]:
+    train = load_text_data(data, "train", names)
     if eval_data is not None:
         return train, load_text_data(eval_data, "test", train.label_names)
     if Path(data).suffix:
@@ -64,8 +64,7 @@ def run_prune(args: argparse.Namespace) -> int:
     pruned, tokenizer, meta = load_model(args.model)
     if meta.get("method") != "dense":
         raise ValueError(f"{args.model} is already pruned ({meta['method']}); prune a dense fine-tuned model")
-    label_names = [pruned.model.config.id2label[i] for i in range(pruned.model.config.num_labels)]
-    train, _ = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
+    train, _ = load_splits(args.data, args.eval_data, label_names(pruned) if Path(args.data).suffix else None)
     train = train.subset(args.train_subset, seed=args.seed)
     target = args.target_flops if args.target_flops > 0 else None
     if args.method == "ltp":
@@ -97,8 +96,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError("--level applies to vision SaiT checkpoints (--task vision)")
     model, tokenizer, meta = load_model(args.checkpoint)
     model.mode = args.mode
-    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
-    _, test = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
+    _, test = load_splits(args.data, args.eval_data, label_names(model) if Path(args.data).suffix else None)
     test = test.subset(args.limit)
     result = evaluate(model, test, tokenizer, args.max_length)
     summary = {"checkpoint": args.checkpoint, "method": meta.get("method"), "data": args.data,
@@ -169,14 +167,12 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def _quantize_text(args: argparse.Namespace, config) -> dict:
-    from trimformer.quant_pipeline import quantize_text_checkpoint
+    from trimformer.quant_pipeline import quantize_text_model
 
-    model, _, _ = load_model(args.checkpoint)
-    label_names = [model.model.config.id2label[i] for i in range(model.model.config.num_labels)]
-    del model
-    calib, test = load_splits(args.data, args.eval_data, label_names if Path(args.data).suffix else None)
-    return quantize_text_checkpoint(args.checkpoint, config, calib, test.subset(args.limit), args.out,
-                                    max_length=args.max_length, calib_batches=args.calib_batches)
+    model, tokenizer, meta = load_model(args.checkpoint)
+    calib, test = load_splits(args.data, args.eval_data, label_names(model) if Path(args.data).suffix else None)
+    return quantize_text_model(model, tokenizer, meta, args.checkpoint, config, calib, test.subset(args.limit),
+                               args.out, max_length=args.max_length, calib_batches=args.calib_batches)
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trimformer.checkpoint import WEIGHTS_FILE, load_model, save_pruned
+from trimformer.checkpoint import WEIGHTS_FILE, save_pruned
 from trimformer.evaluation import evaluate
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import QuantConfig, calibrate, is_quantized, quantize_, quantize_weight
@@ -103,8 +103,11 @@ def quantize_loaded(
     }
 
 
-def quantize_text_checkpoint(
-    checkpoint: str | Path,
+def quantize_text_model(
+    model: TokenPrunedModel,
+    tokenizer: Any,
+    meta: dict[str, Any],
+    source: str,
     config: QuantConfig,
     calib: TextDataset,
     test: TextDataset,
@@ -113,15 +116,14 @@ def quantize_text_checkpoint(
     calib_batches: int = 16,
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Quantize a trimformer text checkpoint (or a dense transformers classifier) and save it to ``out``.
+    """Quantize a loaded text model (``load_model(source)``: dense or pruned) and save it to ``out``.
 
     Activation ranges come from ``calib_batches`` batches of ``calib`` texts (labels unused); accuracy is
     measured on ``test`` before and after. Returns the report (the keys of ``trimformer quantize --json``).
     """
-    model, tokenizer, meta = load_model(checkpoint)
     batches = unlabelled_batches(calib.subset(calib_batches * batch_size, seed=0), tokenizer, batch_size, max_length)
     return quantize_loaded(model, meta, config, batches, lambda m: evaluate(m, test, tokenizer, max_length), out,
-                           str(checkpoint), tokenizer, {"max_length": max_length})
+                           source, tokenizer, {"max_length": max_length})
 
 
 def quantize_vision_checkpoint(

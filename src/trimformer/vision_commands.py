@@ -8,8 +8,7 @@ from typing import Any
 
 import torch
 
-from trimformer.checkpoint import save_pruned
-from trimformer.envinfo import machine_info
+from trimformer.checkpoint import label_names, save_pruned
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
@@ -61,7 +60,7 @@ def run_prune_vision(args: argparse.Namespace) -> int:
         history = fit_vision(model, train, train_config)
         recipe.update(train=train_config.to_dict(), train_images=len(train),
                       **{k: v for k, v in history.items() if k != "train"})
-    labels = meta.get("label_names") or [base.model.config.id2label[i] for i in range(base.model.config.num_labels)]
+    labels = meta.get("label_names") or label_names(base)
     save_pruned(model, args.out, extra={"resolution": resolution, "label_names": labels, "recipe": recipe})
     print(f"saved {args.method} model to {args.out}")
     return 0
@@ -96,38 +95,23 @@ def run_eval_vision(args: argparse.Namespace) -> int:
 
 def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
     """The JSON record of ``trimformer bench --task vision`` (same keys as the text bench)."""
-    from trimformer.bench import time_variants
+    from trimformer.bench import check_benchable, speed_record, speed_variants, time_variants
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model, meta = load_vision_model(args.checkpoint)
-    if meta.get("method", "dense") == "dense":
-        raise ValueError(f"{args.checkpoint} is a dense model: bench compares a pruned checkpoint with its dense self")
+    check_benchable(args.checkpoint, meta)
     _set_level(model, args.level)
     resolution = model_resolution(model, meta)
     timed = _test_batches(args, resolution, args.num_samples, args.batch_size)
     batches = [{"pixel_values": p} for p, _ in timed]
-
-    def dense(batch: dict) -> object:
-        return model.model(**batch).logits
-
-    def packed(batch: dict) -> object:
-        return model(**batch).logits
-
-    speed = time_variants({"dense": dense, "packed": packed}, batches, args.repeats)
+    speed = time_variants(speed_variants(model, masked=False), batches, args.repeats)
     counts = evaluate_vision(model, timed, progress=False)
     result: dict[str, Any] = {
         "method": meta["method"], "data": args.eval_data or vision_data_name(args), "checkpoint": args.checkpoint,
         "batch_size": args.batch_size, "num_samples_timed": sum(len(y) for _, y in timed), "repeats": args.repeats,
-        "dense_samples_per_s": speed["dense"]["samples_per_s"],
-        "pruned_samples_per_s": speed["packed"]["samples_per_s"],
-        "speedup": speed["packed"]["samples_per_s"] / speed["dense"]["samples_per_s"],
-        "latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},
-        "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
-        "flops_ratio": counts.flops_ratio, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
-        "machine": machine_info(), "method_config": meta.get("method_config"),
+        **speed_record(meta, speed, counts),
     }
-    result["speedup_over_flops_reduction"] = result["speedup"] * result["flops_ratio"]
     if hasattr(model.policy, "level"):
         result["level"] = model.policy.level
     if not args.no_accuracy:

@@ -18,7 +18,7 @@ from torch.utils.data import Subset, TensorDataset
 from tqdm.auto import tqdm
 from transformers import ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 
-from trimformer.bench import time_variants
+from trimformer.bench import speed_variants, time_variants
 from trimformer.checkpoint import load_pruned, save_pruned
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json, atomic_write_text
@@ -102,15 +102,13 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
     timed = [{"pixel_values": p} for p, _ in pixel_batches(Subset(test_all, list(range(settings.bench_images))), 64)]
     dial = []
     for level in TOPK_LEVELS:
-        with sait.policy.at_level(level):
-            ev = evaluate_vision(sait, test, progress=False)
         sait.policy.set_level(level)
-        speed = time_variants({"dense": lambda b: sait.model(**b).logits, "sait": lambda b: sait(**b).logits},
-                              timed, settings.bench_repeats)
+        ev = evaluate_vision(sait, test, progress=False)
+        speed = time_variants(speed_variants(sait, masked=False), timed, settings.bench_repeats)
         dial.append({"label": "dense" if level is None else f"keep {level}", "level": level, "accuracy": ev.accuracy,
                      "flops_ratio": ev.flops_ratio, "kept_tokens_per_layer": ev.kept_tokens_per_layer,
-                     "speedup": speed["sait"]["samples_per_s"] / speed["dense"]["samples_per_s"],
-                     "samples_per_s": speed["sait"]["samples_per_s"],
+                     "speedup": speed["packed"]["samples_per_s"] / speed["dense"]["samples_per_s"],
+                     "samples_per_s": speed["packed"]["samples_per_s"],
                      "dense_samples_per_s": speed["dense"]["samples_per_s"]})
         print(f"[demo] {dial[-1]['label']:9s} accuracy {ev.accuracy:.2f}%  FLOPs {ev.flops_ratio:.2f}  "
               f"speed-up {dial[-1]['speedup']:.2f}x")

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_pruned
 from trimformer.methods import ASViTConfig, EViTConfig, EViTPolicy, SaiTConfig, ToMeConfig, ToMePolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.vision.data import image_collate
 
 VISION_METHODS = ("sait", "asvit", "evit", "tome")
 DEFAULT_RESOLUTION = 112
@@ -75,12 +76,10 @@ def load_image_data(data: str, split: str, resolution: int, limit: int | None = 
 
 def pixel_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The whole dataset in order as (pixel_values [B, 3, H, W], labels [B]) batches."""
-    items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-    out = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        out.append((torch.stack([p for p, _ in chunk]), torch.stack([torch.as_tensor(y) for _, y in chunk])))
-    return out
+    n = len(data)  # type: ignore[arg-type]
+    batches = (image_collate([data[i] for i in range(start, min(start + batch_size, n))])
+               for start in range(0, n, batch_size))
+    return [(b["pixel_values"], b["labels"]) for b in batches]
 
 
 def build_vision_method(model: torch.nn.Module, method: str, config: Any) -> TokenPrunedModel:

@@ -31,13 +31,7 @@ from trimformer.methods.sait import SaiTConfig, SaiTPolicy, score_distillation_k
 from trimformer.pipeline import _decay_groups, bisect_knob, flops_ratio_on
 from trimformer.pruned import TokenPrunedModel
 from trimformer.training import TrainConfig, get_accelerator, run_steps
-
-
-def image_collate(items: list[tuple[torch.Tensor, torch.Tensor | int]]) -> dict[str, torch.Tensor]:
-    """(pixels, label) pairs -> {"pixel_values": [B, 3, H, W], "labels": long [B]}."""
-    pixels = torch.stack([p for p, _ in items])
-    labels = torch.stack([torch.as_tensor(y, dtype=torch.long) for _, y in items])
-    return {"pixel_values": pixels, "labels": labels}
+from trimformer.vision.data import image_collate
 
 
 def image_epoch_loader(data: Dataset, batch_size: int, seed: int, epoch: int) -> DataLoader:

@@ -50,7 +50,7 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
     for name in tqdm(chosen, desc=f"quantize {config.scheme} W{config.wbits}", disable=len(chosen) < 20):
         mod = model.get_submodule(name)
         qcls = QUANT_MODULES[type(mod)]
-        new_of[id(mod)] = qcls.from_float(mod, config.weight_spec(name), config.act_spec(name), name)  # type: ignore[attr-defined]
+        new_of[id(mod)] = qcls.from_float(mod, config.weight_spec(name), config.act_spec(name), name)
     _replace_modules(model, new_of)
     model.trimformer_quant_config = config.to_dict()
     return model
@@ -92,7 +92,7 @@ def load_quantized_(
             raise ValueError(f"quantized layer {name!r} is a {type(mod).__name__}, not nn.Linear / nn.Conv2d")
         short = name.removeprefix(name_prefix)
         qcls = QUANT_MODULES[type(mod)]
-        new_of[id(mod)] = qcls.from_float(  # type: ignore[attr-defined]
+        new_of[id(mod)] = qcls.from_float(
             mod, config.weight_spec(short), config.act_spec(short), short, qweight=unpack_weight(fields)
         )
     _replace_modules(model, new_of)

@@ -108,18 +108,20 @@ class ActQuantizer(nn.Module):
                 "calibrate(model, batches) first, or quantize with abits=None for weights only"
             )
         if self.spec.scheme == "pwlq":
-            lo, hi = float(self.lo), float(self.hi)
-            one_sided = is_one_sided(lo, hi)
-            levels = act_levels(self.spec.bits, one_sided, self.spec.region_bit)
+            lo, hi, levels, one_sided = self._pwlq_layout()
             return fake_quant_act_pwlq(x, lo, hi, float(self.breakpoint), levels, one_sided)
         return fake_quant_asymmetric(x, self.lo, self.hi, self.spec.bits)
 
     def set_breakpoint(self, sample: torch.Tensor) -> None:
         """PWLQ: search the breakpoint on a calibration ``sample`` (after :meth:`set_range`)."""
+        lo, hi, levels, one_sided = self._pwlq_layout()
+        self.breakpoint.fill_(search_act_breakpoint(sample, lo, hi, levels, one_sided))
+
+    def _pwlq_layout(self) -> tuple[float, float, int, bool]:
+        """(lo, hi, levels per piece, one-sided?) of the calibrated range, for PWLQ activations."""
         lo, hi = float(self.lo), float(self.hi)
         one_sided = is_one_sided(lo, hi)
-        levels = act_levels(self.spec.bits, one_sided, self.spec.region_bit)
-        self.breakpoint.fill_(search_act_breakpoint(sample, lo, hi, levels, one_sided))
+        return lo, hi, act_levels(self.spec.bits, one_sided, self.spec.region_bit), one_sided
 
     def set_range(self, lo: float, hi: float) -> None:
         self.lo.fill_(min(lo, 0.0))

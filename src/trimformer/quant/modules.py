@@ -13,11 +13,31 @@ from .weights import QuantizedWeight, quantize_weight
 
 
 class _QuantMixin:
-    """Shared construction for the fake-quant layers."""
+    """Shared construction and forward of the fake-quant layers; subclasses say how to build an empty one."""
 
     qweight: QuantizedWeight
     wspec: WeightSpec
     input_quant: ActQuantizer | None
+
+    @classmethod
+    def _empty_like(cls, mod: nn.Module) -> _QuantMixin:
+        """An uninitialised (meta device) layer of ``mod``'s shape."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_float(
+        cls,
+        mod: nn.Module,
+        wspec: WeightSpec,
+        aspec: ActSpec | None,
+        name: str = "",
+        qweight: QuantizedWeight | None = None,
+    ) -> _QuantMixin:
+        """Quantized copy of ``mod`` (``qweight``: use these codes instead of quantizing ``mod.weight``)."""
+        new = cls._empty_like(mod)
+        new._install(mod, wspec, aspec, name, qweight)
+        new.train(mod.training)  # type: ignore[attr-defined]
+        return new
 
     def _install(
         self, src: nn.Module, wspec: WeightSpec, aspec: ActSpec | None, name: str, qweight: QuantizedWeight | None
@@ -41,60 +61,28 @@ class _QuantMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return super().forward(x)  # the float module's own forward, on the quantized weight
+        return super().forward(x)  # type: ignore[misc]  # the float module's forward, on the quantized weight
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w={self.wspec.scheme}{self.wspec.bits}"
+        return f"{super().extra_repr()}, w={self.wspec.scheme}{self.wspec.bits}"  # type: ignore[misc]
 
 
 class QuantLinear(_QuantMixin, nn.Linear):
     """nn.Linear with a quantized weight and an optional input activation quantizer."""
 
     @classmethod
-    def from_float(
-        cls,
-        mod: nn.Linear,
-        wspec: WeightSpec,
-        aspec: ActSpec | None,
-        name: str = "",
-        qweight: QuantizedWeight | None = None,
-    ) -> QuantLinear:
-        """Quantized copy of ``mod`` (``qweight``: use these codes instead of quantizing ``mod.weight``)."""
-        new = cls(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
-        new._install(mod, wspec, aspec, name, qweight)
-        new.train(mod.training)
-        return new
-
+    def _empty_like(cls, mod: nn.Linear) -> QuantLinear:
+        return cls(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     """nn.Conv2d (any groups, incl. depthwise) with a quantized weight and optional input quantizer."""
 
     @classmethod
-    def from_float(
-        cls,
-        mod: nn.Conv2d,
-        wspec: WeightSpec,
-        aspec: ActSpec | None,
-        name: str = "",
-        qweight: QuantizedWeight | None = None,
-    ) -> QuantConv2d:
-        """Quantized copy of ``mod`` (``qweight``: use these codes instead of quantizing ``mod.weight``)."""
-        new = cls(
-            mod.in_channels,
-            mod.out_channels,
-            mod.kernel_size,
-            stride=mod.stride,
-            padding=mod.padding,
-            dilation=mod.dilation,
-            groups=mod.groups,
-            bias=mod.bias is not None,
-            padding_mode=mod.padding_mode,
-            device="meta",
-        )
-        new._install(mod, wspec, aspec, name, qweight)
-        new.train(mod.training)
-        return new
+    def _empty_like(cls, mod: nn.Conv2d) -> QuantConv2d:
+        return cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
+                   dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None,
+                   padding_mode=mod.padding_mode, device="meta")
 
 
 QUANT_MODULES: dict[type[nn.Module], type[_QuantMixin]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}

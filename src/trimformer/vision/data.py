@@ -113,6 +113,13 @@ def to_model_input(image: torch.Tensor, resolution: int | None) -> torch.Tensor:
     return ((x - mean) / std).contiguous()
 
 
+def image_collate(items: list[tuple[torch.Tensor, torch.Tensor | int]]) -> dict[str, torch.Tensor]:
+    """(pixels, label) pairs -> {"pixel_values": [B, 3, H, W], "labels": long [B]}."""
+    pixels = torch.stack([p for p, _ in items])
+    labels = torch.stack([torch.as_tensor(y, dtype=torch.long) for _, y in items])
+    return {"pixel_values": pixels, "labels": labels}
+
+
 def grayscale_batch_to_inputs(images: torch.Tensor, resolution: int | None, chunk: int = 4096) -> torch.Tensor:
     """uint8 images [N, H, W] -> normalised float32 [N, 3, R, R], the batched form of :func:`to_model_input`."""
     if images.ndim != 3:
