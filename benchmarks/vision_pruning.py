@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.training import TrainConfig
+from trimformer.vision.data import FASHION_MNIST_ENV
 from trimformer.vision_pipeline import (
     build_vision_method,
     evaluate_vision,
@@ -46,21 +48,43 @@ EVIT_RATES = (0.9, 0.7, 0.5)
 TOME_R = (2, 3, 4, 5, 6)
 
 
-def train_method(name: str, base: Path, out: Path, config: Any, data, train: TrainConfig) -> tuple[Any, float]:
-    """Train (or reload) SaiT / AS-ViT; returns (model, training seconds, 0 when reloaded)."""
+def train_method(name: str, base: Path, out: Path, config: Any, data, train: TrainConfig,
+                 ) -> tuple[Any, float, dict]:
+    """Train (or reload) SaiT / AS-ViT; returns (model, training seconds or 0 when reloaded, checkpoint meta)."""
     if is_pruned_checkpoint(out):
         print(f"[{name}] reusing {out}", flush=True)
-        return load_pruned(out)[0], 0.0
+        model, meta = load_pruned(out)
+        return model, 0.0, meta
     model, meta = load_vision_model(base)
     pruned = build_vision_method(model.model, name, config)
     t0 = time.perf_counter()
     history = fit_vision(pruned, data, train)
     secs = time.perf_counter() - t0
+    pruned.cpu()
     summary = {k: v for k, v in history.items() if k != "train"}
     save_pruned(pruned, out, extra={"resolution": meta["resolution"], "label_names": meta["label_names"],
                                     "recipe": {"base_model": str(base), "train": train.to_dict(),
-                                               "train_seconds": round(secs, 1), **summary}})
-    return load_pruned(out)[0], secs
+                                               "train_images": len(data), "train_data": train_data_source(),
+                                               "device": device_name(), "train_seconds": round(secs, 1),
+                                               **summary}})
+    model, meta = load_pruned(out)
+    return model, secs, meta
+
+
+def train_data_source() -> str:
+    return os.environ.get(FASHION_MNIST_ENV) or "Debian dataset-fashion-mnist"
+
+
+def device_name() -> str:
+    return f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
 
 
 def row(method: str, setting: str, ev, dense_acc: float, **extra: Any) -> dict[str, Any]:
@@ -99,6 +123,16 @@ def main() -> None:
     ap.add_argument("--sait-steps", type=int, default=120)
     ap.add_argument("--asvit-steps", type=int, default=100)
     ap.add_argument("--asvit-rho", type=float, default=0.6)
+    ap.add_argument("--train-batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--sait-train-levels", type=float_list, default=SaiTConfig.train_levels,
+                    help="comma-separated top-K levels sampled on sparse SaiT steps")
+    ap.add_argument("--sait-stages", type=int_list, default=None, help="comma-separated pruning blocks (0-indexed)")
+    ap.add_argument("--sait-levels", type=float_list, default=SAIT_TOPK_LEVELS, help="top-K levels evaluated")
+    ap.add_argument("--mass-levels", type=float_list, default=SAIT_MASS_LEVELS, help="mass levels evaluated")
+    ap.add_argument("--evit-rates", type=float_list, default=EVIT_RATES)
+    ap.add_argument("--tome-r", type=int_list, default=TOME_R)
+    ap.add_argument("--only-train", action="store_true", help="train (or reuse) SaiT and AS-ViT, then stop")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. 'other')")
     args = ap.parse_args()
@@ -110,28 +144,35 @@ def main() -> None:
     res = model_resolution(plain, meta)
     train_data = load_image_data("fashion_mnist", "train", res, limit=args.train_images, seed=1)
     test_batches = pixel_batches(load_image_data("fashion_mnist", "test", res, limit=args.test_images), 50)
-    train_cfg = TrainConfig(batch_size=32, lr=2e-5, seed=0, save_every=1000)
+    train_cfg = TrainConfig(batch_size=args.train_batch_size, lr=args.lr, seed=0, save_every=1000)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # training only; every reported number is measured on CPU
 
     t0 = time.perf_counter()
+    sait_cfg = SaiTConfig(policy="topk", steps=args.sait_steps, train_levels=args.sait_train_levels,
+                          stages=args.sait_stages)
+    base = Path(args.base)
+    sait, sait_secs, sait_meta = train_method("sait", base, runs / "sait", sait_cfg, train_data, train_cfg)
+    asvit_cfg = ASViTConfig(target_flops=args.asvit_rho, steps=args.asvit_steps)
+    asvit, asvit_secs, asvit_meta = train_method("asvit", base, runs / "asvit", asvit_cfg, train_data, train_cfg)
+    if args.only_train:
+        return
     plain_eval = evaluate_vision(plain, test_batches)
     dense_acc = plain_eval.accuracy
     print(f"plain fine-tuned: {dense_acc:.2f}% at {plain_eval.gflops_per_sample:.3f} GFLOPs", flush=True)
-    sait_cfg = SaiTConfig(policy="topk", steps=args.sait_steps)
-    sait, sait_secs = train_method("sait", Path(args.base), runs / "sait", sait_cfg, train_data, train_cfg)
-    asvit_cfg = ASViTConfig(target_flops=args.asvit_rho, steps=args.asvit_steps)
-    asvit, asvit_secs = train_method("asvit", Path(args.base), runs / "asvit", asvit_cfg, train_data, train_cfg)
 
     rows = [row("plain", "fine-tuned", plain_eval, dense_acc)]
     with sait.policy.at_level(None):
         sait_dense = evaluate_vision(sait, test_batches)
     rows.append(row("sait", "dense (level None)", sait_dense, dense_acc))
-    for level in SAIT_TOPK_LEVELS:
+    for level in args.sait_levels:
         with sait.policy.at_level(level):
             rows.append(row("sait-topk", f"keep {level}", evaluate_vision(sait, test_batches), dense_acc,
                             level=level))
     mass_counts: dict[str, list[float]] = {}
-    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", steps=args.sait_steps))
-    for level in SAIT_MASS_LEVELS:
+    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", steps=args.sait_steps,
+                                                              stages=sait.policy.config().stages))
+    for level in args.mass_levels:
         with mass.policy.at_level(level):
             ev = evaluate_vision(mass, test_batches)
         stage = mass.policy.stages[0]
@@ -140,18 +181,18 @@ def main() -> None:
         rows.append(row("sait-mass", f"mass {level}", ev, dense_acc, level=level,
                         kept_at_stage_min=min(per_image), kept_at_stage_max=max(per_image)))
     rows.append(row("asvit", f"rho {args.asvit_rho}", evaluate_vision(asvit, test_batches), dense_acc))
-    for rate in EVIT_RATES:
+    for rate in args.evit_rates:
         m = build_vision_method(plain.model, "evit", EViTConfig(keep_rate=rate))
         rows.append(row("evit", f"keep {rate}", evaluate_vision(m, test_batches), dense_acc, keep_rate=rate))
-    for r in TOME_R:
+    for r in args.tome_r:
         m = build_vision_method(plain.model, "tome", ToMeConfig(r=r))
         rows.append(row("tome", f"r={r}", evaluate_vision(m, test_batches), dense_acc, r=r))
 
     pixels = test_batches[0][0][:8]
     labels = [meta["label_names"][int(y)] for y in test_batches[0][1][:8]]
-    keeps = kept_patch_masks(mass, pixels, SAIT_MASS_LEVELS[1])
+    keeps = kept_patch_masks(mass, pixels, args.mass_levels[1])
     kept_patches(pixels, keeps, labels, out / f"{stem}_kept_patches.png",
-                 f"SaiT mass {SAIT_MASS_LEVELS[1]}: patches pruned at block {mass.policy.stages[0]} in red")
+                 f"SaiT mass {args.mass_levels[1]}: patches pruned at block {mass.policy.stages[0]} in red")
     kept_histogram(mass_counts, keeps.shape[1], out / f"{stem}_kept_histogram.png",
                    "SaiT mass policy: kept tokens differ per image")
     plot_curves([r for r in rows if r["method"] not in ("plain", "sait")], dense_acc,
@@ -163,8 +204,10 @@ def main() -> None:
         "machine": {**machine_info(), "threads": args.threads},
         "settings": {"base_model": args.base, "resolution": res, "train_images": args.train_images,
                      "test_images": args.test_images, "test_subset": "seeded (seed 0) from the 10k test set",
-                     "train": train_cfg.to_dict(), "sait": sait_cfg.to_dict(), "asvit": asvit_cfg.to_dict(),
-                     "sait_train_seconds": round(sait_secs, 1), "asvit_train_seconds": round(asvit_secs, 1)},
+                     "train": train_cfg.to_dict(), "sait": sait.policy.config().to_dict(),
+                     "asvit": asvit.policy.config().to_dict(),
+                     "sait_train_seconds": round(sait_secs, 1), "asvit_train_seconds": round(asvit_secs, 1),
+                     "sait_recipe": sait_meta.get("recipe"), "asvit_recipe": asvit_meta.get("recipe")},
         "accuracy_plain": dense_acc,
         "rows": rows,
         "kept_at_stage_per_image": mass_counts,

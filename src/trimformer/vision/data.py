@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_APT = "dataset-fashion-mnist"
+FASHION_MNIST_ENV = "TRIMFORMER_FASHION_MNIST"  # folder of the idx .gz files, overriding the Debian path
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
@@ -75,13 +76,14 @@ def load_fashion_mnist(
     """Fashion-MNIST ``split`` ("train": 60k, "test": 10k) as uint8 images (N, 28, 28) and labels (N,)."""
     if split not in FASHION_MNIST_FILES:
         raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
-    folder = Path(root) if root is not None else FASHION_MNIST_DIR
+    folder = Path(root) if root is not None else Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
     paths = [folder / name for name in FASHION_MNIST_FILES[split]]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(
             f"Fashion-MNIST files not found: {missing}. Install the Debian package {FASHION_MNIST_APT} "
-            f"(apt-get install -y {FASHION_MNIST_APT}) or pass root= a folder holding the idx .gz files."
+            f"(apt-get install -y {FASHION_MNIST_APT}), or pass root= (or set ${FASHION_MNIST_ENV} to) a folder "
+            "holding the idx .gz files."
         )
     images, labels = (read_idx(p) for p in paths)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
