@@ -40,6 +40,21 @@ def _layers(base: nn.Module) -> nn.ModuleList:
     raise UnsupportedModelError(f"cannot find the transformer layers of {type(base).__name__}")
 
 
+def _attention_parts(attn: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, nn.Linear, int, float,
+                                                nn.Module | None]:
+    """(query, key, value, output projections, heads, attention dropout p, dropout after the output projection).
+
+    Two layouts: flat ``q_proj``/``k_proj``/``v_proj``/``o_proj`` (ViT and DeiT; Dinov2 in recent transformers)
+    and the nested ``attention.query ...`` / ``output.dense`` of Dinov2 in transformers 5.17 and older.
+    """
+    if hasattr(attn, "q_proj"):
+        return (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, attn.num_attention_heads,
+                float(attn.attention_dropout), None)
+    inner, output = attn.attention, attn.output
+    return (inner.query, inner.key, inner.value, output.dense, inner.num_attention_heads,
+            float(inner.dropout_prob), output.dropout)
+
+
 class ViTFamilyAdapter(Adapter):
     name = "vit"
 
@@ -63,16 +78,17 @@ class ViTFamilyAdapter(Adapter):
     def blocks(self, model: nn.Module) -> list[BlockView]:
         views = []
         for layer in _layers(_base_model(model)):
-            attn = layer.attention
+            query, key, value, attn_out, num_heads, attn_p, out_dropout = _attention_parts(layer.attention)
             dinov2 = hasattr(layer, "layer_scale1")
+            mlp = layer.mlp
             views.append(BlockView(
-                query=attn.q_proj, key=attn.k_proj, value=attn.v_proj, attn_out=attn.o_proj,
-                mlp_in=layer.mlp.fc1, mlp_out=layer.mlp.fc2, activation=layer.mlp.activation_fn,
+                query=query, key=key, value=value, attn_out=attn_out,
+                mlp_in=mlp.fc1, mlp_out=mlp.fc2, activation=getattr(mlp, "activation_fn", None) or mlp.activation,
                 norm_attn=layer.norm1 if dinov2 else layer.layernorm_before,
                 norm_mlp=layer.norm2 if dinov2 else layer.layernorm_after,
-                num_heads=attn.num_attention_heads, pre_norm=True,
-                attn_dropout=float(attn.attention_dropout) or None,
-                attn_out_dropout=None if dinov2 else layer.dropout,
+                num_heads=num_heads, pre_norm=True,
+                attn_dropout=attn_p or None,
+                attn_out_dropout=out_dropout if dinov2 else layer.dropout,
                 hidden_dropout=None if dinov2 else layer.dropout,
                 layer_scale_attn=layer.layer_scale1 if dinov2 else None,
                 layer_scale_mlp=layer.layer_scale2 if dinov2 else None,
