@@ -70,11 +70,13 @@ def main() -> None:
     p.add_argument("--train-examples", type=int, default=None)
     p.add_argument("--eval-examples", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where evaluation runs: cpu or cuda (training follows Accelerate)")
     p.add_argument("--out", required=True, help="output path prefix (no extension)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
 
     dense, tokenizer, _ = load_model(args.dense)
+    dense.to(args.device)
     train = load_text_data(args.data, "train").subset(args.train_examples, seed=args.seed)
     test = load_text_data(args.data, "test").subset(args.eval_examples, seed=args.seed)
     out = Path(args.out)
@@ -100,6 +102,7 @@ def main() -> None:
             t0 = time.time()
             if is_pruned_checkpoint(folder):
                 model, meta = load_pruned(folder)
+                model.to(args.device)
                 summary = {k: v for k, v in meta.get("recipe", {}).items() if k not in ("train", "base_model")}
             else:
                 trained = train_method(method, target, args, train, tokenizer, folder)
@@ -110,6 +113,7 @@ def main() -> None:
             # Consistency checks on the first 500 test texts: reloaded checkpoint, masked execution.
             head = TextDataset(test.texts[:500], test.labels[:500], test.label_names, test.name)
             reloaded, _ = load_pruned(folder)
+            reloaded.to(args.device)
             reload_preds = evaluate(reloaded, head, tokenizer, args.max_length, progress=False).predictions
             model.mode = "masked"
             masked_preds = evaluate(model, head, tokenizer, args.max_length, progress=False).predictions

@@ -180,7 +180,8 @@ def main() -> None:
         mass_counts[f"mass {level}"] = per_image
         rows.append(row("sait-mass", f"mass {level}", ev, dense_acc, level=level,
                         kept_at_stage_min=min(per_image), kept_at_stage_max=max(per_image)))
-    rows.append(row("asvit", f"rho {args.asvit_rho}", evaluate_vision(asvit, test_batches), dense_acc))
+    rho = asvit.policy.config().target_flops  # the checkpoint's own budget (it may have been trained elsewhere)
+    rows.append(row("asvit", f"rho {rho}", evaluate_vision(asvit, test_batches), dense_acc))
     for rate in args.evit_rates:
         m = build_vision_method(plain.model, "evit", EViTConfig(keep_rate=rate))
         rows.append(row("evit", f"keep {rate}", evaluate_vision(m, test_batches), dense_acc, keep_rate=rate))

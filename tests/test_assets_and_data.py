@@ -61,3 +61,19 @@ def test_rotten_tomatoes_split_is_disjoint():
     train, test = load_text_data("rotten_tomatoes", "train"), load_text_data("rotten_tomatoes", "test")
     assert len(test) > 1000 and abs(len(train) / (len(train) + len(test)) - 0.9) < 0.01
     assert train.label_names == ["rotten", "fresh"]
+
+
+def test_newsgroups_folder_from_environment(tmp_path, monkeypatch):
+    header = "Category\tText\nd\tstring\nclass\t\n"
+    rows = {"train": ["sci.space\tthe moon", "alt.atheism\tno gods", "sci.space\t  "],
+            "test": ["alt.atheism\tfaith and reason"]}
+    for split, lines in rows.items():
+        (tmp_path / f"20newsgroups-{split}.tab").write_text(header + "\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setenv(assets.NEWSGROUPS_ENV, str(tmp_path))
+    train = load_text_data("20newsgroups", "train")
+    assert train.texts == ["the moon", "no gods"]  # the empty text is dropped
+    assert train.label_names == ["alt.atheism", "sci.space"] and train.labels == [1, 0]
+    assert load_text_data("20newsgroups", "test").texts == ["faith and reason"]
+    monkeypatch.setenv(assets.NEWSGROUPS_ENV, str(tmp_path / "missing"))
+    with pytest.raises(assets.AssetMissingError, match=assets.NEWSGROUPS_ENV):
+        assets.newsgroups_file("train")

@@ -280,3 +280,13 @@ def test_batched_conversion_equals_per_image():
         batched = grayscale_batch_to_inputs(images, res, chunk=2)
         single = torch.stack([to_model_input(img.float().div(255)[None], res) for img in images])
         assert torch.allclose(batched, single, atol=1e-6)
+
+
+def test_fashion_mnist_folder_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, _ = _fake_fashion_mnist(tmp_path)
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path))
+    x, _ = load_fashion_mnist("train")
+    assert np.array_equal(x.numpy(), images)
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=data.FASHION_MNIST_ENV):
+        load_fashion_mnist("train")

@@ -80,10 +80,16 @@ def pack(src: Path, dst: Path, max_mb: float) -> None:
                                         "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()}}
         for name, tensor in tensors.items():
             small = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
-            if shard_bytes + small.nbytes > limit:
-                flush()
-            shard[f"{file.name}::{name}"] = small.contiguous()
-            shard_bytes += small.nbytes
+            rows = max(1, small.shape[0] if small.ndim else 1)
+            per_row = max(1, small.nbytes // rows)
+            chunk = max(1, limit // per_row)  # a tensor larger than a shard is split along dim 0
+            parts = [small] if small.nbytes <= limit or small.ndim == 0 else list(small.split(chunk))
+            for i, part in enumerate(parts):
+                if shard_bytes + part.nbytes > limit:
+                    flush()
+                key = f"{file.name}::{name}" if len(parts) == 1 else f"{file.name}::{name}::part{i:03d}"
+                shard[key] = part.contiguous()
+                shard_bytes += part.nbytes
     flush()
     for other in src.iterdir():
         if other.suffix != ".safetensors" and other.is_file():
@@ -103,10 +109,16 @@ def _sha256(path: Path) -> str:
 def unpack(src: Path, dst: Path) -> None:
     manifest = json.loads((src / MANIFEST).read_text())
     tensors: dict[str, dict[str, torch.Tensor]] = {name: {} for name in manifest["files"]}
+    parts: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for i in range(manifest["shards"]):
         for key, value in load_file(str(src / f"shard{i:02d}.safetensors")).items():
-            file, name = key.split("::", 1)
-            tensors[file][name] = value
+            file, name, *part = key.split("::")
+            if part:
+                parts.setdefault((file, name), {})[part[0]] = value
+            else:
+                tensors[file][name] = value
+    for (file, name), pieces in parts.items():
+        tensors[file][name] = torch.cat([pieces[k] for k in sorted(pieces)])
     tmp = dst.with_name(f".{dst.name}.unpack")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

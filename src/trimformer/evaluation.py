@@ -44,8 +44,9 @@ def evaluate(model: TokenPrunedModel, data: TextDataset, tokenizer, max_length: 
     length_sum = 0.0
     kept_last: list[float] = []
     items = list(zip(data.texts, data.labels, strict=True))
+    device = next(model.parameters()).device
     for start in tqdm(range(0, len(items), batch_size), desc="eval", disable=not progress, leave=False):
-        batch = collate(items[start:start + batch_size])
+        batch = {k: v.to(device) for k, v in collate(items[start:start + batch_size]).items()}
         labels = batch.pop("labels")
         out = model(**batch)
         pred = out.logits.argmax(dim=-1)

@@ -84,8 +84,10 @@ class TokenPrunedModel(nn.Module):
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> PrunedOutput:
+        device = next(self.model.parameters()).device  # inputs follow the model (CPU batches, GPU model)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                   "pixel_values": pixel_values}
+        inputs = {k: v.to(device) if v is not None else None for k, v in inputs.items()}
         self.adapter.check_inputs(inputs)
         x, alive = self.adapter.embed(self.model, inputs)  # [B, N, D], bool [B, N]
         lengths = alive.sum(dim=1)  # [B] real tokens
@@ -114,7 +116,7 @@ class TokenPrunedModel(nn.Module):
         n_rows_t, extra_t = torch.stack(n_rows, dim=1), torch.stack(extra, dim=1)  # [B, L]
         d, ffn = blocks[0].hidden_size, blocks[0].mlp_size
         logits = head.get("logits")
-        loss = F.cross_entropy(logits, labels) if labels is not None and logits is not None else None
+        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None and logits is not None else None
         hidden = head.get("last_hidden_state")
         if hidden is not None and hidden.shape[1] != length:
             hidden = unpack(hidden, positions, alive, length)

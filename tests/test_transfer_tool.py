@@ -1,0 +1,60 @@
+"""benchmarks/gpu/transfer.py: checkpoints survive the float16 shard transport, and the datasets pool."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _transfer():
+    spec = importlib.util.spec_from_file_location("transfer", ROOT / "benchmarks" / "gpu" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pack_unpack_splits_large_tensors_and_keeps_dtypes(tmp_path: Path) -> None:
+    transfer = _transfer()
+    torch.manual_seed(0)
+    state = {"big": torch.randn(300, 50), "ids": torch.arange(7), "small": torch.randn(3)}
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    (src / "notes.json").write_text("{}")
+    transfer.pack(src, tmp_path / "packed", max_mb=0.01)  # 10 kB shards: "big" (30 kB in float16) is split
+    shards = sorted((tmp_path / "packed").glob("shard*.safetensors"))
+    assert len(shards) >= 3 and all(p.stat().st_size < 12_000 for p in shards)
+    transfer.unpack(tmp_path / "packed", tmp_path / "back")
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert back["ids"].dtype == torch.int64 and torch.equal(back["ids"], state["ids"])
+    assert back["big"].dtype == torch.float32
+    assert torch.equal(back["big"], state["big"].half().float())
+    assert (tmp_path / "back" / "notes.json").is_file()
+
+
+def test_image_classifier_round_trip_loads_with_new_digest(tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    transfer = _transfer()
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=28, patch_size=14, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, num_labels=3)
+    model = ViTForImageClassification(config).eval()
+    src = save_image_classifier(model, tmp_path / "clf", {"resolution": 28, "label_names": ["a", "b", "c"]})
+    transfer.pack(src, tmp_path / "packed", max_mb=1.0)
+    transfer.unpack(tmp_path / "packed", tmp_path / "clf2")
+    loaded, meta = load_image_classifier(tmp_path / "clf2")
+    assert meta["transport"]["weights_rounded_to"] == "float16"
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=x).logits, model(pixel_values=x).logits, atol=1e-2)
+    record = json.loads((tmp_path / "clf2" / "image_classifier.json").read_text())
+    assert record["files"] != json.loads((src / "image_classifier.json").read_text())["files"]
