@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from trimformer.io_utils import atomic_write_json
+from trimformer.io_utils import atomic_write_json, file_sha256
 from trimformer.vision.data import FASHION_MNIST_FILES, load_fashion_mnist
 
 MANIFEST = "transfer_manifest.json"
@@ -98,14 +97,6 @@ def pack(src: Path, dst: Path, max_mb: float) -> None:
     atomic_write_json(dst / MANIFEST, manifest)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def unpack(src: Path, dst: Path) -> None:
     manifest = json.loads((src / MANIFEST).read_text())
     tensors: dict[str, dict[str, torch.Tensor]] = {name: {} for name in manifest["files"]}
@@ -136,7 +127,7 @@ def unpack(src: Path, dst: Path) -> None:
     transport = {"weights_rounded_to": "float16", "tool": "benchmarks/gpu/transfer.py"}
     if record_file.exists():
         record = json.loads(record_file.read_text())
-        record["files"] = {name: _sha256(tmp / name) for name in manifest["files"]}
+        record["files"] = {name: file_sha256(tmp / name) for name in manifest["files"]}
         record["transport"] = transport
         record_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     pruned_file = tmp / "trimformer.json"

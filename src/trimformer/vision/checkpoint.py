@@ -15,7 +15,6 @@ naming the path and what to do when anything is missing or corrupt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trimformer.io_utils import atomic_write_dir, atomic_write_json
+from trimformer.io_utils import atomic_write_dir, atomic_write_json, file_sha256
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN
 
 META_FILE = "image_classifier.json"
@@ -34,14 +33,6 @@ FORMAT_VERSION = 1
 KINDS = ("cnn", "hf")
 REQUIRED_META = ("resolution", "label_names")
 _RESERVED = ("format_version", "kind", "model_class", "config", "files")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _kind_of(model: nn.Module) -> str:
@@ -103,7 +94,7 @@ def save_image_classifier(model: nn.Module, path: str | os.PathLike[str], meta: 
             "kind": kind,
             "model_class": type(model).__name__,
             "config": config,
-            "files": {name: _sha256(tmp / name) for name in weight_files},
+            "files": {name: file_sha256(tmp / name) for name in weight_files},
             **meta,
         }
         atomic_write_json(tmp / META_FILE, record)  # written last
@@ -152,7 +143,7 @@ def _verify_files(path: Path, files: dict[str, str]) -> None:
         file = path / name
         if not file.is_file():
             raise _fail(path, f"weight file {name} is missing")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise _fail(path, f"weight file {name} is corrupt (sha256 differs from the one recorded at save)")
 
 
