@@ -22,6 +22,7 @@ from trimformer.methods.asvit import ste_flops_ratio
 from trimformer.methods.sait import score_distillation_kl
 from trimformer.methods.stages import scale_blocks
 from trimformer.pipeline import flops_ratio_on
+from trimformer.pruned import TokenPrunedModel
 from trimformer.training import TrainConfig
 from trimformer.vision_training import (
     build_vision_pruned,
@@ -415,3 +416,45 @@ def test_bad_placements_raise():
         build_vision_pruned(_model(), object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected SaiTPolicy"):
         train_sait(build_vision_pruned(_model(), ASViTConfig()), _data(), TrainConfig(batch_size=8))
+
+
+@pytest.mark.parametrize("mode", ["masked", "packed"])
+@pytest.mark.parametrize("name", ["vit", "dinov2"])
+def test_fused_attention_blocks_equal_explicit_attention(name, mode):
+    """Blocks without a decision run fused attention; the result equals the explicit path, dead keys included."""
+    from trimformer.blocks import explicit_attention
+
+    model = _model(name).eval()
+    pruned = TokenPrunedModel(model, SaiTPolicy(4, SaiTConfig(stages=(1,), default_level=0.5)), mode=mode)
+    pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused = pruned(pixel_values=pixels).logits
+        with explicit_attention():
+            explicit = pruned(pixel_values=pixels).logits
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_attention_respects_padding_and_dropout():
+    """Text: padded keys masked in the fused blocks; attention dropout still active in training mode."""
+    from conftest import random_batch, tiny_bert_config
+    from transformers import BertForSequenceClassification
+
+    from trimformer.blocks import explicit_attention
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.0,
+                                                           attention_probs_dropout_prob=0.5)).eval()
+    pruned = TokenPrunedModel(model, None)
+    ids, mask = random_batch()
+    with torch.no_grad():
+        fused = pruned(input_ids=ids, attention_mask=mask).logits
+        with explicit_attention():
+            explicit = pruned(input_ids=ids, attention_mask=mask).logits
+        reference = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    pruned.train()
+    with torch.no_grad():
+        a = pruned(input_ids=ids, attention_mask=mask).logits
+        b = pruned(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(a, b)  # only the attention dropout is random here

@@ -2,7 +2,8 @@
 
 Adapters describe each block of their model family as a :class:`BlockView` (references to the
 model's own modules, no copies); :func:`run_block` executes it with explicit attention so that the
-probabilities are available for scoring, and removes or masks tokens right after the softmax.
+probabilities are available for scoring, and removes or masks tokens right after the softmax. A block with
+nothing to decide or merge runs fused attention instead (no [B, H, N, N] tensor).
 
 Token reduction has two hooks, both per block: a *decision* right after the softmax (pruning: LTP, top-k,
 SaiT; dropped tokens skip the rest of the block) and a *merge* between the attention and the MLP (ToMe,
@@ -12,7 +13,8 @@ optional additive key bias ([B, N], e.g. ToMe's log token sizes) enters the atte
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +106,57 @@ def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
     return torch.softmax(logits, dim=-1), k, v
 
 
+_FUSED_ATTENTION = [True]
+
+
+@contextlib.contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Run every block with explicit attention, also those that need no probabilities (e.g. to count FLOPs
+    with ``torch.utils.flop_counter``, which does not see the fused CPU kernel)."""
+    previous = _FUSED_ATTENTION[0]
+    _FUSED_ATTENTION[0] = False
+    try:
+        yield
+    finally:
+        _FUSED_ATTENTION[0] = previous
+
+
+def _split_heads(block: BlockView, x: torch.Tensor) -> torch.Tensor:
+    """[B, N, D] -> [B, H, N, Dh]."""
+    batch, n, d = x.shape
+    return x.view(batch, n, block.num_heads, d // block.num_heads).transpose(1, 2)
+
+
+def _attn_dropout_p(block: BlockView) -> float:
+    """Probability of the attention-probability dropout now (0 in eval mode)."""
+    if not block.query.training or block.attn_dropout is None:
+        return 0.0
+    if isinstance(block.attn_dropout, float):
+        return block.attn_dropout
+    return float(getattr(block.attn_dropout, "p", 0.0)) if block.attn_dropout.training else 0.0
+
+
+def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: torch.Tensor,
+                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A whole block with fused attention (``F.scaled_dot_product_attention``), for blocks that need no
+    probabilities: same result as the explicit path up to float rounding, without the [B, H, N, N] tensor.
+
+    x: [B, N, D] residual input; h: [B, N, D] attention input (normalised for pre-norm); key_mask: bool
+    [B, N]; key_bias: [B, N] additive logit bias per key -> [B, N, D].
+    """
+    q, k, v = (_split_heads(block, lin(h)) for lin in (block.query, block.key, block.value))  # [B, H, N, Dh]
+    mask = None
+    if key_bias is not None or not bool(key_mask.all()):
+        mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)  # [B, N]
+        if key_bias is not None:
+            mask = mask + key_bias.to(q.dtype)
+        mask = mask.masked_fill(~key_mask, torch.finfo(q.dtype).min)[:, None, None, :]  # [B, 1, 1, N]
+    context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=_attn_dropout_p(block),
+                                             scale=q.shape[-1] ** -0.5)  # [B, H, N, Dh]
+    batch, _, n, _ = context.shape
+    return mlp_residual(block, _attention_branch(block, x, context.transpose(1, 2).reshape(batch, n, -1)))
+
+
 def finish_block(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Rest of the block for the query rows in ``h_probs``.
 
@@ -120,6 +173,11 @@ def attention_residual(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor,
     batch, _, m, _ = h_probs.shape
     probs = _attn_drop(block, h_probs)
     context = torch.matmul(probs, v).transpose(1, 2).reshape(batch, m, -1)  # [B, M, D]
+    return _attention_branch(block, x, context)
+
+
+def _attention_branch(block: BlockView, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """x plus the projected attention context (then LN for post-norm blocks). [B, M, D] x2 -> [B, M, D]."""
     attn = _drop(block.attn_out_dropout, block.attn_out(context))
     if block.pre_norm:
         if block.layer_scale_attn is not None:
@@ -220,8 +278,11 @@ def run_block(
     the attention logits of each key. A block takes a decision or a merge, not both.
     """
     h = block.norm_attn(x) if block.pre_norm else x
-    probs, keys, v = attention_parts(block, h, alive, attn_bias)  # [B, H, N, N], [B, H, N, Dh] x2
     n_in = alive.sum(dim=1).to(x.dtype)
+    if decide is None and merge is None and soft_keep is None and _FUSED_ATTENTION[0]:  # no probabilities needed
+        out = fused_block(block, x, h, alive, attn_bias)
+        return BlockResult(out, alive, positions, None, n_in, n_in, sizes=sizes)
+    probs, keys, v = attention_parts(block, h, alive, attn_bias)  # [B, H, N, N], [B, H, N, Dh] x2
     if merge is not None:
         if decide is not None or soft_keep is not None:
             raise ValueError("a block takes either a pruning decision or a merge, not both (and no soft stage)")
