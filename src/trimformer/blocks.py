@@ -165,6 +165,20 @@ def finish_block(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: to
     return mlp_residual(block, attention_residual(block, x, h_probs, v))
 
 
+def finish_kept_rows(block: BlockView, x: torch.Tensor, probs: torch.Tensor, v: torch.Tensor,
+                     index: torch.Tensor) -> torch.Tensor:
+    """Rest of the block for the query rows ``index`` only (packed execution).
+
+    x: [B, N, D]; probs: [B, H, N, N]; v: [B, H, N, Dh]; index: long [B, M] -> [B, M, D]. The attention
+    context is computed for every row and then gathered: gathering [B, N, D] is far cheaper than gathering
+    the [B, H, M, N] probability rows, and the extra rows cost one small matmul.
+    """
+    batch, _, n, _ = probs.shape
+    context = torch.matmul(_attn_drop(block, probs), v).transpose(1, 2).reshape(batch, n, -1)  # [B, N, D]
+    kept = _attention_branch(block, gather_tokens(x, index), gather_tokens(context, index))  # [B, M, D]
+    return mlp_residual(block, kept)
+
+
 def attention_residual(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """First half of the block: x plus the attention branch (then LN for post-norm blocks).
 
@@ -311,8 +325,7 @@ def run_block(
         return BlockResult(out, keep, positions, None, n_in, n_out, sizes=kept_sizes)
 
     index, packed_alive = packing_index(keep)  # [B, M]
-    rows = gather_tokens(probs, index, dim=2)  # [B, H, M, N]: kept query rows only
-    out = finish_block(block, gather_tokens(x, index), rows, v)  # [B, M, D]
+    out = finish_kept_rows(block, x, probs, v, index)  # [B, M, D]
     out = out * packed_alive[..., None].to(out.dtype)
     if gate is not None:
         out = out * gather_tokens(gate, index)[..., None]

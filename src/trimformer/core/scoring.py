@@ -20,7 +20,8 @@ def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.
         raise ValueError(f"attention probabilities must be [B, H, Nq, Nk], got {tuple(attn_probs.shape)}")
     heads = attn_probs.shape[1]
     weights = query_mask.to(attn_probs.dtype)  # [B, Nq]
-    total = torch.einsum("bhqk,bq->bk", attn_probs, weights)  # [B, Nk]: one pass over the probabilities
+    # [B, 1, 1, Nq] @ [B, H, Nq, Nk] -> [B, H, 1, Nk]: one batched matmul over the contiguous probabilities
+    total = torch.matmul(weights[:, None, None, :], attn_probs).sum(dim=(1, 2))  # [B, Nk]
     return total / (heads * weights.sum(dim=1, keepdim=True).clamp_min(1.0))
 
 
