@@ -83,6 +83,9 @@ def save_pruned(model: TokenPrunedModel, path: str | Path, tokenizer=None,
     """Write ``model`` (and its tokenizer) atomically to the folder ``path``."""
     path = Path(path)
     policy = model.policy
+    if not hasattr(getattr(model.model, "config", None), "to_dict"):
+        raise ValueError(f"save_pruned saves transformers models; {type(model.model).__name__} has no transformers "
+                         "config. Save model.model.state_dict() and model.policy.config().to_dict() yourself.")
     meta = {
         "format_version": FORMAT_VERSION,
         "trimformer_version": __version__,

@@ -82,9 +82,16 @@ def pixel_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, to
     return [(b["pixel_values"], b["labels"]) for b in batches]
 
 
+def num_blocks(model: torch.nn.Module) -> int:
+    """Transformer blocks of any supported image model (transformers or timm)."""
+    from trimformer.adapters import adapter_for
+
+    return len(adapter_for(model).blocks(model))
+
+
 def build_vision_method(model: torch.nn.Module, method: str, config: Any) -> TokenPrunedModel:
     """Wrap a transformers ViT/DeiT/Dinov2 classifier with ``method``'s policy (weights shared)."""
-    layers = model.config.num_hidden_layers
+    layers = num_blocks(model)
     if method == "tome":
         return TokenPrunedModel(model, ToMePolicy(layers, config))
     if method == "evit":

@@ -56,7 +56,9 @@ def image_batches(data: Dataset, batch_size: int, num_batches: int, seed: int = 
 
 def build_vision_pruned(model: nn.Module, config: SaiTConfig | ASViTConfig, mode: str = "packed") -> TokenPrunedModel:
     """Wrap a transformers ViT/DeiT/Dinov2 classifier with the SaiT or AS-ViT policy that ``config`` describes."""
-    num_layers = model.config.num_hidden_layers
+    from trimformer.vision_pipeline import num_blocks
+
+    num_layers = num_blocks(model)
     if isinstance(config, SaiTConfig):
         policy: SaiTPolicy | ASViTPolicy = SaiTPolicy(num_layers, config)
     elif isinstance(config, ASViTConfig):
@@ -64,7 +66,7 @@ def build_vision_pruned(model: nn.Module, config: SaiTConfig | ASViTConfig, mode
     else:
         raise TypeError(f"expected SaiTConfig or ASViTConfig, got {type(config).__name__}")
     pruned = TokenPrunedModel(model, policy, mode=mode)
-    if pruned.adapter.name != "vit":
+    if pruned.adapter.name not in ("vit", "timm_vit"):
         raise ValueError(f"{policy.method} is for ViT/DeiT/Dinov2 image models, not {type(model).__name__}")
     return pruned
 

@@ -2,6 +2,8 @@
 
 from trimformer.adapters.base import Adapter, UnsupportedModelError, adapter_for
 from trimformer.adapters.bert import BertFamilyAdapter
+from trimformer.adapters.timm_vit import TimmViTAdapter
 from trimformer.adapters.vit import ViTFamilyAdapter
 
-__all__ = ["Adapter", "BertFamilyAdapter", "UnsupportedModelError", "ViTFamilyAdapter", "adapter_for"]
+__all__ = ["Adapter", "BertFamilyAdapter", "TimmViTAdapter", "UnsupportedModelError", "ViTFamilyAdapter",
+           "adapter_for"]

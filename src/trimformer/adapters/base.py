@@ -64,6 +64,17 @@ def adapter_for(model: nn.Module) -> Adapter:
             return adapter
     raise UnsupportedModelError(
         f"trimformer has no adapter for {type(model).__name__}; supported: BERT/RoBERTa "
-        "(BertModel, RobertaModel and their *ForSequenceClassification heads) and ViT/DeiT/Dinov2 "
-        "(*Model and *ForImageClassification)"
+        "(BertModel, RobertaModel and their *ForSequenceClassification heads), ViT/DeiT/Dinov2 "
+        "(*Model and *ForImageClassification) and timm's VisionTransformer"
     )
+
+
+def check_pixel_values(inputs: dict[str, torch.Tensor | None]) -> None:
+    """The input checks every image adapter shares: pixel_values present, [B, C, H, W], finite."""
+    pixels = inputs.get("pixel_values")
+    if pixels is None:
+        raise ValueError("vision models need pixel_values [batch, channels, height, width]")
+    if pixels.dim() != 4:
+        raise ValueError(f"pixel_values must be [batch, channels, height, width], got {tuple(pixels.shape)}")
+    if not torch.isfinite(pixels).all():
+        raise ValueError("pixel_values contain NaN or infinite values: check the image loading / normalisation")

@@ -14,7 +14,7 @@ from transformers import (
     ViTModel,
 )
 
-from trimformer.adapters.base import Adapter, UnsupportedModelError, register
+from trimformer.adapters.base import Adapter, UnsupportedModelError, check_pixel_values, register
 from trimformer.blocks import BlockView
 
 _BASES = (ViTModel, DeiTModel, Dinov2Model)
@@ -97,13 +97,7 @@ class ViTFamilyAdapter(Adapter):
         return views
 
     def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
-        pixels = inputs.get("pixel_values")
-        if pixels is None:
-            raise ValueError("vision models need pixel_values [batch, channels, height, width]")
-        if pixels.dim() != 4:
-            raise ValueError(f"pixel_values must be [batch, channels, height, width], got {tuple(pixels.shape)}")
-        if not torch.isfinite(pixels).all():
-            raise ValueError("pixel_values contain NaN or infinite values: check the image loading / normalisation")
+        check_pixel_values(inputs)
 
     def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
         base = _base_model(model)
