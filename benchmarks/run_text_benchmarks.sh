@@ -34,4 +34,20 @@ done
 python benchmarks/plot_speed.py "$R/bench_rotten_tomatoes.png" "Rotten Tomatoes, LTP at 0.5 FLOPs" \
     "$R/bench_rotten_tomatoes_b32.json" "$R/bench_rotten_tomatoes_b1.json"
 
+# A second 20 Newsgroups batch-32 timing (5 repetitions, accuracy on the whole test split).
+trimformer bench runs/ng/ltp_0.5 --data 20newsgroups --batch-size 32 --num-samples 256 --max-length 128 \
+    --repeats 5 --json "$R/bench_20newsgroups_b32_repeat.json"
+
+# 20 Newsgroups at max length 256: the models come from benchmarks/gpu/train_text.sh (trained on a GPU; on
+# 2 CPU cores it takes many hours), in runs/ng256/.
+if [ -f runs/ng256/ltp_0.5/trimformer.json ]; then
+  for B in 32 1; do
+    N=$([ "$B" = 1 ] && echo 64 || echo 256)
+    trimformer bench runs/ng256/ltp_0.5 --data 20newsgroups --batch-size "$B" --num-samples "$N" --max-length 256 \
+        --repeats 3 --accuracy-limit 500 --json "$R/bench_20newsgroups_256_b$B.json"
+  done
+  python benchmarks/plot_speed.py "$R/bench_20newsgroups_256.png" "20 Newsgroups, max length 256, LTP at 0.5 FLOPs" \
+      "$R/bench_20newsgroups_256_b32.json" "$R/bench_20newsgroups_256_b1.json"
+fi
+
 python benchmarks/summarize_text.py > "$R/text_summary.md"
