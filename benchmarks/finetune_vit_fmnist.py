@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trimformer.envinfo import machine_info
+from trimformer.envinfo import run_record
 from trimformer.io_utils import atomic_write_json
 from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 from trimformer.vision.data import FASHION_MNIST_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST
@@ -343,9 +343,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "total_wall_seconds": total_seconds,
         "budget_seconds": budget_s,
         "checkpoint": os.path.relpath(out, ROOT),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *(argv or sys.argv[1:])]),
-        "machine": machine_info(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        **run_record(ROOT, argv),
     }
     atomic_write_json(args.results, result)
     print(f"test accuracy {test['accuracy']:.4f} on {test['n']} test images after {train_size} training images; "

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from trimformer.envinfo import machine_info
+from trimformer.envinfo import run_record
 from trimformer.io_utils import atomic_write_json
 from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN, count_parameters, prepare_images
@@ -195,9 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "final_eval_seconds": eval_seconds,
         "total_wall_seconds": total_seconds,
         "checkpoint": os.path.relpath(out, ROOT),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *(argv or sys.argv[1:])]),
-        "machine": machine_info(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        **run_record(ROOT, argv),
     }
     atomic_write_json(args.results, result)
     print(f"test accuracy {test['accuracy']:.4f} on {test['n']} images; train {train_seconds:.0f} s, "

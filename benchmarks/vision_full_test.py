@@ -7,6 +7,7 @@ from the 1,000-image subset of vision_pruning.py on firmer ground. Rows are writ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import time
 from pathlib import Path
@@ -52,13 +53,7 @@ def main() -> None:
               "rows": []}
     for method, setting, model, level in settings:
         t0 = time.perf_counter()
-        if level is None and method != "plain":
-            with model.policy.at_level(None):
-                ev = evaluate_vision(model, batches)
-        elif level is not None:
-            with model.policy.at_level(level):
-                ev = evaluate_vision(model, batches)
-        else:
+        with model.policy.at_level(level) if method != "plain" else contextlib.nullcontext():
             ev = evaluate_vision(model, batches)
         result["rows"].append({"method": method, "setting": setting, **ev.summary(),
                                "seconds": round(time.perf_counter() - t0, 1)})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
+import time
 
 import torch
 import transformers
@@ -34,3 +36,9 @@ def machine_info() -> dict[str, object]:
         "transformers": transformers.__version__,
         "trimformer": __version__,
     }
+
+
+def run_record(root: str | os.PathLike[str], argv: list[str] | None = None) -> dict[str, object]:
+    """How a script was run: its command line (relative to ``root``), the machine and the local date."""
+    command = " ".join([os.path.relpath(sys.argv[0], root), *(argv or sys.argv[1:])])
+    return {"command": f"python {command}", "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
