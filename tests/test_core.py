@@ -78,6 +78,24 @@ def test_pack_unpack_roundtrip_variable_counts():
     assert torch.equal(back, x * keep[..., None])
 
 
+def test_packing_index_batch_one_fast_path_matches_general_path():
+    torch.manual_seed(1)
+    keep = torch.rand(3, 9) > 0.5
+    keep[:, 0] = True
+    for row in keep:
+        index, mask = packing_index(row[None])
+        kept = int(row.sum())
+        assert index.tolist() == [row.nonzero().flatten().tolist()] and mask.shape == (1, kept) and mask.all()
+        x = torch.randn(1, 9, 4)
+        assert torch.equal(pack(x, row[None])[0], x[:, row])
+
+
+def test_bool_prefix_protection_leaves_its_input_alone():
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    kept = protect_prefix(mask, 2)
+    assert kept[:, :2].all() and not kept[:, 2:].any() and not mask.any()
+
+
 def test_packing_index_all_dropped_but_prefix():
     keep = torch.zeros(2, 5, dtype=torch.bool)
     keep[:, 0] = True

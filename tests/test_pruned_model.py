@@ -56,6 +56,27 @@ def test_packed_equals_masked(tiny_bert, policy_name):
     assert packed.flops_ratio < 1
 
 
+def test_batch_one_packed_equals_batched_masked(tiny_bert):
+    """Each text alone (the batch-1 fast path: no padding, no gather when nothing is dropped) gives what
+    it gets in a padded masked batch."""
+    model = TokenPrunedModel(tiny_bert, _ltp(tiny_bert))
+    ids, mask = random_batch(batch=6, length=24, seed=3)
+    model.mode = "masked"
+    masked = model(ids, mask)
+    model.mode = "packed"
+    for row in range(ids.shape[0]):
+        length = int(mask[row].sum())
+        single = model(ids[row:row + 1, :length], mask[row:row + 1, :length])
+        assert torch.allclose(single.logits, masked.logits[row:row + 1], atol=1e-5)
+        assert torch.equal(single.n_out[0], masked.n_out[row])
+    with model.pruning_disabled():  # nothing dropped anywhere: packed batch 1 is the dense model
+        length = int(mask[0].sum())
+        ref = tiny_bert(input_ids=ids[:1, :length]).logits
+        assert torch.allclose(model(ids[:1, :length]).logits, ref, atol=1e-5)
+    keep_all = TokenPrunedModel(tiny_bert, _ltp(tiny_bert, final_threshold=0.0))  # decides, keeps everything
+    assert torch.allclose(keep_all(ids[:1, :length]).logits, ref, atol=1e-5)
+
+
 def test_packed_equals_masked_base_model(tiny_bert_base):
     model = TokenPrunedModel(tiny_bert_base, _ltp(tiny_bert_base))
     ids, mask = random_batch(batch=5, length=16, seed=1)

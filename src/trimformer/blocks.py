@@ -61,12 +61,15 @@ class BlockView:
 
 
 def _drop(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
-    return x if module is None else module(x)
+    if module is None or (isinstance(module, nn.Dropout) and not module.training):  # skip the no-op call
+        return x
+    return module(x)
 
 
 def _attn_drop(block: BlockView, probs: torch.Tensor) -> torch.Tensor:
     if isinstance(block.attn_dropout, float):
-        return F.dropout(probs, block.attn_dropout, training=block.query.training)
+        active = block.query.training and block.attn_dropout > 0
+        return F.dropout(probs, block.attn_dropout, training=True) if active else probs
     return _drop(block.attn_dropout, probs)
 
 
@@ -175,6 +178,8 @@ def finish_kept_rows(block: BlockView, x: torch.Tensor, probs: torch.Tensor, v: 
     """
     batch, _, n, _ = probs.shape
     context = torch.matmul(_attn_drop(block, probs), v).transpose(1, 2).reshape(batch, n, -1)  # [B, N, D]
+    if batch == 1 and index.shape[1] == n:  # one row that keeps every token: nothing to gather
+        return mlp_residual(block, _attention_branch(block, x, context))
     kept = _attention_branch(block, gather_tokens(x, index), gather_tokens(context, index))  # [B, M, D]
     return mlp_residual(block, kept)
 
@@ -326,7 +331,8 @@ def run_block(
 
     index, packed_alive = packing_index(keep)  # [B, M]
     out = finish_kept_rows(block, x, probs, v, index)  # [B, M, D]
-    out = out * packed_alive[..., None].to(out.dtype)
+    if out.shape[0] > 1:  # zero the padding slots (one row has none)
+        out = out * packed_alive[..., None].to(out.dtype)
     if gate is not None:
         out = out * gather_tokens(gate, index)[..., None]
     kept_sizes = None if sizes is None else gather_tokens(sizes, index) * packed_alive.to(sizes.dtype)

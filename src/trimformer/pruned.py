@@ -110,10 +110,15 @@ class TokenPrunedModel(nn.Module):
             n_in.append(step.n_in)
             n_out.append(step.n_out)
             n_rows.append(step.n_out if step.n_rows is None else step.n_rows)
-            extra.append(torch.zeros_like(step.n_in) if step.extra_macs is None else step.extra_macs)
+            extra.append(step.extra_macs)
         head = self.adapter.head(self.model, x, alive)
         n_in_t, n_out_t = torch.stack(n_in, dim=1), torch.stack(n_out, dim=1)  # [B, L]
-        n_rows_t, extra_t = torch.stack(n_rows, dim=1), torch.stack(extra, dim=1)  # [B, L]
+        n_rows_t = torch.stack(n_rows, dim=1)  # [B, L]
+        if all(e is None for e in extra):  # no merge decision cost anywhere
+            extra_t = torch.zeros_like(n_in_t)
+        else:
+            costs = [torch.zeros_like(n) if e is None else e for e, n in zip(extra, n_in, strict=True)]
+            extra_t = torch.stack(costs, dim=1)
         d, ffn = blocks[0].hidden_size, blocks[0].mlp_size
         logits = head.get("logits")
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None and logits is not None else None

@@ -11,6 +11,9 @@ def packing_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     keep: bool [B, N]. Returns (index [B, M], packed_mask bool [B, M]) where M = max kept per row:
     the smallest width that holds every row, so padding is only what the longest row forces.
     """
+    if keep.shape[0] == 1:  # one row: its kept positions, no padding (a fast path for batch 1)
+        index = keep[0].nonzero().view(1, -1)  # [1, M]
+        return index, torch.ones(index.shape, dtype=torch.bool, device=keep.device)
     counts = keep.sum(dim=1)  # [B]
     width = int(counts.max().item()) if keep.numel() else 0
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept first, order kept
@@ -21,6 +24,8 @@ def packing_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Gather along the token dimension ``dim`` of ``x`` ([B, ..., N, ...]) with index [B, M]."""
+    if index.shape[0] == 1 and x.shape[0] == 1:
+        return x.index_select(dim, index[0])
     shape = [1] * x.dim()
     shape[0], shape[dim] = index.shape
     expanded = index.view(shape).expand(*[s if i != dim else index.shape[1] for i, s in enumerate(x.shape)])

@@ -9,6 +9,10 @@ def protect_prefix(mask: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """Force the first ``num_prefix`` positions (e.g. [CLS]) to be kept. Works for bool and float masks."""
     if num_prefix <= 0:
         return mask
+    if mask.dtype == torch.bool:  # no gradient to keep: a copy with the prefix set is enough
+        kept = mask.clone()
+        kept[:, :num_prefix] = True
+        return kept
     keep_value = True if mask.dtype == torch.bool else 1.0
     prefix = torch.zeros_like(mask, dtype=torch.bool)
     prefix[:, :num_prefix] = True
