@@ -69,6 +69,8 @@ def test_batch_one_packed_equals_batched_masked(tiny_bert):
         single = model(ids[row:row + 1, :length], mask[row:row + 1, :length])
         assert torch.allclose(single.logits, masked.logits[row:row + 1], atol=1e-5)
         assert torch.equal(single.n_out[0], masked.n_out[row])
+        padded = model(ids[row:row + 1], mask[row:row + 1])  # one row that still carries its padding
+        assert torch.allclose(padded.logits, masked.logits[row:row + 1], atol=1e-5)
     with model.pruning_disabled():  # nothing dropped anywhere: packed batch 1 is the dense model
         length = int(mask[0].sum())
         ref = tiny_bert(input_ids=ids[:1, :length]).logits

@@ -18,31 +18,32 @@ from trimformer.text_data import load_text_data
 from trimformer.training import unlabelled_batches
 
 
-def _time_once(fn: Callable[[dict], object], batches: list[dict]) -> list[float]:
-    times = []
-    for batch in batches:
-        start = time.perf_counter()
-        fn(batch)
-        times.append(time.perf_counter() - start)
-    return times
-
-
 @torch.inference_mode()
 def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[dict], repeats: int,
                   warmup: int = 2) -> dict[str, dict[str, float]]:
-    """Throughput and per-batch latency of each variant; repetitions interleave the variants so that
-    machine noise hits them alike. Reports the median over repetitions."""
+    """Throughput and per-batch latency of each variant, reporting the median over repetitions.
+
+    The variants are interleaved batch by batch (in an order that rotates from batch to batch), so that a
+    burst of load on a shared machine hits every variant alike instead of one variant's whole pass.
+    """
     for fn in variants.values():
         for batch in batches[:warmup]:
             fn(batch)
-    totals: dict[str, list[float]] = {k: [] for k in variants}
-    per_batch: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    totals: dict[str, list[float]] = {k: [] for k in names}
+    per_batch: dict[str, list[float]] = {k: [] for k in names}
     samples = sum(int((b["input_ids"] if "input_ids" in b else b["pixel_values"]).shape[0]) for b in batches)
     for _ in tqdm(range(repeats), desc="timing", leave=False):
-        for name, fn in variants.items():
-            times = _time_once(fn, batches)
-            totals[name].append(sum(times))
-            per_batch[name].extend(times)
+        spent = dict.fromkeys(names, 0.0)
+        for i, batch in enumerate(batches):
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                start = time.perf_counter()
+                variants[name](batch)
+                elapsed = time.perf_counter() - start
+                spent[name] += elapsed
+                per_batch[name].append(elapsed)
+        for name in names:
+            totals[name].append(spent[name])
     return {name: {"samples_per_s": samples / statistics.median(totals[name]),
                    "latency_ms_median": 1000 * statistics.median(per_batch[name]),
                    "latency_ms_p90": 1000 * sorted(per_batch[name])[int(0.9 * (len(per_batch[name]) - 1))]}

@@ -84,10 +84,12 @@ def attention_probs(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor) -
 
 
 def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
-                    key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    key_bias: torch.Tensor | None = None,
+                    all_live: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax attention probabilities, keys and values, with an optional additive bias per key.
 
-    h: [B, N, D]; key_mask: bool [B, N]; key_bias: [B, N] added to every query's logits (ToMe: log sizes).
+    h: [B, N, D]; key_mask: bool [B, N]; key_bias: [B, N] added to every query's logits (ToMe: log sizes);
+    all_live: whether every key is live, when the caller knows (None: read from ``key_mask``).
     Returns probs [B, H, N, N] (before dropout), keys [B, H, N, Dh] and values [B, H, N, Dh].
     """
     batch, n, d = h.shape
@@ -102,7 +104,7 @@ def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
     logits = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, N]
     if key_bias is not None:
         logits = logits + key_bias.to(logits.dtype)[:, None, None, :]
-    if not bool(key_mask.all()):  # dead or padded keys get no attention
+    if not (bool(key_mask.all()) if all_live is None else all_live):  # dead or padded keys get no attention
         bias = torch.zeros(key_mask.shape, dtype=logits.dtype, device=logits.device)
         bias.masked_fill_(~key_mask, torch.finfo(logits.dtype).min)
         logits.add_(bias[:, None, None, :])
@@ -140,16 +142,16 @@ def _attn_dropout_p(block: BlockView) -> float:
 
 
 def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: torch.Tensor,
-                key_bias: torch.Tensor | None = None) -> torch.Tensor:
+                key_bias: torch.Tensor | None = None, all_live: bool | None = None) -> torch.Tensor:
     """A whole block with fused attention (``F.scaled_dot_product_attention``), for blocks that need no
     probabilities: same result as the explicit path up to float rounding, without the [B, H, N, N] tensor.
 
     x: [B, N, D] residual input; h: [B, N, D] attention input (normalised for pre-norm); key_mask: bool
-    [B, N]; key_bias: [B, N] additive logit bias per key -> [B, N, D].
+    [B, N]; key_bias: [B, N] additive logit bias per key; all_live: as in :func:`attention_parts` -> [B, N, D].
     """
     q, k, v = (_split_heads(block, lin(h)) for lin in (block.query, block.key, block.value))  # [B, H, N, Dh]
     mask = None
-    if key_bias is not None or not bool(key_mask.all()):
+    if key_bias is not None or not (bool(key_mask.all()) if all_live is None else all_live):
         mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)  # [B, N]
         if key_bias is not None:
             mask = mask + key_bias.to(q.dtype)
@@ -229,6 +231,7 @@ class BlockResult:
     sizes: torch.Tensor | None = None  # [B, M] original tokens each slot stands for (once a merge happened)
     n_rows: torch.Tensor | None = None  # [B] query rows given an attention output; None: n_out (pruning)
     extra_macs: torch.Tensor | None = None  # [B] MACs of the merge decision itself (ToMe's similarities)
+    all_live: bool | None = None  # every slot of ``alive`` is True (None: not known without reading it)
 
 
 Decide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -284,6 +287,8 @@ def run_block(
     merge: Merge | None = None,
     sizes: torch.Tensor | None = None,
     attn_bias: torch.Tensor | None = None,
+    n_live: torch.Tensor | None = None,
+    all_live: bool | None = None,
 ) -> BlockResult:
     """One block with a pruning decision made right after the attention softmax, or a merge before the MLP.
 
@@ -295,13 +300,16 @@ def run_block(
     ``merge(state)`` returns a :class:`MergePlan` (or None) applied between attention and MLP; ``sizes``
     [B, N] counts the original tokens behind each slot (None: all 1); ``attn_bias`` [B, N] is added to
     the attention logits of each key. A block takes a decision or a merge, not both.
+    ``n_live`` ([B], float) and ``all_live`` pass on what the previous block's :class:`BlockResult` already
+    knows about ``alive`` (its ``n_out`` and ``all_live``), which saves reading it again.
     """
     h = block.norm_attn(x) if block.pre_norm else x
-    n_in = alive.sum(dim=1).to(x.dtype)
+    n_in = alive.sum(dim=1).to(x.dtype) if n_live is None else n_live
+    all_live = bool(alive.all()) if all_live is None else all_live
     if decide is None and merge is None and soft_keep is None and _FUSED_ATTENTION[0]:  # no probabilities needed
-        out = fused_block(block, x, h, alive, attn_bias)
-        return BlockResult(out, alive, positions, None, n_in, n_in, sizes=sizes)
-    probs, keys, v = attention_parts(block, h, alive, attn_bias)  # [B, H, N, N], [B, H, N, Dh] x2
+        out = fused_block(block, x, h, alive, attn_bias, all_live)
+        return BlockResult(out, alive, positions, None, n_in, n_in, sizes=sizes, all_live=all_live)
+    probs, keys, v = attention_parts(block, h, alive, attn_bias, all_live)  # [B, H, N, N], [B, H, N, Dh] x2
     if merge is not None:
         if decide is not None or soft_keep is not None:
             raise ValueError("a block takes either a pruning decision or a merge, not both (and no soft stage)")
@@ -313,7 +321,7 @@ def run_block(
 
     if keep is None:
         out = finish_block(block, x, probs, v)
-        return BlockResult(out, alive, positions, soft_keep, n_in, n_in, sizes=sizes)
+        return BlockResult(out, alive, positions, soft_keep, n_in, n_in, sizes=sizes, all_live=all_live)
 
     if keep.dtype != torch.bool:  # soft stage: scale outputs by the cumulative keep weight
         weight = keep * alive.to(keep.dtype) if soft_keep is None else keep * soft_keep
@@ -336,7 +344,8 @@ def run_block(
     if gate is not None:
         out = out * gather_tokens(gate, index)[..., None]
     kept_sizes = None if sizes is None else gather_tokens(sizes, index) * packed_alive.to(sizes.dtype)
-    return BlockResult(out, packed_alive, gather_tokens(positions, index), None, n_in, n_out, sizes=kept_sizes)
+    return BlockResult(out, packed_alive, gather_tokens(positions, index), None, n_in, n_out, sizes=kept_sizes,
+                       all_live=True if out.shape[0] == 1 else None)  # one packed row has no padding
 
 
 def _merge_step(block: BlockView, x: torch.Tensor, alive: torch.Tensor, positions: torch.Tensor,

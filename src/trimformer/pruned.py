@@ -99,12 +99,16 @@ class TokenPrunedModel(nn.Module):
         merger = getattr(self.policy, "merger", None) if use_policy else None
         proportional = use_policy and bool(getattr(self.policy, "proportional_attention", False))
         soft_keep, sizes, n_in, n_out, n_rows, extra = None, None, [], [], [], []
+        n_live, all_live = lengths.to(x.dtype), None
         for i, block in enumerate(blocks):
             decide = self.policy.decider(i, num_prefix) if use_policy else None
             merge = merger(i, num_prefix) if merger is not None else None
             bias = proportional_attention_bias(sizes, alive) if proportional and sizes is not None else None
             step = run_block(block, x, alive, positions, decide, self.mode == "packed", soft_keep,
-                             merge=merge, sizes=sizes, attn_bias=bias)
+                             merge=merge, sizes=sizes, attn_bias=bias, n_live=n_live, all_live=all_live)
+            # What the next block can reuse about its live tokens (soft counts are expectations, not counts).
+            n_live = step.n_out if step.soft_keep is None else None
+            all_live = step.all_live
             x, alive, positions, soft_keep = step.hidden, step.alive, step.positions, step.soft_keep
             sizes = step.sizes
             n_in.append(step.n_in)
