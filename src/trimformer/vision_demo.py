@@ -48,10 +48,11 @@ class VisionDemoSettings:
         return cls(train_images=512, epochs=1, sait_steps=4, eval_images=256, bench_images=64, bench_repeats=1)
 
 
-def tiny_vit() -> ViTForImageClassification:
-    """A small ViT (hidden 96, 6 blocks, 3 heads) for 28 px Fashion-MNIST, random init."""
-    config = ViTConfig(image_size=RESOLUTION, patch_size=4, hidden_size=96, num_hidden_layers=6, num_attention_heads=3,
-                       intermediate_size=384, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+def tiny_vit(hidden_size: int = 96, num_layers: int = 6, num_heads: int = 3) -> ViTForImageClassification:
+    """A small ViT (default hidden 96, 6 blocks, 3 heads; MLP 4x hidden) for 28 px Fashion-MNIST, random init."""
+    config = ViTConfig(image_size=RESOLUTION, patch_size=4, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                       num_attention_heads=num_heads, intermediate_size=4 * hidden_size,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                        num_labels=10, id2label=dict(enumerate(FASHION_MNIST_CLASSES)),
                        label2id={n: i for i, n in enumerate(FASHION_MNIST_CLASSES)})
     return ViTForImageClassification(config)
