@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -14,7 +14,7 @@ from trimformer.adapters import adapter_for
 from trimformer.blocks import run_block
 from trimformer.core.flops import dense_encoder_flops, encoder_flops
 from trimformer.core.merging import proportional_attention_bias
-from trimformer.core.packing import unpack
+from trimformer.core.packing import plan_row_groups, unpack
 from trimformer.policy import PruningPolicy
 
 EXECUTION_MODES = ("packed", "masked")
@@ -49,6 +49,9 @@ class TokenPrunedModel(nn.Module):
     :meth:`pruning_disabled` runs the original computation. Merging policies (ToMe, EViT) run on the
     same loop; a base model's ``last_hidden_state`` then holds each merged token at the position of the
     token that absorbed the others (zeros where tokens were merged away).
+    ``regroup`` (packed inference only, default True): when the rows of a batch keep very different numbers
+    of tokens, run them as groups of similar counts so that padding to the longest row costs less; the
+    per-row results are the same (up to float rounding).
     """
 
     def __init__(self, model: nn.Module, policy: PruningPolicy | None = None, mode: str = "packed"):
@@ -58,6 +61,7 @@ class TokenPrunedModel(nn.Module):
         self.policy = policy
         self.mode = mode
         self.pruning_enabled = True
+        self.regroup = True
 
     @property
     def mode(self) -> str:
@@ -95,44 +99,123 @@ class TokenPrunedModel(nn.Module):
         positions = torch.arange(length, device=x.device).expand(batch, -1)
         use_policy = self.policy is not None and self.pruning_enabled
         blocks = self.adapter.blocks(self.model)
-        num_prefix = self.adapter.num_prefix_tokens(self.model)
-        merger = getattr(self.policy, "merger", None) if use_policy else None
-        proportional = use_policy and bool(getattr(self.policy, "proportional_attention", False))
-        soft_keep, sizes, n_in, n_out, n_rows, extra = None, None, [], [], [], []
-        n_live, all_live = lengths.to(x.dtype), None
-        for i, block in enumerate(blocks):
-            decide = self.policy.decider(i, num_prefix) if use_policy else None
-            merge = merger(i, num_prefix) if merger is not None else None
-            bias = proportional_attention_bias(sizes, alive) if proportional and sizes is not None else None
-            step = run_block(block, x, alive, positions, decide, self.mode == "packed", soft_keep,
-                             merge=merge, sizes=sizes, attn_bias=bias, n_live=n_live, all_live=all_live)
-            # What the next block can reuse about its live tokens (soft counts are expectations, not counts).
-            n_live = step.n_out if step.soft_keep is None else None
-            all_live = step.all_live
-            x, alive, positions, soft_keep = step.hidden, step.alive, step.positions, step.soft_keep
-            sizes = step.sizes
-            n_in.append(step.n_in)
-            n_out.append(step.n_out)
-            n_rows.append(step.n_out if step.n_rows is None else step.n_rows)
-            extra.append(step.extra_macs)
-        head = self.adapter.head(self.model, x, alive)
-        n_in_t, n_out_t = torch.stack(n_in, dim=1), torch.stack(n_out, dim=1)  # [B, L]
-        n_rows_t = torch.stack(n_rows, dim=1)  # [B, L]
-        if all(e is None for e in extra):  # no merge decision cost anywhere
-            extra_t = torch.zeros_like(n_in_t)
-        else:
-            costs = [torch.zeros_like(n) if e is None else e for e, n in zip(extra, n_in, strict=True)]
-            extra_t = torch.stack(costs, dim=1)
+        run = _BlockRun(
+            blocks=blocks, length=length, packed=self.mode == "packed",
+            decider=(lambda i, p: self.policy.decider(i, p)) if use_policy else None,
+            merger=getattr(self.policy, "merger", None) if use_policy else None,
+            proportional=use_policy and bool(getattr(self.policy, "proportional_attention", False)),
+            num_prefix=self.adapter.num_prefix_tokens(self.model),
+            head=lambda hidden, live: self.adapter.head(self.model, hidden, live),
+            regroup=(self.regroup and self.mode == "packed" and not torch.is_grad_enabled()
+                     and not getattr(self.policy, "capturing", False)),  # a capture records whole batches
+        )
+        out = run.blocks_from(0, _Rows(x, alive, positions, None, None, lengths.to(x.dtype), None))
+        n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in _RECORDS)  # [B, L]
         d, ffn = blocks[0].hidden_size, blocks[0].mlp_size
-        logits = head.get("logits")
+        logits = out.head.get("logits")
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None and logits is not None else None
-        hidden = head.get("last_hidden_state")
-        if hidden is not None and hidden.shape[1] != length:
-            hidden = unpack(hidden, positions, alive, length)
         return PrunedOutput(
             logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t,
             flops=encoder_flops(d, ffn, n_in_t, n_out_t, n_rows_t, extra_t),
             dense_flops=dense_encoder_flops(d, ffn, len(blocks), lengths).to(n_in_t.dtype),
-            last_hidden_state=hidden, pooler_output=head.get("pooler_output"),
-            n_rows=n_rows_t, token_sizes=sizes,
+            last_hidden_state=out.head.get("last_hidden_state"), pooler_output=out.head.get("pooler_output"),
+            n_rows=n_rows_t, token_sizes=out.sizes,
         )
+
+
+_RECORDS = ("n_in", "n_out", "n_rows", "extra")
+
+
+@dataclass
+class _Rows:
+    """Some rows of a batch between two blocks."""
+
+    x: torch.Tensor  # [b, M, D]
+    alive: torch.Tensor  # bool [b, M]
+    positions: torch.Tensor  # long [b, M]: original position of each slot
+    soft_keep: torch.Tensor | None  # [b, M] (soft stage)
+    sizes: torch.Tensor | None  # [b, M] original tokens behind each slot (after a merge)
+    n_live: torch.Tensor | None  # [b] live tokens, when known
+    all_live: bool | None
+
+    def select(self, rows: torch.Tensor, width: int) -> _Rows:
+        """Rows ``rows`` (long [g]) of a packed batch, cut to ``width`` slots (live tokens come first)."""
+        return _Rows(self.x[rows, :width], self.alive[rows, :width], self.positions[rows, :width], None,
+                     None if self.sizes is None else self.sizes[rows, :width],
+                     None if self.n_live is None else self.n_live[rows], None)
+
+
+@dataclass
+class _Outcome:
+    """Per-row results of running blocks ``first..L-1`` and the head on some rows."""
+
+    records: dict[str, list[torch.Tensor]]  # per layer from ``first``: [b] each
+    head: dict[str, torch.Tensor]  # logits [b, C] / last_hidden_state [b, N, D] (original positions) / pooler
+    sizes: torch.Tensor | None  # [b, M] token sizes of the final slots (merging only)
+
+
+@dataclass
+class _BlockRun:
+    """The block loop of one forward. With ``regroup``, a packed batch whose rows keep very different numbers of
+    tokens is split into groups of similar counts (:func:`plan_row_groups`) that run the remaining blocks
+    separately, each padded only to its own longest row; results are put back in the original row order."""
+
+    blocks: list
+    length: int
+    packed: bool
+    decider: Callable[[int, int], object] | None
+    merger: Callable[[int, int], object] | None
+    proportional: bool
+    num_prefix: int
+    head: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+    regroup: bool
+
+    def blocks_from(self, first: int, rows: _Rows) -> _Outcome:
+        records: dict[str, list[torch.Tensor]] = {k: [] for k in _RECORDS}
+        for i in range(first, len(self.blocks)):
+            decide = self.decider(i, self.num_prefix) if self.decider is not None else None
+            merge = self.merger(i, self.num_prefix) if self.merger is not None else None
+            sizes = rows.sizes
+            bias = proportional_attention_bias(sizes, rows.alive) if self.proportional and sizes is not None else None
+            step = run_block(self.blocks[i], rows.x, rows.alive, rows.positions, decide, self.packed, rows.soft_keep,
+                             merge=merge, sizes=sizes, attn_bias=bias, n_live=rows.n_live, all_live=rows.all_live)
+            # What the next block can reuse about its live tokens (soft counts are expectations, not counts).
+            rows = _Rows(step.hidden, step.alive, step.positions, step.soft_keep, step.sizes,
+                         step.n_out if step.soft_keep is None else None, step.all_live)
+            records["n_in"].append(step.n_in)
+            records["n_out"].append(step.n_out)
+            records["n_rows"].append(step.n_out if step.n_rows is None else step.n_rows)
+            records["extra"].append(torch.zeros_like(step.n_in) if step.extra_macs is None else step.extra_macs)
+            reduced = decide is not None or merge is not None
+            if self.regroup and reduced and i + 1 < len(self.blocks) and rows.x.shape[0] > 1:
+                groups = plan_row_groups([int(c) for c in step.n_out.tolist()])
+                if len(groups) > 1:
+                    return self._split(i + 1, rows, step.n_out, groups, records)
+        head = self.head(rows.x, rows.alive)
+        hidden = head.get("last_hidden_state")
+        if hidden is not None and hidden.shape[1] != self.length:
+            head = {**head, "last_hidden_state": unpack(hidden, rows.positions, rows.alive, self.length)}
+        return _Outcome(records, head, rows.sizes)
+
+    def _split(self, first: int, rows: _Rows, counts: torch.Tensor, groups: list[list[int]],
+               records: dict[str, list[torch.Tensor]]) -> _Outcome:
+        """Run blocks ``first..`` on each group of rows, then reassemble the batch in its original order."""
+        device = rows.x.device
+        parts = []
+        for group in groups:
+            index = torch.tensor(group, device=device)
+            width = int(counts[index].max())
+            parts.append(self.blocks_from(first, rows.select(index, width)))
+        order = torch.argsort(torch.tensor([r for g in groups for r in g], device=device))  # back to row order
+
+        def join(tensors: list[torch.Tensor]) -> torch.Tensor:
+            width = max(t.shape[1] for t in tensors) if tensors[0].dim() > 1 else 0
+            if width:
+                tensors = [F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1])) for t in tensors]
+            return torch.cat(tensors)[order]
+
+        for key in _RECORDS:
+            records[key] += [join([p.records[key][j] for p in parts]) for j in range(len(parts[0].records[key]))]
+        head = {k: join([p.head[k] for p in parts]) for k, v in parts[0].head.items() if v is not None}
+        sizes = None if parts[0].sizes is None else join([p.sizes for p in parts])
+        return _Outcome(records, head, sizes)

@@ -46,3 +46,42 @@ def unpack(packed: torch.Tensor, index: torch.Tensor, packed_mask: torch.Tensor,
     safe_index = torch.where(packed_mask, index, torch.zeros_like(index))
     # Padding slots point at position 0 with zero values; scatter_add leaves the real value there intact.
     return out.scatter_add(1, safe_index[..., None].expand(-1, -1, dim), values)
+
+
+def plan_row_groups(counts: list[int], max_groups: int = 4, min_rows: int = 4,
+                    min_saving: float = 0.1) -> list[list[int]]:
+    """Split the rows of a packed batch into groups of similar live-token counts.
+
+    A packed batch pads every row to its longest one; run as separate groups, each pads only to its own
+    longest row. ``counts``: live tokens per row. Groups are runs of rows sorted by count, each with at least
+    ``min_rows`` rows; one more group is taken only while it cuts the padded token total by ``min_saving``
+    (a fraction) or more, since every group costs its own per-block overhead. Returns lists of row indices,
+    in increasing count order; a single group means no split.
+    """
+    order = sorted(range(len(counts)), key=lambda r: counts[r])
+    ordered = [counts[r] for r in order]
+    n = len(ordered)
+    if n < 2 * min_rows or ordered[0] == ordered[-1]:
+        return [order]
+    # best[g][j]: least padded total for the first j sorted rows in g groups; cut[g][j]: where the last group starts.
+    best = [[float("inf")] * (n + 1) for _ in range(max_groups + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
+    best[0][0] = 0.0
+    for g in range(1, max_groups + 1):
+        for j in range(g * min_rows, n + 1):
+            for i in range((g - 1) * min_rows, j - min_rows + 1):
+                cost = best[g - 1][i] + (j - i) * ordered[j - 1]  # rows i..j-1 padded to the largest
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    groups = 1
+    for g in range(2, max_groups + 1):
+        if best[g][n] < float("inf") and best[g][n] <= best[groups][n] * (1.0 - min_saving):
+            groups = g
+        else:
+            break
+    bounds, j = [], n
+    for g in range(groups, 0, -1):
+        i = cut[g][j] if groups > 1 else 0
+        bounds.append((i, j))
+        j = i
+    return [order[i:j] for i, j in reversed(bounds)]
