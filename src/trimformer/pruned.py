@@ -187,7 +187,8 @@ class _BlockRun:
             records["n_rows"].append(step.n_out if step.n_rows is None else step.n_rows)
             records["extra"].append(torch.zeros_like(step.n_in) if step.extra_macs is None else step.extra_macs)
             reduced = decide is not None or merge is not None
-            if self.regroup and reduced and i + 1 < len(self.blocks) and rows.x.shape[0] > 1:
+            # A split pays for itself over several blocks: not with a single block left.
+            if self.regroup and reduced and i + 2 < len(self.blocks) and rows.x.shape[0] > 1:
                 groups = plan_row_groups([int(c) for c in step.n_out.tolist()])
                 if len(groups) > 1:
                     return self._split(i + 1, rows, step.n_out, groups, records)

@@ -48,21 +48,23 @@ def unpack(packed: torch.Tensor, index: torch.Tensor, packed_mask: torch.Tensor,
     return out.scatter_add(1, safe_index[..., None].expand(-1, -1, dim), values)
 
 
-def plan_row_groups(counts: list[int], max_groups: int = 4, min_rows: int = 4,
-                    min_saving: float = 0.1) -> list[list[int]]:
+def plan_row_groups(counts: list[int], max_groups: int = 4, min_rows: int = 8, min_saving: float = 0.1,
+                    min_tokens: int = 512) -> list[list[int]]:
     """Split the rows of a packed batch into groups of similar live-token counts.
 
     A packed batch pads every row to its longest one; run as separate groups, each pads only to its own
-    longest row. ``counts``: live tokens per row. Groups are runs of rows sorted by count, each with at least
-    ``min_rows`` rows; one more group is taken only while it cuts the padded token total by ``min_saving``
-    (a fraction) or more, since every group costs its own per-block overhead. Returns lists of row indices,
-    in increasing count order; a single group means no split.
+    longest row, but every group costs its own per-block overhead (and a small batch gains nothing from
+    splitting). So groups are runs of rows sorted by count, each with at least ``min_rows`` rows, and one
+    more group is taken only while it cuts the padded token total by ``min_saving`` (a fraction) *and* by
+    ``min_tokens`` or more. ``counts``: live tokens per row. Returns lists of row indices, in increasing
+    count order; a single group means no split.
     """
     order = sorted(range(len(counts)), key=lambda r: counts[r])
     ordered = [counts[r] for r in order]
     n = len(ordered)
-    if n < 2 * min_rows or ordered[0] == ordered[-1]:
-        return [order]
+    padding = n * ordered[-1] - sum(ordered) if n else 0
+    if n < 2 * min_rows or padding < max(min_tokens, min_saving * n * ordered[-1]):
+        return [order]  # too few rows, or less padding in the whole batch than one more group must save
     # best[g][j]: least padded total for the first j sorted rows in g groups; cut[g][j]: where the last group starts.
     best = [[float("inf")] * (n + 1) for _ in range(max_groups + 1)]
     cut = [[0] * (n + 1) for _ in range(max_groups + 1)]
@@ -75,7 +77,8 @@ def plan_row_groups(counts: list[int], max_groups: int = 4, min_rows: int = 4,
                     best[g][j], cut[g][j] = cost, i
     groups = 1
     for g in range(2, max_groups + 1):
-        if best[g][n] < float("inf") and best[g][n] <= best[groups][n] * (1.0 - min_saving):
+        saved = best[groups][n] - best[g][n]
+        if best[g][n] < float("inf") and saved >= max(min_tokens, min_saving * best[groups][n]):
             groups = g
         else:
             break
