@@ -50,13 +50,18 @@ def _same(one, split):
         assert torch.allclose(getattr(split, key), getattr(one, key)), key
 
 
+def _ltp_text(bert):
+    """A tiny BERT under LTP and a padded batch of 8 texts."""
+    model = TokenPrunedModel(bert, LTPPolicy(bert.config.num_hidden_layers, LTPConfig(final_threshold=0.08)))
+    ids, mask = random_batch(batch=8, length=24, seed=3)
+    return model, ids, mask
+
+
 @torch.inference_mode()
 def test_ltp_text_regrouped_equals_one_batch(tiny_bert, monkeypatch):
     calls: list = []
     _forced_split(monkeypatch, calls)
-    model = TokenPrunedModel(tiny_bert, LTPPolicy(tiny_bert.config.num_hidden_layers,
-                                                  LTPConfig(final_threshold=0.08)))
-    ids, mask = random_batch(batch=8, length=24, seed=3)
+    model, ids, mask = _ltp_text(tiny_bert)
     one, split = _both(model, input_ids=ids, attention_mask=mask)
     assert calls, "the batch was never split"
     _same(one, split)
@@ -99,9 +104,7 @@ def test_vision_regrouped_equals_one_batch(method, config, monkeypatch):
 def test_no_regrouping_while_training_or_masked(tiny_bert, monkeypatch):
     calls: list = []
     _forced_split(monkeypatch, calls)
-    model = TokenPrunedModel(tiny_bert, LTPPolicy(tiny_bert.config.num_hidden_layers,
-                                                  LTPConfig(final_threshold=0.08)))
-    ids, mask = random_batch(batch=8, length=24, seed=3)
+    model, ids, mask = _ltp_text(tiny_bert)
     model(ids, mask)  # gradients on
     with torch.inference_mode():
         model.mode = "masked"
