@@ -56,6 +56,10 @@ def test_eval_and_bench_write_json(tiny_checkpoint, tmp_path):
         assert key in bench, key
     assert bench["method"] == "ltp" and bench["batch_size"] == 4
     assert bench["speedup"] == pytest.approx(bench["pruned_samples_per_s"] / bench["dense_samples_per_s"])
+    assert bench["regroup"] is True
+    assert main(["bench", str(ckpt), "--data", str(data), "--batch-size", "4", "--num-samples", "8", "--repeats",
+                 "1", "--no-accuracy", "--no-regroup", "--json", str(tmp_path / "b1.json")]) == 0
+    assert json.loads((tmp_path / "b1.json").read_text())["regroup"] is False
 
 
 def test_empty_text_is_refused(tiny_checkpoint, tmp_path, capsys):

@@ -97,13 +97,14 @@ def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts) -> dict
 def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = None, batch_size: int = 32,
                      max_length: int = 128, num_samples: int = 256, repeats: int = 3, threads: int | None = None,
                      accuracy: bool = True, accuracy_limit: int | None = None,
-                     seed: int = 0) -> dict:
-    """The JSON record of ``trimformer bench``."""
+                     seed: int = 0, regroup: bool = True) -> dict:
+    """The JSON record of ``trimformer bench``; ``regroup`` False runs packed batches in one piece."""
     if threads is not None:
         torch.set_num_threads(threads)
     model, tokenizer, meta = load_model(str(checkpoint))
     check_benchable(checkpoint, meta)
     model.eval()
+    model.regroup = regroup
     names = label_names(model) if eval_data or Path(data).suffix else None
     test = load_text_data(eval_data or data, "test", names)
     timed = test.subset(num_samples, seed=seed)
@@ -118,7 +119,7 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
         "masked_samples_per_s": speed["masked"]["samples_per_s"],
         "masked_speedup": speed["masked"]["samples_per_s"] / speed["dense"]["samples_per_s"],
         "latency_ms_p90": {k: v["latency_ms_p90"] for k, v in speed.items()},
-        "mean_length": counts.mean_length,
+        "mean_length": counts.mean_length, "regroup": regroup,
     }
     if accuracy:
         scored = test.subset(accuracy_limit, seed=seed)

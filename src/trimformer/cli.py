@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy evaluation")
     p.add_argument("--accuracy-limit", type=int, default=None,
                    help="compute the accuracies on a seeded subset of N test texts (default: all)")
+    p.add_argument("--no-regroup", action="store_true",
+                   help="run each packed batch in one piece, padded to its longest row, instead of regrouping "
+                        "rows by kept-token count (same outputs; for comparison)")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
 
     p = sub.add_parser("quantize", help="post-training quantization (PWLQ or uniform) of a text or vision checkpoint")

@@ -125,7 +125,7 @@ def run_bench(args: argparse.Namespace) -> int:
     result = bench_checkpoint(args.checkpoint, args.data, args.eval_data, batch_size=args.batch_size,
                               max_length=args.max_length, num_samples=args.num_samples, repeats=args.repeats,
                               threads=args.threads, accuracy=not args.no_accuracy,
-                              accuracy_limit=args.accuracy_limit)
+                              accuracy_limit=args.accuracy_limit, regroup=not args.no_regroup)
     print(json.dumps(result, indent=2))
     if args.json:
         atomic_write_json(args.json, result)

@@ -102,6 +102,7 @@ def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
     model, meta = load_vision_model(args.checkpoint)
     check_benchable(args.checkpoint, meta)
     _set_level(model, args.level)
+    model.regroup = not args.no_regroup
     resolution = model_resolution(model, meta)
     timed = _test_batches(args, resolution, args.num_samples, args.batch_size)
     batches = [{"pixel_values": p} for p, _ in timed]
@@ -110,7 +111,7 @@ def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "method": meta["method"], "data": args.eval_data or vision_data_name(args), "checkpoint": args.checkpoint,
         "batch_size": args.batch_size, "num_samples_timed": sum(len(y) for _, y in timed), "repeats": args.repeats,
-        **speed_record(meta, speed, counts),
+        "regroup": model.regroup, **speed_record(meta, speed, counts),
     }
     if hasattr(model.policy, "level"):
         result["level"] = model.policy.level
