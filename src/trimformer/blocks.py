@@ -68,9 +68,14 @@ def _drop(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
 
 def _attn_drop(block: BlockView, probs: torch.Tensor) -> torch.Tensor:
     if isinstance(block.attn_dropout, float):
-        active = block.query.training and block.attn_dropout > 0
-        return F.dropout(probs, block.attn_dropout, training=True) if active else probs
+        p = _attn_dropout_p(block)
+        return F.dropout(probs, p) if p > 0 else probs
     return _drop(block.attn_dropout, probs)
+
+
+def _keys_need_mask(key_mask: torch.Tensor, all_live: bool | None) -> bool:
+    """Whether some key is dead or padded; ``all_live`` answers without reading ``key_mask`` when known."""
+    return not (bool(key_mask.all()) if all_live is None else all_live)
 
 
 def attention_probs(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +109,7 @@ def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
     logits = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, N]
     if key_bias is not None:
         logits = logits + key_bias.to(logits.dtype)[:, None, None, :]
-    if not (bool(key_mask.all()) if all_live is None else all_live):  # dead or padded keys get no attention
+    if _keys_need_mask(key_mask, all_live):  # dead or padded keys get no attention
         bias = torch.zeros(key_mask.shape, dtype=logits.dtype, device=logits.device)
         bias.masked_fill_(~key_mask, torch.finfo(logits.dtype).min)
         logits.add_(bias[:, None, None, :])
@@ -151,7 +156,7 @@ def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: to
     """
     q, k, v = (_split_heads(block, lin(h)) for lin in (block.query, block.key, block.value))  # [B, H, N, Dh]
     mask = None
-    if key_bias is not None or not (bool(key_mask.all()) if all_live is None else all_live):
+    if key_bias is not None or _keys_need_mask(key_mask, all_live):
         mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)  # [B, N]
         if key_bias is not None:
             mask = mask + key_bias.to(q.dtype)

@@ -101,7 +101,7 @@ class TokenPrunedModel(nn.Module):
         blocks = self.adapter.blocks(self.model)
         run = _BlockRun(
             blocks=blocks, length=length, packed=self.mode == "packed",
-            decider=(lambda i, p: self.policy.decider(i, p)) if use_policy else None,
+            decider=self.policy.decider if use_policy else None,
             merger=getattr(self.policy, "merger", None) if use_policy else None,
             proportional=use_policy and bool(getattr(self.policy, "proportional_attention", False)),
             num_prefix=self.adapter.num_prefix_tokens(self.model),
@@ -189,24 +189,24 @@ class _BlockRun:
             reduced = decide is not None or merge is not None
             # A split pays for itself over several blocks: not with a single block left.
             if self.regroup and reduced and i + 2 < len(self.blocks) and rows.x.shape[0] > 1:
-                groups = plan_row_groups([int(c) for c in step.n_out.tolist()])
+                counts = [int(c) for c in step.n_out.tolist()]
+                groups = plan_row_groups(counts)
                 if len(groups) > 1:
-                    return self._split(i + 1, rows, step.n_out, groups, records)
+                    return self._split(i + 1, rows, counts, groups, records)
         head = self.head(rows.x, rows.alive)
         hidden = head.get("last_hidden_state")
         if hidden is not None and hidden.shape[1] != self.length:
             head = {**head, "last_hidden_state": unpack(hidden, rows.positions, rows.alive, self.length)}
         return _Outcome(records, head, rows.sizes)
 
-    def _split(self, first: int, rows: _Rows, counts: torch.Tensor, groups: list[list[int]],
+    def _split(self, first: int, rows: _Rows, counts: list[int], groups: list[list[int]],
                records: dict[str, list[torch.Tensor]]) -> _Outcome:
         """Run blocks ``first..`` on each group of rows, then reassemble the batch in its original order."""
         device = rows.x.device
         parts = []
         for group in groups:
-            index = torch.tensor(group, device=device)
-            width = int(counts[index].max())
-            parts.append(self.blocks_from(first, rows.select(index, width)))
+            width = max(counts[r] for r in group)
+            parts.append(self.blocks_from(first, rows.select(torch.tensor(group, device=device), width)))
         order = torch.argsort(torch.tensor([r for g in groups for r in g], device=device))  # back to row order
 
         def join(tensors: list[torch.Tensor]) -> torch.Tensor:

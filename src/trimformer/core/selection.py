@@ -13,10 +13,9 @@ def protect_prefix(mask: torch.Tensor, num_prefix: int) -> torch.Tensor:
         kept = mask.clone()
         kept[:, :num_prefix] = True
         return kept
-    keep_value = True if mask.dtype == torch.bool else 1.0
-    prefix = torch.zeros_like(mask, dtype=torch.bool)
+    prefix = torch.zeros_like(mask, dtype=torch.bool)  # float (soft) masks: out of place, for the gradient
     prefix[:, :num_prefix] = True
-    return torch.where(prefix, torch.full_like(mask, keep_value), mask)
+    return torch.where(prefix, torch.full_like(mask, 1.0), mask)
 
 
 def soft_threshold_mask(scores: torch.Tensor, threshold: torch.Tensor | float, temperature: float) -> torch.Tensor:
