@@ -133,6 +133,8 @@ def main() -> None:
     ap.add_argument("--evit-rates", type=float_list, default=EVIT_RATES)
     ap.add_argument("--tome-r", type=int_list, default=TOME_R)
     ap.add_argument("--only-train", action="store_true", help="train (or reuse) SaiT and AS-ViT, then stop")
+    ap.add_argument("--eval-device", default="cpu",
+                    help="where the accuracy runs (cpu; cuda in full fp32, TF32 off, for models too slow here)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--tag", default="", help="suffix of the result files (e.g. 'other')")
     args = ap.parse_args()
@@ -157,6 +159,11 @@ def main() -> None:
     asvit, asvit_secs, asvit_meta = train_method("asvit", base, runs / "asvit", asvit_cfg, train_data, train_cfg)
     if args.only_train:
         return
+    if args.eval_device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        for model in (plain, sait, asvit):
+            model.to(args.eval_device)
     plain_eval = evaluate_vision(plain, test_batches)
     dense_acc = plain_eval.accuracy
     print(f"plain fine-tuned: {dense_acc:.2f}% at {plain_eval.gflops_per_sample:.3f} GFLOPs", flush=True)
@@ -203,6 +210,7 @@ def main() -> None:
         "benchmark": "vision_pruning",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_info(), "threads": args.threads},
+        "eval_device": device_name() if args.eval_device != "cpu" else "cpu",
         "settings": {"base_model": args.base, "resolution": res, "train_images": args.train_images,
                      "test_images": args.test_images, "test_subset": "seeded (seed 0) from the 10k test set",
                      "train": train_cfg.to_dict(), "sait": sait.policy.config().to_dict(),

@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -58,3 +59,19 @@ def test_image_classifier_round_trip_loads_with_new_digest(tmp_path: Path) -> No
         assert torch.allclose(loaded(pixel_values=x).logits, model(pixel_values=x).logits, atol=1e-2)
     record = json.loads((tmp_path / "clf2" / "image_classifier.json").read_text())
     assert record["files"] != json.loads((src / "image_classifier.json").read_text())["files"]
+
+
+def test_pack_keep_dtype_travels_exactly(tmp_path: Path) -> None:
+    transfer = _transfer()
+    torch.manual_seed(0)
+    state = {"w": torch.randn(40, 30), "ids": torch.arange(5)}
+    src = tmp_path / "src"
+    src.mkdir()
+    save_file(state, str(src / "model.safetensors"), metadata={"format": "pt"})
+    transfer.pack(src, tmp_path / "packed", max_mb=0.002, dtype="keep")  # 2 kB shards: "w" (4.8 kB) is split
+    assert len(list((tmp_path / "packed").glob("shard*.safetensors"))) >= 3
+    transfer.unpack(tmp_path / "packed", tmp_path / "back")
+    back = load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert torch.equal(back["w"], state["w"]) and torch.equal(back["ids"], state["ids"])
+    with pytest.raises(ValueError, match="dtype"):
+        transfer.pack(src, tmp_path / "bad", max_mb=1.0, dtype="bfloat16")

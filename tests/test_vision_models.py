@@ -191,3 +191,17 @@ def test_cnn_weights_not_matching_config(tmp_path: Path) -> None:
     (path / META_FILE).write_text(json.dumps(record))
     with pytest.raises(ValueError, match="do not fit the recorded config"):
         load_image_classifier(path)
+
+
+def test_tiny_vit_patch_size_sets_the_token_count() -> None:
+    from trimformer.vision_demo import tiny_vit
+
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 28, 28)
+    for patch, tokens in ((4, 49 + 1), (2, 196 + 1)):
+        model = tiny_vit(16, 1, 2, patch_size=patch).eval()
+        with torch.no_grad():
+            hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+        assert hidden.shape == (2, tokens, 16)
+    with pytest.raises(ValueError, match="patch_size"):
+        tiny_vit(16, 1, 2, patch_size=5)

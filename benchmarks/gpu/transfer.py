@@ -6,15 +6,16 @@ The GPU machine used for the long training runs takes at most ~64 MiB of files p
 - ``pool``: write a seeded pool of the Fashion-MNIST training split (plus the whole test split) as idx
   ``.gz`` files, readable by ``trimformer.vision.data`` through ``$TRIMFORMER_FASHION_MNIST``. The pool is
   ``sorted(torch.randperm(60000, generator=seed)[:size])`` of the Debian package's training images.
-- ``pack SRC DST``: a checkpoint folder -> float16 safetensors shards of at most ``--max-mb`` MB plus its
-  JSON files and a manifest. Floating tensors are rounded to float16 (a transport choice: the weights the
-  benchmarks then evaluate are the rounded ones); integer tensors travel unchanged.
+- ``pack SRC DST``: a checkpoint folder -> safetensors shards of at most ``--max-mb`` MB plus its JSON files
+  and a manifest. Floating tensors are rounded to float16 by default (a transport choice: the weights the
+  benchmarks then evaluate are the rounded ones) or travel exactly with ``--dtype keep``; integer tensors
+  travel unchanged.
 - ``unpack SRC DST``: the shards -> the checkpoint folder again, each tensor in its original dtype. The
   ``files`` digests of ``image_classifier.json`` are recomputed for the rebuilt weights and a ``transport``
   record says what happened.
 
     python benchmarks/gpu/transfer.py pool OUT_DIR [--size 30000] [--seed 0]
-    python benchmarks/gpu/transfer.py pack runs/x OUT_DIR [--max-mb 15]
+    python benchmarks/gpu/transfer.py pack runs/x OUT_DIR [--max-mb 15] [--dtype float16|keep]
     python benchmarks/gpu/transfer.py unpack OUT_DIR runs/x
 """
 
@@ -59,9 +60,11 @@ def make_pool(out: Path, size: int, seed: int) -> dict:
     return record
 
 
-def pack(src: Path, dst: Path, max_mb: float) -> None:
+def pack(src: Path, dst: Path, max_mb: float, dtype: str = "float16") -> None:
+    if dtype not in ("float16", "keep"):
+        raise ValueError(f"dtype must be 'float16' or 'keep', got {dtype!r}")
     dst.mkdir(parents=True, exist_ok=True)
-    manifest: dict = {"files": {}}
+    manifest: dict = {"files": {}, "transport_dtype": dtype}
     limit = int(max_mb * 1e6)
     shard, shard_bytes, shard_index = {}, 0, 0
 
@@ -78,7 +81,7 @@ def pack(src: Path, dst: Path, max_mb: float) -> None:
         manifest["files"][file.name] = {"metadata": metadata,
                                         "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()}}
         for name, tensor in tensors.items():
-            small = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+            small = tensor.to(torch.float16) if tensor.is_floating_point() and dtype == "float16" else tensor
             rows = max(1, small.shape[0] if small.ndim else 1)
             per_row = max(1, small.nbytes // rows)
             chunk = max(1, limit // per_row)  # a tensor larger than a shard is split along dim 0
@@ -124,7 +127,9 @@ def unpack(src: Path, dst: Path) -> None:
         state = {k: v.to(getattr(torch, dtypes[k])) for k, v in tensors[file].items()}
         save_file(state, str(tmp / file), metadata=info["metadata"])
     record_file = tmp / "image_classifier.json"
-    transport = {"weights_rounded_to": "float16", "tool": "benchmarks/gpu/transfer.py"}
+    rounded = manifest.get("transport_dtype", "float16") == "float16"
+    transport = ({"weights_rounded_to": "float16"} if rounded else {"weights": "exact"}) | {
+        "tool": "benchmarks/gpu/transfer.py"}
     if record_file.exists():
         record = json.loads(record_file.read_text())
         record["files"] = {name: file_sha256(tmp / name) for name in manifest["files"]}
@@ -147,18 +152,20 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--size", type=int, default=30000)
     p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("pack", help="checkpoint folder -> float16 shards")
+    p = sub.add_parser("pack", help="checkpoint folder -> safetensors shards (float16 by default)")
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--max-mb", type=float, default=15.0)
-    p = sub.add_parser("unpack", help="float16 shards -> checkpoint folder")
+    p.add_argument("--dtype", choices=("float16", "keep"), default="float16",
+                   help="float16: round floating tensors (half the size); keep: exact")
+    p = sub.add_parser("unpack", help="shards -> checkpoint folder")
     p.add_argument("src")
     p.add_argument("dst")
     args = ap.parse_args()
     if args.command == "pool":
         print(make_pool(Path(args.out), args.size, args.seed))
     elif args.command == "pack":
-        pack(Path(args.src), Path(args.dst), args.max_mb)
+        pack(Path(args.src), Path(args.dst), args.max_mb, args.dtype)
     else:
         unpack(Path(args.src), Path(args.dst))
 

@@ -48,9 +48,14 @@ class VisionDemoSettings:
         return cls(train_images=512, epochs=1, sait_steps=4, eval_images=256, bench_images=64, bench_repeats=1)
 
 
-def tiny_vit(hidden_size: int = 96, num_layers: int = 6, num_heads: int = 3) -> ViTForImageClassification:
-    """A small ViT (default hidden 96, 6 blocks, 3 heads; MLP 4x hidden) for 28 px Fashion-MNIST, random init."""
-    config = ViTConfig(image_size=RESOLUTION, patch_size=4, hidden_size=hidden_size, num_hidden_layers=num_layers,
+def tiny_vit(hidden_size: int = 96, num_layers: int = 6, num_heads: int = 3,
+             patch_size: int = 4) -> ViTForImageClassification:
+    """A small ViT (default hidden 96, 6 blocks, 3 heads, 4 px patches; MLP 4x hidden) for 28 px Fashion-MNIST,
+    random init. ``patch_size=2`` gives 196 patch tokens, the token count of ViT-Ti/16 at 224 px."""
+    if RESOLUTION % patch_size:
+        raise ValueError(f"patch_size must divide the {RESOLUTION} px image size, got {patch_size}")
+    config = ViTConfig(image_size=RESOLUTION, patch_size=patch_size, hidden_size=hidden_size,
+                       num_hidden_layers=num_layers,
                        num_attention_heads=num_heads, intermediate_size=4 * hidden_size,
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                        num_labels=10, id2label=dict(enumerate(FASHION_MNIST_CLASSES)),
@@ -58,9 +63,11 @@ def tiny_vit(hidden_size: int = 96, num_layers: int = 6, num_heads: int = 3) -> 
     return ViTForImageClassification(config)
 
 
-def train_from_scratch(model: ViTForImageClassification, data, epochs: int, seed: int = 0) -> None:
-    """Plain supervised training (AdamW 1e-3, warmup + cosine, batch 128)."""
-    batches = pixel_batches(data, 128)
+def train_from_scratch(model: ViTForImageClassification, data, epochs: int, seed: int = 0,
+                       device: str | torch.device = "cpu") -> None:
+    """Plain supervised training (AdamW 1e-3, warmup + cosine, batch 128) on ``device``; the model stays there."""
+    batches = [(p.to(device), y.to(device)) for p, y in pixel_batches(data, 128)]
+    model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     sched = get_cosine_schedule_with_warmup(opt, len(batches) * epochs // 10, len(batches) * epochs)
     gen = torch.Generator().manual_seed(seed)

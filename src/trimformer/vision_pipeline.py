@@ -136,13 +136,13 @@ def evaluate_vision(model: TokenPrunedModel, batches: list[tuple[torch.Tensor, t
     preds: list[int] = []
     for pixels, labels in tqdm(batches, desc="eval", disable=not progress, leave=False):
         out = model(pixel_values=pixels)
-        pred = out.logits.argmax(-1)
+        pred = out.logits.argmax(-1).cpu()
         correct += int((pred == labels).sum())
         preds.extend(pred.tolist())
         n += len(labels)
         flops += float(out.flops.sum())
         dense += float(out.dense_flops.sum())
-        kept = out.n_out.sum(0)
+        kept = out.n_out.sum(0).cpu()
         kept_sum = kept if kept_sum is None else kept_sum + kept
         kept_per_image.extend(out.n_out.tolist())
     if n == 0:

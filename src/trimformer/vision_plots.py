@@ -23,7 +23,7 @@ def kept_patch_masks(model: TokenPrunedModel, pixels: torch.Tensor, level: float
     finally:
         model.mode = previous
     prefix = model.adapter.num_prefix_tokens(model.model)
-    return cap.records[0].keep[:, prefix:]
+    return cap.records[0].keep[:, prefix:].cpu()
 
 
 def kept_patches(images: torch.Tensor, keeps: torch.Tensor, titles: Sequence[str], path: str | Path,
