@@ -127,6 +127,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--sait-train-levels", type=float_list, default=SaiTConfig.train_levels,
                     help="comma-separated top-K levels sampled on sparse SaiT steps")
+    ap.add_argument("--sait-token-distill-weight", type=float, default=SaiTConfig.token_distill_weight,
+                    help="weight of SaiT's token-selection distillation loss")
     ap.add_argument("--sait-stages", type=int_list, default=None, help="comma-separated pruning blocks (0-indexed)")
     ap.add_argument("--sait-levels", type=float_list, default=SAIT_TOPK_LEVELS, help="top-K levels evaluated")
     ap.add_argument("--mass-levels", type=float_list, default=SAIT_MASS_LEVELS, help="mass levels evaluated")
@@ -152,7 +154,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     sait_cfg = SaiTConfig(policy="topk", steps=args.sait_steps, train_levels=args.sait_train_levels,
-                          stages=args.sait_stages)
+                          stages=args.sait_stages, token_distill_weight=args.sait_token_distill_weight)
     base = Path(args.base)
     sait, sait_secs, sait_meta = train_method("sait", base, runs / "sait", sait_cfg, train_data, train_cfg)
     asvit_cfg = ASViTConfig(target_flops=args.asvit_rho, steps=args.asvit_steps)
