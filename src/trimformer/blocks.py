@@ -14,6 +14,7 @@ optional additive key bias ([B, N], e.g. ToMe's log token sizes) enters the atte
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -97,15 +98,7 @@ def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
     all_live: whether every key is live, when the caller knows (None: read from ``key_mask``).
     Returns probs [B, H, N, N] (before dropout), keys [B, H, N, Dh] and values [B, H, N, Dh].
     """
-    batch, n, d = h.shape
-    heads = block.num_heads
-    head_dim = d // heads
-
-    def split(x: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, Dh]
-        return x.view(batch, n, heads, head_dim).transpose(1, 2)
-
-    q = split(block.query(h) * head_dim**-0.5)  # scaling q is cheaper than scaling [B, H, N, N]
-    k, v = split(block.key(h)), split(block.value(h))
+    q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each; q carries the 1/sqrt(Dh) scale
     logits = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, N]
     if key_bias is not None:
         logits = logits + key_bias.to(logits.dtype)[:, None, None, :]
@@ -131,10 +124,54 @@ def explicit_attention() -> Iterator[None]:
         _FUSED_ATTENTION[0] = previous
 
 
-def _split_heads(block: BlockView, x: torch.Tensor) -> torch.Tensor:
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, N, D] -> [B, H, N, Dh]."""
     batch, n, d = x.shape
-    return x.view(batch, n, block.num_heads, d // block.num_heads).transpose(1, 2)
+    return x.view(batch, n, heads, d // heads).transpose(1, 2)
+
+
+# Inference cache of each block's fused query/key/value projection, keyed by its query module. An entry is
+# valid while the six tensors it was built from are unchanged (same storage, same in-place version).
+_FUSED_QKV: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fused_qkv_weights(block: BlockView) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """([3D, D], [3D]) weight and bias of query (pre-scaled by 1/sqrt(Dh)), key and value stacked, or None
+    where they are not stacked (no plain ``nn.Linear`` with a bias, e.g. quantized layers; weights created under
+    ``torch.inference_mode``, which keep no version counter)."""
+    linears = (block.query, block.key, block.value)
+    if any(type(lin) is not nn.Linear or lin.bias is None for lin in linears):
+        return None
+    tensors = [t for lin in linears for t in (lin.weight, lin.bias)]
+    if any(t.is_inference() for t in tensors):  # no version counter to tell an in-place change
+        return None
+    stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    cached = _FUSED_QKV.get(block.query)
+    if cached is not None and cached[0] == stamp:
+        return cached[1], cached[2]
+    scale = (block.hidden_size // block.num_heads) ** -0.5
+    with torch.no_grad():
+        weight = torch.cat([block.query.weight * scale, block.key.weight, block.value.weight])  # [3D, D]
+        bias = torch.cat([block.query.bias * scale, block.key.bias, block.value.bias])  # [3D]
+    _FUSED_QKV[block.query] = (stamp, weight, bias)
+    return weight, bias
+
+
+def scaled_qkv(block: BlockView, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query (scaled by 1/sqrt(Dh)), key and value heads of ``h``: [B, N, D] -> [B, H, N, Dh] each.
+
+    Without gradients the three projections run as one matmul over cached stacked weights (fewer, larger
+    operations: it matters at batch 1); with gradients, or for layers that cannot be stacked, one by one.
+    """
+    heads = block.num_heads
+    fused = None if torch.is_grad_enabled() else _fused_qkv_weights(block)
+    if fused is None:
+        q = block.query(h) * (block.hidden_size // heads) ** -0.5  # scaling q is cheaper than scaling [B, H, N, N]
+        return _split_heads(q, heads), _split_heads(block.key(h), heads), _split_heads(block.value(h), heads)
+    batch, n, d = h.shape
+    qkv = F.linear(h, *fused).view(batch, n, 3, heads, d // heads)  # [B, N, 3, H, Dh]
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, Dh] each
+    return q, k, v
 
 
 def _attn_dropout_p(block: BlockView) -> float:
@@ -154,7 +191,7 @@ def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: to
     x: [B, N, D] residual input; h: [B, N, D] attention input (normalised for pre-norm); key_mask: bool
     [B, N]; key_bias: [B, N] additive logit bias per key; all_live: as in :func:`attention_parts` -> [B, N, D].
     """
-    q, k, v = (_split_heads(block, lin(h)) for lin in (block.query, block.key, block.value))  # [B, H, N, Dh]
+    q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each; q carries the 1/sqrt(Dh) scale
     mask = None
     if key_bias is not None or _keys_need_mask(key_mask, all_live):
         mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)  # [B, N]
@@ -162,7 +199,7 @@ def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: to
             mask = mask + key_bias.to(q.dtype)
         mask = mask.masked_fill(~key_mask, torch.finfo(q.dtype).min)[:, None, None, :]  # [B, 1, 1, N]
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=_attn_dropout_p(block),
-                                             scale=q.shape[-1] ** -0.5)  # [B, H, N, Dh]
+                                             scale=1.0)  # [B, H, N, Dh]
     batch, _, n, _ = context.shape
     return mlp_residual(block, _attention_branch(block, x, context.transpose(1, 2).reshape(batch, n, -1)))
 
