@@ -16,6 +16,7 @@ Usage: python benchmarks/vision_pruning.py [--threads 2] [--sait-steps 120] [--a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import time
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--asvit-rho", type=float, default=0.6)
     ap.add_argument("--train-batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--asvit-lr", type=float, default=None, help="AS-ViT's learning rate (default: --lr)")
     ap.add_argument("--sait-train-levels", type=float_list, default=SaiTConfig.train_levels,
                     help="comma-separated top-K levels sampled on sparse SaiT steps")
     ap.add_argument("--sait-token-distill-weight", type=float, default=SaiTConfig.token_distill_weight,
@@ -158,7 +160,8 @@ def main() -> None:
     base = Path(args.base)
     sait, sait_secs, sait_meta = train_method("sait", base, runs / "sait", sait_cfg, train_data, train_cfg)
     asvit_cfg = ASViTConfig(target_flops=args.asvit_rho, steps=args.asvit_steps)
-    asvit, asvit_secs, asvit_meta = train_method("asvit", base, runs / "asvit", asvit_cfg, train_data, train_cfg)
+    asvit_train = dataclasses.replace(train_cfg, lr=args.asvit_lr if args.asvit_lr is not None else args.lr)
+    asvit, asvit_secs, asvit_meta = train_method("asvit", base, runs / "asvit", asvit_cfg, train_data, asvit_train)
     if args.only_train:
         return
     if args.eval_device != "cpu":

@@ -134,6 +134,7 @@ def plot(results: dict, path: Path) -> None:
             ax.text(i, res[n]["speedup_vs_dense_hf"], f"{res[n]['speedup_vs_dense_hf']:.2f}x\n"
                     f"F {res[n]['flops_ratio']:.2f}", ha="center", va="bottom", fontsize=7)
         ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_ylim(0, 1.18 * max(res[n]["speedup_vs_dense_hf"] for n in names))  # room for the labels
         ax.tick_params(axis="x", labelrotation=30, labelsize=7)
         ax.set_title(f"batch {bs}: speed-up vs transformers dense (F = FLOPs ratio)", fontsize=9)
         ax.set_ylabel("speed-up")

@@ -99,6 +99,12 @@ def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
     Returns probs [B, H, N, N] (before dropout), keys [B, H, N, Dh] and values [B, H, N, Dh].
     """
     q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each; q carries the 1/sqrt(Dh) scale
+    return _softmax_probs(q, k, key_mask, key_bias, all_live), k, v
+
+
+def _softmax_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, key_bias: torch.Tensor | None,
+                   all_live: bool | None) -> torch.Tensor:
+    """Attention probabilities of scaled queries q and keys k ([B, H, N, Dh] each) -> [B, H, N, N]."""
     logits = torch.matmul(q, k.transpose(-1, -2))  # [B, H, N, N]
     if key_bias is not None:
         logits = logits + key_bias.to(logits.dtype)[:, None, None, :]
@@ -106,10 +112,16 @@ def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor,
         bias = torch.zeros(key_mask.shape, dtype=logits.dtype, device=logits.device)
         bias.masked_fill_(~key_mask, torch.finfo(logits.dtype).min)
         logits.add_(bias[:, None, None, :])
-    return torch.softmax(logits, dim=-1), k, v
+    return torch.softmax(logits, dim=-1)
 
 
 _FUSED_ATTENTION = [True]
+
+# Largest [b, H, N, N] probability block that packed inference materialises at once. Bigger batches run their
+# attention (softmax, decision, value mixing) in row chunks, so each block stays in the CPU cache instead of
+# streaming a [B, H, N, N] tensor through memory several times (at batch 32, 12 heads and 128 tokens the
+# whole-batch softmax path takes over twice as long as the same work in chunks).
+ATTENTION_CHUNK_BYTES = 2 << 20
 
 
 @contextlib.contextmanager
@@ -204,24 +216,53 @@ def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: to
     return mlp_residual(block, _attention_branch(block, x, context.transpose(1, 2).reshape(batch, n, -1)))
 
 
-def finish_block(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Rest of the block for the query rows in ``h_probs``.
+def _chunk_rows(batch: int, heads: int, n: int, itemsize: int) -> int:
+    """Rows per attention chunk under :data:`ATTENTION_CHUNK_BYTES` (at least 1; ``batch``: one chunk)."""
+    return max(1, min(batch, ATTENTION_CHUNK_BYTES // max(1, heads * n * n * itemsize)))
 
-    x: [B, M, D] residual input of those rows; h_probs: [B, H, M, N]; v: [B, H, N, Dh] -> [B, M, D].
+
+def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decide: Decide | None,
+                   key_bias: torch.Tensor | None = None, all_live: bool | None = None,
+                   chunked: bool = False) -> tuple[object, torch.Tensor]:
+    """Explicit attention of a deciding block: the decision on its probabilities and the attention context.
+
+    h: [B, N, D] (normalised for pre-norm); alive: bool [B, N]. Returns (what ``decide`` returned: a keep
+    mask [B, N], soft weights, a :class:`StraightThroughKeep` or None; context [B, N, D] = dropout(probs) @ v
+    with heads merged). ``chunked`` runs softmax, decision and mixing in row chunks of at most
+    :data:`ATTENTION_CHUNK_BYTES` of probabilities (decisions are per row; used for inference only, where no
+    policy records whole batches); the projections always run on the whole batch.
     """
-    return mlp_residual(block, attention_residual(block, x, h_probs, v))
+    batch, n, d = h.shape
+    q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
+    rows = _chunk_rows(batch, block.num_heads, n, h.element_size()) if chunked else batch
+    keeps, contexts = [], []
+    for start in range(0, batch, rows):
+        part = slice(start, start + rows)
+        bias = None if key_bias is None else key_bias[part]
+        probs = _softmax_probs(q[part], k[part], alive[part], bias, all_live)  # [b, H, N, N]
+        keeps.append(_call_decide(decide, probs, alive[part], v[part]))
+        contexts.append(torch.matmul(_attn_drop(block, probs), v[part]))  # [b, H, N, Dh]
+    context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)
+    return _join_keeps(keeps), context.transpose(1, 2).reshape(batch, n, d)
 
 
-def finish_kept_rows(block: BlockView, x: torch.Tensor, probs: torch.Tensor, v: torch.Tensor,
-                     index: torch.Tensor) -> torch.Tensor:
+def _join_keeps(keeps: list) -> object:
+    """The decisions of the row chunks as one batch decision."""
+    if len(keeps) == 1 or keeps[0] is None:
+        return keeps[0]
+    if isinstance(keeps[0], StraightThroughKeep):
+        return StraightThroughKeep(torch.cat([kp.hard for kp in keeps]), torch.cat([kp.gate for kp in keeps]))
+    return torch.cat(keeps)
+
+
+def finish_kept_rows(block: BlockView, x: torch.Tensor, context: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rest of the block for the query rows ``index`` only (packed execution).
 
-    x: [B, N, D]; probs: [B, H, N, N]; v: [B, H, N, Dh]; index: long [B, M] -> [B, M, D]. The attention
+    x: [B, N, D]; context: [B, N, D] attention context of every row; index: long [B, M] -> [B, M, D]. The
     context is computed for every row and then gathered: gathering [B, N, D] is far cheaper than gathering
     the [B, H, M, N] probability rows, and the extra rows cost one small matmul.
     """
-    batch, _, n, _ = probs.shape
-    context = torch.matmul(_attn_drop(block, probs), v).transpose(1, 2).reshape(batch, n, -1)  # [B, N, D]
+    batch, n, _ = context.shape
     if batch == 1 and index.shape[1] == n:  # one row that keeps every token: nothing to gather
         return mlp_residual(block, _attention_branch(block, x, context))
     kept = _attention_branch(block, gather_tokens(x, index), gather_tokens(context, index))  # [B, M, D]
@@ -331,6 +372,7 @@ def run_block(
     attn_bias: torch.Tensor | None = None,
     n_live: torch.Tensor | None = None,
     all_live: bool | None = None,
+    chunked: bool = False,
 ) -> BlockResult:
     """One block with a pruning decision made right after the attention softmax, or a merge before the MLP.
 
@@ -343,7 +385,9 @@ def run_block(
     [B, N] counts the original tokens behind each slot (None: all 1); ``attn_bias`` [B, N] is added to
     the attention logits of each key. A block takes a decision or a merge, not both.
     ``n_live`` ([B], float) and ``all_live`` pass on what the previous block's :class:`BlockResult` already
-    knows about ``alive`` (its ``n_out`` and ``all_live``), which saves reading it again.
+    knows about ``alive`` (its ``n_out`` and ``all_live``), which saves reading it again. ``chunked``
+    (inference without a policy capture) lets a deciding block run its attention in row chunks
+    (:func:`decide_and_mix`).
     """
     h = block.norm_attn(x) if block.pre_norm else x
     n_in = alive.sum(dim=1).to(x.dtype) if n_live is None else n_live
@@ -351,23 +395,23 @@ def run_block(
     if decide is None and merge is None and soft_keep is None and _FUSED_ATTENTION[0]:  # no probabilities needed
         out = fused_block(block, x, h, alive, attn_bias, all_live)
         return BlockResult(out, alive, positions, None, n_in, n_in, sizes=sizes, all_live=all_live)
-    probs, keys, v = attention_parts(block, h, alive, attn_bias, all_live)  # [B, H, N, N], [B, H, N, Dh] x2
     if merge is not None:
         if decide is not None or soft_keep is not None:
             raise ValueError("a block takes either a pruning decision or a merge, not both (and no soft stage)")
+        probs, keys, v = attention_parts(block, h, alive, attn_bias, all_live)  # [B, H, N, N], [B, H, N, Dh] x2
         return _merge_step(block, x, alive, positions, probs, keys, v, merge, packed, sizes, n_in)
-    keep = _call_decide(decide, probs, alive, v)
+    keep, context = decide_and_mix(block, h, alive, decide, attn_bias, all_live, chunked)  # context [B, N, D]
     gate = None
     if isinstance(keep, StraightThroughKeep):
         keep, gate = keep.hard, keep.gate  # [B, N] each
 
     if keep is None:
-        out = finish_block(block, x, probs, v)
+        out = mlp_residual(block, _attention_branch(block, x, context))
         return BlockResult(out, alive, positions, soft_keep, n_in, n_in, sizes=sizes, all_live=all_live)
 
     if keep.dtype != torch.bool:  # soft stage: scale outputs by the cumulative keep weight
         weight = keep * alive.to(keep.dtype) if soft_keep is None else keep * soft_keep
-        out = finish_block(block, x, probs, v) * weight[..., None]
+        out = mlp_residual(block, _attention_branch(block, x, context)) * weight[..., None]
         n_soft_in = n_in if soft_keep is None else soft_keep.sum(dim=1)
         return BlockResult(out, alive, positions, weight, n_soft_in, weight.sum(dim=1), sizes=sizes)
 
@@ -375,12 +419,12 @@ def run_block(
     n_out = keep.sum(dim=1).to(x.dtype)
     if not packed:
         weight = keep.to(x.dtype) if gate is None else keep.to(x.dtype) * gate  # [B, N]
-        out = finish_block(block, x, probs, v) * weight[..., None]
+        out = mlp_residual(block, _attention_branch(block, x, context)) * weight[..., None]
         kept_sizes = None if sizes is None else sizes * keep.to(sizes.dtype)
         return BlockResult(out, keep, positions, None, n_in, n_out, sizes=kept_sizes)
 
     index, packed_alive = packing_index(keep)  # [B, M]
-    out = finish_kept_rows(block, x, probs, v, index)  # [B, M, D]
+    out = finish_kept_rows(block, x, context, index)  # [B, M, D]
     if out.shape[0] > 1:  # zero the padding slots (one row has none)
         out = out * packed_alive[..., None].to(out.dtype)
     if gate is not None:

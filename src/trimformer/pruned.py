@@ -99,6 +99,9 @@ class TokenPrunedModel(nn.Module):
         positions = torch.arange(length, device=x.device).expand(batch, -1)
         use_policy = self.policy is not None and self.pruning_enabled
         blocks = self.adapter.blocks(self.model)
+        # Regrouping and row-chunked attention split batches: not under gradients, nor for a capture, which
+        # records whole batches.
+        inference = not torch.is_grad_enabled() and not getattr(self.policy, "capturing", False)
         run = _BlockRun(
             blocks=blocks, length=length, packed=self.mode == "packed",
             decider=self.policy.decider if use_policy else None,
@@ -106,8 +109,8 @@ class TokenPrunedModel(nn.Module):
             proportional=use_policy and bool(getattr(self.policy, "proportional_attention", False)),
             num_prefix=self.adapter.num_prefix_tokens(self.model),
             head=lambda hidden, live: self.adapter.head(self.model, hidden, live),
-            regroup=(self.regroup and self.mode == "packed" and not torch.is_grad_enabled()
-                     and not getattr(self.policy, "capturing", False)),  # a capture records whole batches
+            regroup=inference and self.regroup and self.mode == "packed",
+            chunked=inference,
         )
         out = run.blocks_from(0, _Rows(x, alive, positions, None, None, lengths.to(x.dtype), None))
         n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in _RECORDS)  # [B, L]
@@ -169,6 +172,7 @@ class _BlockRun:
     num_prefix: int
     head: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
     regroup: bool
+    chunked: bool = False  # deciding blocks may run their attention in row chunks (inference)
 
     def blocks_from(self, first: int, rows: _Rows) -> _Outcome:
         records: dict[str, list[torch.Tensor]] = {k: [] for k in _RECORDS}
@@ -178,7 +182,8 @@ class _BlockRun:
             sizes = rows.sizes
             bias = proportional_attention_bias(sizes, rows.alive) if self.proportional and sizes is not None else None
             step = run_block(self.blocks[i], rows.x, rows.alive, rows.positions, decide, self.packed, rows.soft_keep,
-                             merge=merge, sizes=sizes, attn_bias=bias, n_live=rows.n_live, all_live=rows.all_live)
+                             merge=merge, sizes=sizes, attn_bias=bias, n_live=rows.n_live, all_live=rows.all_live,
+                             chunked=self.chunked)
             # What the next block can reuse about its live tokens (soft counts are expectations, not counts).
             rows = _Rows(step.hidden, step.alive, step.positions, step.soft_keep, step.sizes,
                          step.n_out if step.soft_keep is None else None, step.all_live)
