@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from trimformer.envinfo import run_record
+from trimformer.envinfo import device_label, run_record
 from trimformer.io_utils import atomic_write_json
 from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 from trimformer.vision.data import FASHION_MNIST_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "augmentation": "none",
         "seed": args.seed,
         "threads": args.threads,
-        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "device": device_label(device),
         "tf32": device.type == "cuda" and not args.no_tf32,
         "train_data": os.environ.get("TRIMFORMER_FASHION_MNIST") or args.data_root or "Debian dataset-fashion-mnist",
         "train_pool_images": len(train_all),

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from trimformer.envinfo import run_record
+from trimformer.envinfo import device_label, run_record
 from trimformer.io_utils import atomic_write_json
 from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 from trimformer.vision.data import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
@@ -39,11 +39,6 @@ def predictions(model: torch.nn.Module, data: TensorDataset) -> torch.Tensor:
     """Predicted class of every image, batch 500. -> long [N]."""
     model.eval()
     return torch.cat([model(pixel_values=p).logits.argmax(-1) for p, _ in pixel_batches(data, 500)])
-
-
-def device_label(device: str) -> str:
-    """'cpu', or the GPU's name for a CUDA device."""
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else device
 
 
 def main() -> None:

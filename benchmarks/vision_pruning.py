@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from trimformer.checkpoint import is_pruned_checkpoint, load_pruned, save_pruned
-from trimformer.envinfo import machine_info
+from trimformer.envinfo import device_label, machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.training import TrainConfig
@@ -77,7 +77,8 @@ def train_data_source() -> str:
 
 
 def device_name() -> str:
-    return f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu"
+    """The device training runs on (Accelerate picks the GPU when there is one)."""
+    return device_label("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def float_list(text: str) -> tuple[float, ...]:
@@ -215,7 +216,7 @@ def main() -> None:
         "benchmark": "vision_pruning",
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {**machine_info(), "threads": args.threads},
-        "eval_device": device_name() if args.eval_device != "cpu" else "cpu",
+        "eval_device": device_label(args.eval_device),
         "settings": {"base_model": args.base, "resolution": res, "train_images": args.train_images,
                      "test_images": args.test_images, "test_subset": "seeded (seed 0) from the 10k test set",
                      "train": train_cfg.to_dict(), "sait": sait.policy.config().to_dict(),

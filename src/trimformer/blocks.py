@@ -117,10 +117,10 @@ def _softmax_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, key
 
 _FUSED_ATTENTION = [True]
 
-# Largest [b, H, N, N] probability block that packed inference materialises at once. Bigger batches run their
-# attention (softmax, decision, value mixing) in row chunks, so each block stays in the CPU cache instead of
-# streaming a [B, H, N, N] tensor through memory several times (at batch 32, 12 heads and 128 tokens the
-# whole-batch softmax path takes over twice as long as the same work in chunks).
+# Largest [b, H, N, N] probability block that a deciding block materialises at once at inference (packed or
+# masked). Bigger batches run their attention (softmax, decision, value mixing) in row chunks, so each chunk
+# stays in the CPU cache instead of streaming a [B, H, N, N] tensor through memory several times (at batch 32,
+# 12 heads and 128 tokens the whole-batch softmax path takes over twice as long as the same work in chunks).
 ATTENTION_CHUNK_BYTES = 2 << 20
 
 
@@ -142,6 +142,11 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(batch, n, heads, d // heads).transpose(1, 2)
 
 
+def _query_scale(block: BlockView) -> float:
+    """1/sqrt(head size), folded into the queries."""
+    return (block.hidden_size // block.num_heads) ** -0.5
+
+
 # Inference cache of each block's fused query/key/value projection, keyed by its query module. An entry is
 # valid while the six tensors it was built from are unchanged (same storage, same in-place version).
 _FUSED_QKV: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -161,7 +166,7 @@ def _fused_qkv_weights(block: BlockView) -> tuple[torch.Tensor, torch.Tensor] | 
     cached = _FUSED_QKV.get(block.query)
     if cached is not None and cached[0] == stamp:
         return cached[1], cached[2]
-    scale = (block.hidden_size // block.num_heads) ** -0.5
+    scale = _query_scale(block)
     with torch.no_grad():
         weight = torch.cat([block.query.weight * scale, block.key.weight, block.value.weight])  # [3D, D]
         bias = torch.cat([block.query.bias * scale, block.key.bias, block.value.bias])  # [3D]
@@ -178,7 +183,7 @@ def scaled_qkv(block: BlockView, h: torch.Tensor) -> tuple[torch.Tensor, torch.T
     heads = block.num_heads
     fused = None if torch.is_grad_enabled() else _fused_qkv_weights(block)
     if fused is None:
-        q = block.query(h) * (block.hidden_size // heads) ** -0.5  # scaling q is cheaper than scaling [B, H, N, N]
+        q = block.query(h) * _query_scale(block)  # scaling q is cheaper than scaling [B, H, N, N]
         return _split_heads(q, heads), _split_heads(block.key(h), heads), _split_heads(block.value(h), heads)
     batch, n, d = h.shape
     qkv = F.linear(h, *fused).view(batch, n, 3, heads, d // heads)  # [B, N, 3, H, Dh]
@@ -235,6 +240,8 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
     batch, n, d = h.shape
     q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
     rows = _chunk_rows(batch, block.num_heads, n, h.element_size()) if chunked else batch
+    if rows < batch and all_live is None:
+        all_live = bool(alive.all())  # read the mask once, not once per chunk
     keeps, contexts = [], []
     for start in range(0, batch, rows):
         part = slice(start, start + rows)

@@ -24,6 +24,12 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def device_label(device: str | torch.device) -> str:
+    """A device for result records: 'cpu', or e.g. 'cuda (NVIDIA H100 80GB HBM3)' with the GPU's name."""
+    device = torch.device(device)
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
 def machine_info() -> dict[str, object]:
     return {
         "platform": platform.platform(),
