@@ -17,8 +17,9 @@ def main() -> None:
     rows = []
     for f in files:
         r = json.loads(Path(f).read_text())
-        rows.append({"label": f"batch {r['batch_size']}", "dense": r["dense_samples_per_s"],
-                     "packed": r["pruned_samples_per_s"], "masked": r["masked_samples_per_s"]})
+        rows.append({"label": f"batch {r['batch_size']}", "dense": r["transformers_dense_samples_per_s"],
+                     "engine_dense": r["engine_dense_samples_per_s"], "packed": r["pruned_samples_per_s"],
+                     "masked": r["masked_samples_per_s"]})
     plots.throughput_bars(rows, out, title)
 
 

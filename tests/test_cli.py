@@ -57,9 +57,14 @@ def test_eval_and_bench_write_json(tiny_checkpoint, tmp_path):
     assert bench["method"] == "ltp" and bench["batch_size"] == 4
     assert bench["speedup"] == pytest.approx(bench["pruned_samples_per_s"] / bench["dense_samples_per_s"])
     assert bench["regroup"] is True
+    # the speed-up counts against the faster dense variant
+    assert bench["dense_samples_per_s"] == max(bench["transformers_dense_samples_per_s"],
+                                               bench["engine_dense_samples_per_s"])
     assert main(["bench", str(ckpt), "--data", str(data), "--batch-size", "4", "--num-samples", "8", "--repeats",
-                 "1", "--no-accuracy", "--no-regroup", "--json", str(tmp_path / "b1.json")]) == 0
-    assert json.loads((tmp_path / "b1.json").read_text())["regroup"] is False
+                 "1", "--no-accuracy", "--no-regroup", "--linear-kernel", "torch", "--json",
+                 str(tmp_path / "b1.json")]) == 0
+    second = json.loads((tmp_path / "b1.json").read_text())
+    assert second["regroup"] is False and second["linear_kernel"] == "torch"
 
 
 def test_empty_text_is_refused(tiny_checkpoint, tmp_path, capsys):

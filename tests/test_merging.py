@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from trimformer.blocks import BlockView, attention_parts, attention_probs, explicit_attention, run_block
+from trimformer.core.linear_kernel import linear_kernel
 from trimformer.core.merging import (
     MergePlan,
     bipartite_soft_matching,
@@ -168,7 +169,8 @@ def test_flops_match_torch_flop_counter(method):
         with embed_counter:
             model.embeddings(pixels)
         counter = FlopCounterMode(display=False)
-        with counter, explicit_attention():  # the counter does not see the fused CPU attention kernel
+        # the counter sees neither the fused CPU attention kernel nor oneDNN's prepacked linears
+        with counter, explicit_attention(), linear_kernel("torch"):
             out = pruned(pixel_values=pixels)
     counted = counter.get_total_flops() - embed_counter.get_total_flops()  # the encoder alone
     assert counted == int(out.flops.sum().item())

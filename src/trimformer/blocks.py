@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trimformer.core.linear_kernel import linear, packed_linear, tensor_stamp
 from trimformer.core.merging import MergePlan, merge_tokens
 from trimformer.core.packing import gather_tokens, packing_index
 
@@ -152,26 +153,25 @@ def _query_scale(block: BlockView) -> float:
 _FUSED_QKV: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _fused_qkv_weights(block: BlockView) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """([3D, D], [3D]) weight and bias of query (pre-scaled by 1/sqrt(Dh)), key and value stacked, or None
-    where they are not stacked (no plain ``nn.Linear`` with a bias, e.g. quantized layers; weights created under
-    ``torch.inference_mode``, which keep no version counter)."""
+def _fused_qkv_weights(block: BlockView) -> tuple[torch.Tensor, torch.Tensor, tuple] | None:
+    """([3D, D], [3D], stamp): weight and bias of query (pre-scaled by 1/sqrt(Dh)), key and value stacked, and
+    the stamp of the six tensors they came from; None where they are not stacked (no plain ``nn.Linear`` with a
+    bias, e.g. quantized layers; weights created under ``torch.inference_mode``, which keep no version counter)."""
     linears = (block.query, block.key, block.value)
     if any(type(lin) is not nn.Linear or lin.bias is None for lin in linears):
         return None
-    tensors = [t for lin in linears for t in (lin.weight, lin.bias)]
-    if any(t.is_inference() for t in tensors):  # no version counter to tell an in-place change
+    stamp = tensor_stamp(*(t for lin in linears for t in (lin.weight, lin.bias)))
+    if stamp is None:
         return None
-    stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
     cached = _FUSED_QKV.get(block.query)
     if cached is not None and cached[0] == stamp:
-        return cached[1], cached[2]
+        return cached[1], cached[2], stamp
     scale = _query_scale(block)
     with torch.no_grad():
         weight = torch.cat([block.query.weight * scale, block.key.weight, block.value.weight])  # [3D, D]
         bias = torch.cat([block.query.bias * scale, block.key.bias, block.value.bias])  # [3D]
     _FUSED_QKV[block.query] = (stamp, weight, bias)
-    return weight, bias
+    return weight, bias, stamp
 
 
 def scaled_qkv(block: BlockView, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,7 +186,9 @@ def scaled_qkv(block: BlockView, h: torch.Tensor) -> tuple[torch.Tensor, torch.T
         q = block.query(h) * _query_scale(block)  # scaling q is cheaper than scaling [B, H, N, N]
         return _split_heads(q, heads), _split_heads(block.key(h), heads), _split_heads(block.value(h), heads)
     batch, n, d = h.shape
-    qkv = F.linear(h, *fused).view(batch, n, 3, heads, d // heads)  # [B, N, 3, H, Dh]
+    weight, bias, stamp = fused
+    # the stacked weight's packing is cached under the query module (which never runs alone at inference)
+    qkv = packed_linear(h, weight, bias, block.query, stamp).view(batch, n, 3, heads, d // heads)  # [B, N, 3, H, Dh]
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, Dh] each
     return q, k, v
 
@@ -289,7 +291,7 @@ def attention_residual(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor,
 
 def _attention_branch(block: BlockView, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
     """x plus the projected attention context (then LN for post-norm blocks). [B, M, D] x2 -> [B, M, D]."""
-    attn = _drop(block.attn_out_dropout, block.attn_out(context))
+    attn = _drop(block.attn_out_dropout, linear(block.attn_out, context))
     if block.pre_norm:
         if block.layer_scale_attn is not None:
             attn = block.layer_scale_attn(attn)
@@ -297,14 +299,19 @@ def _attention_branch(block: BlockView, x: torch.Tensor, context: torch.Tensor) 
     return block.norm_attn(x + attn)
 
 
+def _mlp(block: BlockView, x: torch.Tensor) -> torch.Tensor:
+    """The MLP branch: [B, M, D] -> [B, M, D]."""
+    return linear(block.mlp_out, block.activation(linear(block.mlp_in, x)))
+
+
 def mlp_residual(block: BlockView, x: torch.Tensor) -> torch.Tensor:
     """Second half of the block: x plus the MLP branch (then LN for post-norm blocks). [B, M, D] -> [B, M, D]."""
     if block.pre_norm:
-        mlp = _drop(block.hidden_dropout, block.mlp_out(block.activation(block.mlp_in(block.norm_mlp(x)))))
+        mlp = _drop(block.hidden_dropout, _mlp(block, block.norm_mlp(x)))
         if block.layer_scale_mlp is not None:
             mlp = block.layer_scale_mlp(mlp)
         return x + _drop(block.residual_drop, mlp)
-    mlp = _drop(block.hidden_dropout, block.mlp_out(block.activation(block.mlp_in(x))))
+    mlp = _drop(block.hidden_dropout, _mlp(block, x))
     return block.norm_mlp(x + mlp)
 
 

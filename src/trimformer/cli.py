@@ -33,6 +33,13 @@ def _add_task_option(p: argparse.ArgumentParser) -> None:
                         "(--data fashion_mnist or an image folder root/<class>/<images>)")
 
 
+def _add_kernel_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--linear-kernel", choices=("auto", "onednn", "torch"), default="auto",
+                   help="inference linears: auto (oneDNN on prepacked weights where this PyTorch has it, on CPU "
+                        "float32; else PyTorch's), onednn, or torch (PyTorch's F.linear). The dense baseline "
+                        "inside trimformer runs the same kernel (default auto)")
+
+
 def _add_level_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level", type=float, default=None,
                    help="vision SaiT: sparsity level to run at (keep rate or importance mass in (0, 1]; "
@@ -89,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("packed", "masked"), default="packed",
                    help="packed: tokens removed (default); masked: official LTP behaviour")
     p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N texts")
+    _add_kernel_option(p)
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
 
     p = sub.add_parser("bench", help="measured throughput and latency: dense vs pruned, same run")
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=256, help="texts timed per repetition (default 256)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repetitions (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    _add_kernel_option(p)
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy evaluation")
     p.add_argument("--accuracy-limit", type=int, default=None,
                    help="compute the accuracies on a seeded subset of N test texts (default: all)")
@@ -158,9 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from trimformer import commands
+    from trimformer.core.linear_kernel import current_linear_kernel, linear_kernel
 
     try:
-        return getattr(commands, f"run_{args.command}")(args)
+        with linear_kernel(getattr(args, "linear_kernel", None) or current_linear_kernel()):
+            return getattr(commands, f"run_{args.command}")(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"trimformer {args.command}: error: {err}", file=sys.stderr)
         return 2

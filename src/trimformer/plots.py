@@ -12,7 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from trimformer.io_utils import atomic_save_file  # noqa: E402
 
-_COLORS = {"dense": "black", "ltp": "tab:blue", "topk": "tab:orange", "masked": "tab:gray", "packed": "tab:blue"}
+_COLORS = {"dense": "black", "engine_dense": "dimgray", "ltp": "tab:blue", "topk": "tab:orange", "masked": "tab:gray",
+           "packed": "tab:blue"}
+_SPEED_LABELS = {"dense": "dense (transformers)", "engine_dense": "dense (trimformer engine)",
+                 "packed": "pruned (packed)", "masked": "pruned (masked only)"}
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -56,21 +59,21 @@ def kept_tokens_per_layer(series: dict[str, Sequence[float]], path: str | Path, 
 
 
 def throughput_bars(rows: Sequence[dict], path: str | Path, title: str) -> Path:
-    """rows: dicts with 'label' (e.g. 'batch 32') and samples/s for 'dense', 'packed', 'masked'."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    variants = ["dense", "packed", "masked"]
+    """rows: dicts with 'label' (e.g. 'batch 32') and samples/s for 'dense' (transformers), optionally
+    'engine_dense' (trimformer's loop, pruning off), 'packed' and 'masked'. Bars are relative to the faster dense."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    variants = [v for v in ("dense", "engine_dense", "packed", "masked") if all(v in r for r in rows)]
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
-        xs = [j + (i - 1) * width for j in range(len(rows))]
-        values = [r[variant] / r["dense"] for r in rows]
-        bars = ax.bar(xs, values, width, label={"packed": "pruned (packed)", "masked": "pruned (masked only)"}
-                      .get(variant, variant), color=_COLORS[variant])
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(rows))]
+        values = [r[variant] / max(r.get("engine_dense", 0.0), r["dense"]) for r in rows]
+        bars = ax.bar(xs, values, width, label=_SPEED_LABELS[variant], color=_COLORS[variant])
         for bar, r in zip(bars, rows, strict=True):
             ax.annotate(f"{r[variant]:.0f}/s", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rows)), [r["label"] for r in rows])
-    ax.set_ylabel("throughput relative to dense")
+    ax.set_ylabel("throughput relative to the faster dense")
     ax.set_title(title)
     ax.axhline(1.0, color="black", lw=0.8)
-    ax.legend()
+    ax.legend(fontsize=8)
     return save_figure(fig, path)
