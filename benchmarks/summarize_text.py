@@ -26,23 +26,28 @@ def accuracy_table(name: str) -> str:
 
 
 def speed_table(name: str) -> str:
-    rows = ["| batch | dense samples/s | LTP packed samples/s | LTP masked-only samples/s | speed-up (packed) "
-            "| FLOPs vs dense | speed-up / FLOPs reduction | median latency dense / packed (ms) |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| batch | dense (transformers) samples/s | dense (trimformer engine) samples/s | LTP packed samples/s "
+            "| LTP masked-only samples/s | speed-up (packed vs faster dense) | FLOPs vs dense "
+            "| speed-up / FLOPs reduction | median latency faster dense / packed (ms) | latency speed-up "
+            "| packed vs transformers |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for batch in (32, 1):
         path = RESULTS / f"bench_{name}_b{batch}.json"
         if not path.is_file():
             continue
         r = json.loads(path.read_text())
-        rows.append(f"| {batch} | {r['dense_samples_per_s']:.1f} | {r['pruned_samples_per_s']:.1f} | "
-                    f"{r['masked_samples_per_s']:.1f} | {r['speedup']:.2f}x | {r['flops_ratio']:.3f} | "
-                    f"{r['speedup_over_flops_reduction']:.2f} | {r['latency_ms']['dense']:.1f} / "
-                    f"{r['latency_ms']['packed']:.1f} |")
+        lat = r["latency_ms"]
+        dense_latency = min(lat["dense"], lat["engine_dense"])
+        rows.append(f"| {batch} | {r['transformers_dense_samples_per_s']:.1f} | "
+                    f"{r['engine_dense_samples_per_s']:.1f} | {r['pruned_samples_per_s']:.1f} | "
+                    f"{r['masked_samples_per_s']:.1f} | {r['speedup']:.2f}x | "
+                    f"{r['flops_ratio']:.3f} | {r['speedup_over_flops_reduction']:.2f} | {dense_latency:.1f} / "
+                    f"{lat['packed']:.1f} | {r['latency_speedup']:.2f}x | {r['speedup_vs_transformers']:.2f}x |")
     return "\n".join(rows)
 
 
 def main() -> None:
-    for name in ("20newsgroups", "rotten_tomatoes"):
+    for name in ("20newsgroups", "20newsgroups_256", "rotten_tomatoes"):
         if (RESULTS / f"ltp_{name}.json").is_file():
             print(accuracy_table(name), "\n")
             print(speed_table(name), "\n")
