@@ -24,7 +24,7 @@ import torch
 from trimformer.bench import time_variants
 from trimformer.checkpoint import load_pruned
 from trimformer.core.linear_kernel import effective_linear_kernel
-from trimformer.envinfo import machine_info
+from trimformer.envinfo import device_label, machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.vision_pipeline import (
@@ -54,16 +54,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--tag", default="", help="suffix of vision_pruning.py's results to pair with (e.g. other)")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda; GPU results go to ..._cuda.json")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 1],
+                    help="batch sizes to time (default 64 1); a batch size above 1 times 4 batches of it")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     suffix = f"_{args.tag}" if args.tag else ""
     accuracy = json.loads((out / f"vision_pruning{suffix}.json").read_text())
+    device = torch.device(args.device)
     plain, meta = load_vision_model(args.base)
     sait, _ = load_pruned(args.sait)
+    plain.to(device).eval()
+    sait.to(device).eval()
     sait.policy.set_level(args.sait_level)
     res = model_resolution(plain, meta)
-    images = load_image_data("fashion_mnist", "test", res, limit=256, seed=3)
+    images = load_image_data("fashion_mnist", "test", res, limit=max(256, 4 * max(args.batch_sizes)), seed=3)
     sait_eval = evaluate_vision(sait, pixel_batches(images, 64), progress=False)
     mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", default_level=args.mass_level))
     tome_row = closest(accuracy["rows"], "tome", sait_eval.flops_ratio)
@@ -85,8 +91,10 @@ def main() -> None:
         "evit": lambda b: evit(**b).logits,
     }
     results = {}
-    for batch_size, n in ((64, 256), (1, 48)):
-        batches = [{"pixel_values": p} for p, _ in pixel_batches(images, batch_size)][: max(1, n // batch_size)]
+    for batch_size in args.batch_sizes:
+        n = 48 if batch_size == 1 else 4 * batch_size
+        batches = [{"pixel_values": p.to(device)}
+                   for p, _ in pixel_batches(images, batch_size)][: max(1, n // batch_size)]
         speed = time_variants(variants, batches, args.repeats)
         hf = speed["dense_hf"]["samples_per_s"]
         # Speed-ups count against the faster dense model (our engine's kernels speed the dense model up too).
@@ -104,15 +112,17 @@ def main() -> None:
                   f"x{v['speedup_vs_dense_hf']:.2f})  FLOPs {v['flops_ratio']:.3f}", flush=True)
     result = {"benchmark": "vision_speed",
               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {**machine_info(), "threads": args.threads, "linear_kernel": effective_linear_kernel()},
+              "machine": {**machine_info(), "threads": args.threads, "device": device_label(device),
+                          "linear_kernel": effective_linear_kernel() if device.type == "cpu" else "torch"},
               "settings": {"base_model": args.base, "sait": args.sait, "sait_level": args.sait_level,
                            "sait_policy": sait.policy.config().policy,
                            "mass_level": args.mass_level, "tome_r": tome_row["r"],
                            "evit_keep_rate": evit_row["keep_rate"], "resolution": res, "repeats": args.repeats,
                            "images": "seeded Fashion-MNIST test images (seed 3)"},
               "results": results}
-    atomic_write_json(out / f"vision_speed{suffix}.json", result)
-    plot(results, out / f"vision_speed{suffix}.png")
+    stem = f"vision_speed{suffix}{'_cuda' if device.type == 'cuda' else ''}"
+    atomic_write_json(out / f"{stem}.json", result)
+    plot(results, out / f"{stem}.png")
 
 
 def _one_padded_batch(model, batch):
@@ -132,8 +142,8 @@ def _engine_dense(model, batch):
 def plot(results: dict, path: Path) -> None:
     from trimformer.plots import plt, save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, (bs, res) in zip(axes, results.items(), strict=True):
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
+    for ax, (bs, res) in zip(axes[0], results.items(), strict=True):
         names = list(res)
         ax.bar(names, [res[n]["speedup"] for n in names],
                color=["k", "grey", "C0", "C1", "wheat", "C4", "C3"][: len(names)])

@@ -25,8 +25,10 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
     """Throughput and per-batch latency of each variant, reporting the median over repetitions.
 
     The variants are interleaved batch by batch (in an order that rotates from batch to batch), so that a
-    burst of load on a shared machine hits every variant alike instead of one variant's whole pass.
+    burst of load on a shared machine hits every variant alike instead of one variant's whole pass. With
+    batches on a GPU, each call is timed up to the end of its GPU work (synchronised before and after).
     """
+    sync = _synchronizer(batches)
     for fn in variants.values():
         for batch in batches[:warmup]:
             fn(batch)
@@ -38,8 +40,10 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
         spent = dict.fromkeys(names, 0.0)
         for i, batch in enumerate(batches):
             for name in names[i % len(names):] + names[:i % len(names)]:
+                sync()
                 start = time.perf_counter()
                 variants[name](batch)
+                sync()
                 elapsed = time.perf_counter() - start
                 spent[name] += elapsed
                 per_batch[name].append(elapsed)
@@ -52,6 +56,14 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
 
 
 DENSE_VARIANTS = ("dense", "engine_dense")
+
+
+def _synchronizer(batches: list[dict]) -> Callable[[], None]:
+    """A function that waits for the GPU when the batches live on one, else does nothing."""
+    first = next((v for v in batches[0].values() if isinstance(v, torch.Tensor)), None) if batches else None
+    if first is not None and first.device.type == "cuda":
+        return lambda: torch.cuda.synchronize(first.device)
+    return lambda: None
 
 
 def speed_variants(model: TokenPrunedModel, masked: bool = True) -> dict[str, Callable[[dict], object]]:

@@ -92,7 +92,7 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``module(x)``, through :func:`packed_linear` for a plain ``nn.Linear`` at inference."""
-    if type(module) is not nn.Linear or torch.is_grad_enabled() or _STATE["kernel"] == "torch" or not _ONEDNN:
+    if type(module) is not nn.Linear or not _prepacked_applies(x, module.weight):
         return module(x)
     weight, bias = module.weight, module.bias
     stamp = tensor_stamp(weight) if bias is None else tensor_stamp(weight, bias)
