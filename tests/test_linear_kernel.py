@@ -21,7 +21,7 @@ def test_prepacked_linear_equals_f_linear(shape):
     torch.manual_seed(0)
     layer = nn.Linear(24, 40)
     x = torch.randn(*shape)
-    with torch.no_grad():
+    with torch.no_grad(), linear_kernel("onednn"):
         got = linear(layer, x)
     assert lk._PACKED.get(layer) is not None  # the packed path ran
     torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
@@ -32,12 +32,23 @@ def test_packing_follows_an_in_place_weight_change():
     torch.manual_seed(0)
     layer = nn.Linear(16, 8)
     x = torch.randn(2, 3, 16)
-    with torch.no_grad():
+    with torch.no_grad(), linear_kernel("onednn"):
         linear(layer, x)
         layer.weight.mul_(-2.0)
         layer.bias.add_(1.0)
         got = linear(layer, x)
     torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
+def test_auto_packs_only_large_weights():
+    torch.manual_seed(0)
+    small, large = nn.Linear(64, 64), nn.Linear(512, lk.AUTO_MIN_WEIGHT_ELEMENTS // 512)
+    with torch.no_grad(), linear_kernel("auto"):
+        linear(small, torch.randn(3, 64))
+        got = linear(large, torch.randn(3, 512))
+    assert small not in lk._PACKED and large in lk._PACKED
+    assert got.shape == (3, lk.AUTO_MIN_WEIGHT_ELEMENTS // 512)
 
 
 def test_gradients_and_torch_kernel_use_the_module_itself():

@@ -1,16 +1,18 @@
 """Inference linears on weights pre-packed for oneDNN (CPU, float32).
 
-PyTorch's ``F.linear`` on CPU re-reads the weight in its plain layout on every call. At batch 1 a pruned model's
-matmuls have few rows (tens of tokens), and there the weight traffic dominates: measured on the 2-core CPU
-(MiniLM's shapes, 8-64 rows) oneDNN's prepacked linear takes 25-45% less time, and 10-25% less at 128-256
-rows. Packing happens once per weight and is cached; a weight changed in place (its version counter moves) is
-packed again.
+PyTorch's ``F.linear`` on CPU reads the weight in its plain layout on every call. For weights too large for a
+core's cache, oneDNN's linear on a weight packed once into its own layout takes less time: on the 2-core CPU
+(``benchmarks/results/linear_kernel.json``) 0.59-0.91x of ``F.linear``'s time for MiniLM's 384x1152, 384x1536
+and 1536x384 weights at 8-256 rows. For small weights it is slower (a call costs about 15-20 us more: 1.1-3.8x
+for ViT-Ti's 192x192 weight), so ``"auto"`` packs only weights of at least :data:`AUTO_MIN_WEIGHT_ELEMENTS`
+elements. Packing happens once per weight and is cached; a weight changed in place (its version counter moves)
+is packed again.
 
 It applies only without gradients, on CPU float32 tensors, for plain ``nn.Linear`` layers (or a stacked weight
 whose owner passes its own stamp). Everything else, and the ``"torch"`` kernel, runs ``F.linear``. Select with
-:func:`linear_kernel` (context manager) or :func:`set_linear_kernel`; the default is ``"auto"`` (oneDNN where
-available). Dense baselines inside trimformer (a model with pruning disabled) run the same kernel, so a
-speedup reported against them is pruning's alone.
+:func:`linear_kernel` (context manager) or :func:`set_linear_kernel`; the default is ``"auto"``
+(``"onednn"``: pack every weight). Dense baselines inside trimformer (a model with pruning disabled) run the
+same kernel, so a speed-up reported against them is pruning's alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 KERNELS = ("auto", "onednn", "torch")
+# Under "auto", weights below this size stay on F.linear (see the module docstring).
+AUTO_MIN_WEIGHT_ELEMENTS = 1 << 18  # 1 MiB of float32
 _STATE = {"kernel": "auto"}
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner module -> (stamp, packed weight)
 
@@ -72,8 +76,10 @@ def tensor_stamp(*tensors: torch.Tensor) -> tuple | None:
 
 
 def _prepacked_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_ONEDNN and _STATE["kernel"] != "torch" and not torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32)
+    kernel = _STATE["kernel"]
+    return (_ONEDNN and kernel != "torch" and not torch.is_grad_enabled()
+            and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and (kernel == "onednn" or weight.numel() >= AUTO_MIN_WEIGHT_ELEMENTS))
 
 
 def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object,
@@ -100,5 +106,6 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def effective_linear_kernel() -> str:
-    """What inference linears run on now: ``"onednn"`` (prepacked) or ``"torch"`` (``F.linear``)."""
-    return "onednn" if _ONEDNN and _STATE["kernel"] != "torch" else "torch"
+    """What inference linears run on now: ``"onednn"`` (prepacked, every weight), ``"auto"`` (prepacked for
+    weights of at least :data:`AUTO_MIN_WEIGHT_ELEMENTS` elements) or ``"torch"`` (``F.linear``)."""
+    return "torch" if not _ONEDNN or _STATE["kernel"] == "torch" else _STATE["kernel"]
