@@ -164,10 +164,10 @@ FLOPs are the analytic encoder FLOPs per sample on the real (unpadded) length.
 | batch 32, samples/s | {r['transformers_dense_samples_per_s']:.1f} | {r['engine_dense_samples_per_s']:.1f} | {r['pruned_samples_per_s']:.1f} | {r['masked_samples_per_s']:.1f} |
 | batch 1, median latency (ms) | {lat['dense']:.1f} | {lat['engine_dense']:.1f} | {lat['packed']:.1f} | {lat['masked']:.1f} |
 
-Both dense rows run the same weights unpruned; the trimformer engine runs its linears on {r['linear_kernel']}
-kernels, as the pruned model does. Speed-ups are against the faster dense ({r['dense_baseline']} at batch 32),
-so a kernel gain that the dense model shares is not counted as pruning's. Against the transformers forward
-alone, batch 32 runs {r['speedup_vs_transformers']:.2f}x.
+Both dense rows run the same weights unpruned; the trimformer engine uses the same linear kernel as the
+pruned model (setting `{r['linear_kernel']}`, see the README's *How it works*). Speed-ups are against the faster
+dense run ({r['dense_baseline']} at batch 32), so a kernel gain that the dense model shares is not counted as
+pruning's. Against the transformers forward alone, batch 32 runs {r['speedup_vs_transformers']:.2f}x.
 
 Speed-up at batch 32: **{r['speedup']:.2f}x** for {1 / r['flops_ratio']:.2f}x fewer FLOPs
 (speedup / FLOPs reduction = {r['speedup_over_flops_reduction']:.2f}); batch-1 latency speed-up

@@ -43,7 +43,8 @@ _ONEDNN = onednn_available()
 
 
 def set_linear_kernel(name: str) -> None:
-    """``"auto"`` (oneDNN where available), ``"onednn"`` (error if unavailable) or ``"torch"`` (``F.linear``)."""
+    """``"auto"`` (oneDNN for weights of at least :data:`AUTO_MIN_WEIGHT_ELEMENTS` elements, where available),
+    ``"onednn"`` (every weight; error if unavailable) or ``"torch"`` (``F.linear``)."""
     if name not in KERNELS:
         raise ValueError(f"unknown linear kernel {name!r}: choose one of {', '.join(KERNELS)}")
     if name == "onednn" and not _ONEDNN:
