@@ -25,3 +25,21 @@ def test_time_variants_interleaves_batches_and_ranks_speed():
     assert [n for n, _ in timed[:4]] == ["slow", "fast", "fast", "slow"]  # the order rotates
     assert speed["fast"]["samples_per_s"] > speed["slow"]["samples_per_s"]
     assert speed["slow"]["latency_ms_median"] >= 4.0
+
+
+def _speed(**samples_per_s: float) -> dict[str, dict[str, float]]:
+    return {name: {"samples_per_s": s, "latency_ms_median": 1000.0 / s} for name, s in samples_per_s.items()}
+
+
+def test_speedups_count_against_the_faster_dense_run():
+    from trimformer.bench import fastest_dense, speedups
+
+    engine_faster = _speed(dense=10.0, engine_dense=12.5, packed=25.0)
+    assert fastest_dense(engine_faster) == "engine_dense"
+    ratios = speedups(engine_faster)
+    assert ratios["dense_baseline"] == "engine_dense"
+    assert ratios["speedup"] == 2.0 and ratios["latency_speedup"] == 2.0
+    assert ratios["speedup_vs_transformers"] == 2.5
+    transformers_faster = _speed(dense=20.0, engine_dense=12.5, packed=25.0)
+    assert speedups(transformers_faster)["speedup"] == 1.25
+    assert speedups(_speed(dense=20.0, packed=25.0))["dense_baseline"] == "dense"  # one dense run only
