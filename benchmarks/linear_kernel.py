@@ -25,7 +25,7 @@ from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = (1, 8, 16, 32, 64, 128, 256)
+ROWS = (1, 8, 16, 32, 64, 128, 256, 1024, 4096)
 MODELS = {"hidden 384 (MiniLM, ViT-S)": (384, 1536), "hidden 192 (ViT-Ti)": (192, 768)}
 
 

@@ -2,11 +2,12 @@
 
 PyTorch's ``F.linear`` on CPU reads the weight in its plain layout on every call. For weights too large for a
 core's cache, oneDNN's linear on a weight packed once into its own layout takes less time: on the 2-core CPU
-(``benchmarks/results/linear_kernel.json``) 0.59-0.91x of ``F.linear``'s time for MiniLM's 384x1152, 384x1536
-and 1536x384 weights at 8-256 rows. For small weights it is slower (a call costs about 15-20 us more: 1.1-3.8x
-for ViT-Ti's 192x192 weight), so ``"auto"`` packs only weights of at least :data:`AUTO_MIN_WEIGHT_ELEMENTS`
-elements. Packing happens once per weight and is cached; a weight changed in place (its version counter moves)
-is packed again.
+(``benchmarks/results/linear_kernel.json``) 0.57-0.89x of ``F.linear``'s time for MiniLM's 384x1152, 384x1536
+and 1536x384 weights at 8-256 rows. For small weights it is slower (a one-row call costs up to about 20 us
+more: 1.02-4.7x for ViT-Ti's 192x192 weight at 1-128 rows), so ``"auto"`` packs only weights of at least
+:data:`AUTO_MIN_WEIGHT_ELEMENTS` elements. (At 1,024 rows and more oneDNN was faster for every weight measured;
+the rule does not use the row count.) Packing happens once per weight and is cached; a weight changed in place
+(its version counter moves) is packed again.
 
 It applies only without gradients, on CPU float32 tensors, for plain ``nn.Linear`` layers (or a stacked weight
 whose owner passes its own stamp). Everything else, and the ``"torch"`` kernel, runs ``F.linear``. Select with
