@@ -2,10 +2,11 @@
 
 For each input, the pruned model is run once to learn how many tokens enter (n_in) and leave (n_out) every
 block. An *oracle* forward then runs the same blocks at exactly those counts with no pruning machinery at all:
-fused attention over n_in tokens, then the output projection and MLP on n_out of them (no scores, no
-selection, no gathers). Its time is what the pruned model would take if deciding which tokens to drop were
-free; dense / oracle is the batch-1 speed-up that such a model would reach. All three (dense run of the
-engine, pruned, oracle) are timed interleaved, input by input, median of the repetitions.
+fused attention from n_out queries over n_in keys, then the output projection and MLP on those n_out (no
+attention map for scores, no scoring, no selection, no gathers). Its time is what the pruned model would take
+if deciding which tokens to drop were free; dense / oracle is the batch-1 speed-up that such a model would
+reach. All three (dense run of the engine, pruned, oracle) are timed interleaved, input by input, median of
+the repetitions.
 
 Writes benchmarks/results/batch1_bound.json.
 Usage: python benchmarks/batch1_bound.py [--repeats 5] [--threads 2]
