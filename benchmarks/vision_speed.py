@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from trimformer.bench import time_variants
+from trimformer.bench import speedups, time_variants
 from trimformer.checkpoint import load_pruned
 from trimformer.core.linear_kernel import effective_linear_kernel
 from trimformer.envinfo import device_label, machine_info
@@ -96,16 +96,14 @@ def main() -> None:
         batches = [{"pixel_values": p.to(device)}
                    for p, _ in pixel_batches(images, batch_size)][: max(1, n // batch_size)]
         speed = time_variants(variants, batches, args.repeats)
-        hf = speed["dense_hf"]["samples_per_s"]
         # Speed-ups count against the faster dense model (our engine's kernels speed the dense model up too).
-        base = max(hf, speed["engine_dense"]["samples_per_s"])
-        base_latency = min(speed["dense_hf"]["latency_ms_median"], speed["engine_dense"]["latency_ms_median"])
-        results[str(batch_size)] = {
-            name: {**v, "speedup": v["samples_per_s"] / base, "speedup_vs_dense_hf": v["samples_per_s"] / hf,
-                   "latency_speedup": base_latency / v["latency_ms_median"],
-                   "flops_ratio": flops.get(name, 1.0),
-                   "speedup_over_flops_reduction": v["samples_per_s"] / base * flops.get(name, 1.0)}
-            for name, v in speed.items()}
+        results[str(batch_size)] = {}
+        for name, v in speed.items():
+            ratios = speedups(speed, name, dense=("dense_hf", "engine_dense"))
+            results[str(batch_size)][name] = {
+                **v, "speedup": ratios["speedup"], "speedup_vs_dense_hf": ratios["speedup_vs_transformers"],
+                "latency_speedup": ratios["latency_speedup"], "flops_ratio": flops.get(name, 1.0),
+                "speedup_over_flops_reduction": ratios["speedup"] * flops.get(name, 1.0)}
         for name, v in results[str(batch_size)].items():
             print(f"batch {batch_size:3d} {name:20s} {v['samples_per_s']:8.1f}/s  {v['latency_ms_median']:8.1f} ms  "
                   f"x{v['speedup']:.2f} (latency x{v['latency_speedup']:.2f}, vs transformers "

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimformer.core.linear_kernel import linear, packed_linear, tensor_stamp
+from trimformer.core.linear_kernel import cached_for, linear, packed_linear, tensor_stamp
 from trimformer.core.merging import MergePlan, merge_tokens
 from trimformer.core.packing import gather_tokens, packing_index
 
@@ -163,14 +163,15 @@ def _fused_qkv_weights(block: BlockView) -> tuple[torch.Tensor, torch.Tensor, tu
     stamp = tensor_stamp(*(t for lin in linears for t in (lin.weight, lin.bias)))
     if stamp is None:
         return None
-    cached = _FUSED_QKV.get(block.query)
-    if cached is not None and cached[0] == stamp:
-        return cached[1], cached[2], stamp
-    scale = _query_scale(block)
-    with torch.no_grad():
-        weight = torch.cat([block.query.weight * scale, block.key.weight, block.value.weight])  # [3D, D]
-        bias = torch.cat([block.query.bias * scale, block.key.bias, block.value.bias])  # [3D]
-    _FUSED_QKV[block.query] = (stamp, weight, bias)
+
+    def stack() -> tuple[torch.Tensor, torch.Tensor]:
+        scale = _query_scale(block)
+        with torch.no_grad():
+            weight = torch.cat([block.query.weight * scale, block.key.weight, block.value.weight])  # [3D, D]
+            bias = torch.cat([block.query.bias * scale, block.key.bias, block.value.bias])  # [3D]
+        return weight, bias
+
+    weight, bias = cached_for(_FUSED_QKV, block.query, stamp, stack)
     return weight, bias, stamp
 
 

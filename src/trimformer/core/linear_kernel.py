@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+T = TypeVar("T")
 KERNELS = ("auto", "onednn", "torch")
 # Under "auto", weights below this size stay on F.linear (see the module docstring).
 AUTO_MIN_WEIGHT_ELEMENTS = 1 << 18  # 1 MiB of float32
@@ -77,11 +79,29 @@ def tensor_stamp(*tensors: torch.Tensor) -> tuple | None:
     return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
+def cached_for(cache: weakref.WeakKeyDictionary, owner: object, stamp: tuple, build: Callable[[], T]) -> T:
+    """``cache``'s value for ``owner`` while it was built under ``stamp`` (:func:`tensor_stamp`); otherwise
+    ``build()``, stored under the new stamp. The cache for weights derived at inference (packed, stacked)."""
+    entry = cache.get(owner)
+    if entry is None or entry[0] != stamp:
+        entry = (stamp, build())
+        cache[owner] = entry
+    return entry[1]
+
+
 def _prepacked_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     kernel = _STATE["kernel"]
     return (_ONEDNN and kernel != "torch" and not torch.is_grad_enabled()
             and x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
             and (kernel == "onednn" or weight.numel() >= AUTO_MIN_WEIGHT_ELEMENTS))
+
+
+def _run_packed(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object,
+                stamp: tuple) -> torch.Tensor:
+    """oneDNN's linear on the packing of ``weight`` cached under ``owner`` (where the kernel applies)."""
+    packed = cached_for(_PACKED, owner, stamp,
+                        lambda: torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
 
 
 def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, owner: object,
@@ -91,20 +111,16 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     not cache, run ``F.linear``)."""
     if stamp is None or not _prepacked_applies(x, weight):
         return F.linear(x, weight, bias)
-    cached = _PACKED.get(owner)
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None))
-        _PACKED[owner] = cached
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), cached[1], bias, "none", [], "")
+    return _run_packed(x, weight, bias, owner, stamp)
 
 
 def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)``, through :func:`packed_linear` for a plain ``nn.Linear`` at inference."""
+    """``module(x)``, through the cached oneDNN packing for a plain ``nn.Linear`` at inference."""
     if type(module) is not nn.Linear or not _prepacked_applies(x, module.weight):
         return module(x)
     weight, bias = module.weight, module.bias
     stamp = tensor_stamp(weight) if bias is None else tensor_stamp(weight, bias)
-    return packed_linear(x, weight, bias, module, stamp)
+    return module(x) if stamp is None else _run_packed(x, weight, bias, module, stamp)
 
 
 def effective_linear_kernel() -> str:
