@@ -35,9 +35,10 @@ def _add_task_option(p: argparse.ArgumentParser) -> None:
 
 def _add_kernel_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--linear-kernel", choices=("auto", "onednn", "torch"), default="auto",
-                   help="inference linears: auto (oneDNN on prepacked weights where this PyTorch has it, on CPU "
-                        "float32; else PyTorch's), onednn, or torch (PyTorch's F.linear). The dense baseline "
-                        "inside trimformer runs the same kernel (default auto)")
+                   help="inference linears on a CPU in float32: auto (oneDNN on packed weights for weights of "
+                        "1 MiB or more, where this PyTorch has it; PyTorch's F.linear for the rest), onednn (pack "
+                        "every weight) or torch (F.linear everywhere). The dense run inside trimformer uses the "
+                        "same kernel (default auto)")
 
 
 def _add_level_option(p: argparse.ArgumentParser) -> None:
