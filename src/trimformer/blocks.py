@@ -212,6 +212,13 @@ def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: to
     [B, N]; key_bias: [B, N] additive logit bias per key; all_live: as in :func:`attention_parts` -> [B, N, D].
     """
     q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each; q carries the 1/sqrt(Dh) scale
+    return mlp_residual(block, _attention_branch(block, x, fused_context(block, q, k, v, key_mask, key_bias, all_live)))
+
+
+def fused_context(block: BlockView, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
+                  key_bias: torch.Tensor | None = None, all_live: bool | None = None) -> torch.Tensor:
+    """Attention context with ``F.scaled_dot_product_attention``, heads merged: scaled queries q [B, H, M, Dh]
+    (any M query rows), keys and values [B, H, N, Dh], key_mask bool [B, N], key_bias [B, N] -> [B, M, D]."""
     mask = None
     if key_bias is not None or _keys_need_mask(key_mask, all_live):
         mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)  # [B, N]
@@ -219,9 +226,9 @@ def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: to
             mask = mask + key_bias.to(q.dtype)
         mask = mask.masked_fill(~key_mask, torch.finfo(q.dtype).min)[:, None, None, :]  # [B, 1, 1, N]
     context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=_attn_dropout_p(block),
-                                             scale=1.0)  # [B, H, N, Dh]
-    batch, _, n, _ = context.shape
-    return mlp_residual(block, _attention_branch(block, x, context.transpose(1, 2).reshape(batch, n, -1)))
+                                             scale=1.0)  # [B, H, M, Dh]
+    batch, _, m, _ = context.shape
+    return context.transpose(1, 2).reshape(batch, m, -1)
 
 
 def _chunk_rows(batch: int, heads: int, n: int, itemsize: int) -> int:
@@ -243,7 +250,12 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
     batch, n, d = h.shape
     q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
     rows = _chunk_rows(batch, block.num_heads, n, h.element_size()) if chunked else batch
-    if rows < batch and all_live is None:
+    if rows >= batch:  # one piece (always at batch 1): no slicing, no lists
+        probs = _softmax_probs(q, k, alive, key_bias, all_live)  # [B, H, N, N]
+        keep = _call_decide(decide, probs, alive, v)
+        context = torch.matmul(_attn_drop(block, probs), v)  # [B, H, N, Dh]
+        return keep, context.transpose(1, 2).reshape(batch, n, d)
+    if all_live is None:
         all_live = bool(alive.all())  # read the mask once, not once per chunk
     keeps, contexts = [], []
     for start in range(0, batch, rows):
@@ -256,6 +268,35 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
     return _join_keeps(keeps), context.transpose(1, 2).reshape(batch, n, d)
 
 
+ContextOf = Callable[[torch.Tensor | None], torch.Tensor]
+
+
+def decide_with_context(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decide: Decide,
+                        key_bias: torch.Tensor | None = None, all_live: bool | None = None,
+                        chunked: bool = False) -> tuple[object, ContextOf]:
+    """The decision of a deciding block, and ``context_of(index)``: the attention context of the query rows
+    ``index`` (long [B, M] -> [B, M, D]; None: every row, [B, N, D]).
+
+    A decision marked :func:`reads_query_rows` sees the probabilities of its first query rows only ([B, H, r, N]),
+    and the context comes from fused attention for just the rows asked for: no [B, H, N, N] tensor, and no
+    attention work for the rows that a packed block drops. Any other decision sees every row
+    (:func:`decide_and_mix`) and the context is gathered from the full one.
+    """
+    rows = getattr(decide, "query_rows", None)
+    if rows is None or not _FUSED_ATTENTION[0]:
+        keep, context = decide_and_mix(block, h, alive, decide, key_bias, all_live, chunked)  # context [B, N, D]
+        return keep, lambda index: context if index is None else gather_tokens(context, index)
+    q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
+    probs = _softmax_probs(q[:, :, :rows], k, alive, key_bias, all_live)  # [B, H, rows, N]
+    keep = _call_decide(decide, probs, alive, v)
+
+    def context_of(index: torch.Tensor | None) -> torch.Tensor:
+        queries = q if index is None else gather_tokens(q, index, dim=2)  # [B, H, M, Dh]
+        return fused_context(block, queries, k, v, alive, key_bias, all_live)
+
+    return keep, context_of
+
+
 def _join_keeps(keeps: list) -> object:
     """The decisions of the row chunks as one batch decision."""
     if len(keeps) == 1 or keeps[0] is None:
@@ -265,18 +306,15 @@ def _join_keeps(keeps: list) -> object:
     return torch.cat(keeps)
 
 
-def finish_kept_rows(block: BlockView, x: torch.Tensor, context: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def finish_kept_rows(block: BlockView, x: torch.Tensor, kept_context: torch.Tensor,
+                     index: torch.Tensor) -> torch.Tensor:
     """Rest of the block for the query rows ``index`` only (packed execution).
 
-    x: [B, N, D]; context: [B, N, D] attention context of every row; index: long [B, M] -> [B, M, D]. The
-    context is computed for every row and then gathered: gathering [B, N, D] is far cheaper than gathering
-    the [B, H, M, N] probability rows, and the extra rows cost one small matmul.
+    x: [B, N, D]; kept_context: [B, M, D] attention context of those rows; index: long [B, M] -> [B, M, D].
     """
-    batch, n, _ = context.shape
-    if batch == 1 and index.shape[1] == n:  # one row that keeps every token: nothing to gather
-        return mlp_residual(block, _attention_branch(block, x, context))
-    kept = _attention_branch(block, gather_tokens(x, index), gather_tokens(context, index))  # [B, M, D]
-    return mlp_residual(block, kept)
+    if x.shape[0] == 1 and index.shape[1] == x.shape[1]:  # one row that keeps every token: nothing to gather
+        return mlp_residual(block, _attention_branch(block, x, kept_context))
+    return mlp_residual(block, _attention_branch(block, gather_tokens(x, index), kept_context))  # [B, M, D]
 
 
 def attention_residual(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -333,6 +371,13 @@ class BlockResult:
 
 
 Decide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def reads_query_rows(decide: Callable, rows: int) -> Callable:
+    """Mark a decision function that reads only the first ``rows`` query rows of the probabilities (class
+    attention: row 0); its block then computes just those rows explicitly (see :func:`decide_with_context`)."""
+    decide.query_rows = rows  # type: ignore[attr-defined]
+    return decide
 
 
 def with_values(decide: Callable) -> Callable:
@@ -415,31 +460,36 @@ def run_block(
             raise ValueError("a block takes either a pruning decision or a merge, not both (and no soft stage)")
         probs, keys, v = attention_parts(block, h, alive, attn_bias, all_live)  # [B, H, N, N], [B, H, N, Dh] x2
         return _merge_step(block, x, alive, positions, probs, keys, v, merge, packed, sizes, n_in)
-    keep, context = decide_and_mix(block, h, alive, decide, attn_bias, all_live, chunked)  # context [B, N, D]
+    keep, context_of = decide_with_context(block, h, alive, decide, attn_bias, all_live, chunked)
     gate = None
     if isinstance(keep, StraightThroughKeep):
         keep, gate = keep.hard, keep.gate  # [B, N] each
 
     if keep is None:
-        out = mlp_residual(block, _attention_branch(block, x, context))
+        out = mlp_residual(block, _attention_branch(block, x, context_of(None)))
         return BlockResult(out, alive, positions, soft_keep, n_in, n_in, sizes=sizes, all_live=all_live)
 
     if keep.dtype != torch.bool:  # soft stage: scale outputs by the cumulative keep weight
         weight = keep * alive.to(keep.dtype) if soft_keep is None else keep * soft_keep
-        out = mlp_residual(block, _attention_branch(block, x, context)) * weight[..., None]
+        out = mlp_residual(block, _attention_branch(block, x, context_of(None))) * weight[..., None]
         n_soft_in = n_in if soft_keep is None else soft_keep.sum(dim=1)
         return BlockResult(out, alive, positions, weight, n_soft_in, weight.sum(dim=1), sizes=sizes)
 
-    keep = keep & alive
-    n_out = keep.sum(dim=1).to(x.dtype)
+    if not all_live:
+        keep = keep & alive
     if not packed:
+        n_out = keep.sum(dim=1).to(x.dtype)
         weight = keep.to(x.dtype) if gate is None else keep.to(x.dtype) * gate  # [B, N]
-        out = mlp_residual(block, _attention_branch(block, x, context)) * weight[..., None]
+        out = mlp_residual(block, _attention_branch(block, x, context_of(None))) * weight[..., None]
         kept_sizes = None if sizes is None else sizes * keep.to(sizes.dtype)
         return BlockResult(out, keep, positions, None, n_in, n_out, sizes=kept_sizes)
 
     index, packed_alive = packing_index(keep)  # [B, M]
-    out = finish_kept_rows(block, x, context, index)  # [B, M, D]
+    if keep.shape[0] == 1:  # one row: its count is the index width (one small operation fewer)
+        n_out = torch.full((1,), index.shape[1], dtype=x.dtype, device=x.device)
+    else:
+        n_out = keep.sum(dim=1).to(x.dtype)
+    out = finish_kept_rows(block, x, context_of(index), index)  # [B, M, D]
     if out.shape[0] > 1:  # zero the padding slots (one row has none)
         out = out * packed_alive[..., None].to(out.dtype)
     if gate is not None:

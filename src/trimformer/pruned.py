@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +29,26 @@ class PrunedOutput:
     loss: torch.Tensor | None
     n_in: torch.Tensor  # [B, L] live tokens entering each layer (expected counts in the soft stage)
     n_out: torch.Tensor  # [B, L] tokens kept after each layer's decision
-    flops: torch.Tensor  # [B] encoder FLOPs per sample at these counts
-    dense_flops: torch.Tensor  # [B] encoder FLOPs of the unpruned model on the real length
+    lengths: torch.Tensor  # [B] real tokens of each input
+    hidden_size: int
+    mlp_size: int
     last_hidden_state: torch.Tensor | None = None  # [B, N, D] base models: back at original positions
     pooler_output: torch.Tensor | None = None
     n_rows: torch.Tensor | None = None  # [B, L] query rows with an attention output (n_in where tokens merge)
     token_sizes: torch.Tensor | None = None  # [B, M] original tokens behind each final slot (merging only)
+    extra_macs: torch.Tensor | None = None  # [B, L] MACs of merge decisions (ToMe's similarities); None: none
+
+    # FLOPs are computed on first use only: a dozen small operations that a batch-1 forward need not pay for.
+    @cached_property
+    def flops(self) -> torch.Tensor:
+        """[B] encoder FLOPs per sample at these counts (differentiable in the soft stage)."""
+        return encoder_flops(self.hidden_size, self.mlp_size, self.n_in, self.n_out, self.n_rows, self.extra_macs)
+
+    @cached_property
+    def dense_flops(self) -> torch.Tensor:
+        """[B] encoder FLOPs of the unpruned model on the real length."""
+        return dense_encoder_flops(self.hidden_size, self.mlp_size, self.n_in.shape[1], self.lengths).to(
+            self.n_in.dtype)
 
     @property
     def flops_ratio(self) -> torch.Tensor:
@@ -76,7 +91,7 @@ class TokenPrunedModel(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return len(self.adapter.blocks(self.model))
+        return len(self.adapter.views(self.model))
 
     @contextmanager
     def pruning_disabled(self) -> Iterator[TokenPrunedModel]:
@@ -99,7 +114,7 @@ class TokenPrunedModel(nn.Module):
         batch, length, _ = x.shape
         positions = torch.arange(length, device=x.device).expand(batch, -1)
         use_policy = self.policy is not None and self.pruning_enabled
-        blocks = self.adapter.blocks(self.model)
+        blocks = self.adapter.views(self.model)
         # Regrouping and row-chunked attention split batches: not under gradients, nor for a capture, which
         # records whole batches.
         inference = not torch.is_grad_enabled() and not getattr(self.policy, "capturing", False)
@@ -117,20 +132,25 @@ class TokenPrunedModel(nn.Module):
             chunked=inference and on_cpu,  # a CPU-cache measure; on a GPU, one kernel per step
         )
         out = run.blocks_from(0, _Rows(x, alive, positions, None, None, lengths.to(x.dtype), None))
-        n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in _RECORDS)  # [B, L]
-        d, ffn = blocks[0].hidden_size, blocks[0].mlp_size
+        n_in_t, n_out_t, n_rows_t = (torch.stack(out.records[k], dim=1) for k in _RECORDS[:3])  # [B, L]
+        extra = out.records["extra"]
+        extra_t = None if all(e is None for e in extra) else torch.stack(_zeros_for_none(extra, out.records["n_in"]), 1)
         logits = out.head.get("logits")
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None and logits is not None else None
         return PrunedOutput(
-            logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t,
-            flops=encoder_flops(d, ffn, n_in_t, n_out_t, n_rows_t, extra_t),
-            dense_flops=dense_encoder_flops(d, ffn, len(blocks), lengths).to(n_in_t.dtype),
+            logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t, lengths=lengths,
+            hidden_size=blocks[0].hidden_size, mlp_size=blocks[0].mlp_size,
             last_hidden_state=out.head.get("last_hidden_state"), pooler_output=out.head.get("pooler_output"),
-            n_rows=n_rows_t, token_sizes=out.sizes,
+            n_rows=n_rows_t, token_sizes=out.sizes, extra_macs=extra_t,
         )
 
 
-_RECORDS = ("n_in", "n_out", "n_rows", "extra")
+_RECORDS = ("n_in", "n_out", "n_rows", "extra")  # "extra": merge MACs per block, None where nothing merged
+
+
+def _zeros_for_none(extras: list[torch.Tensor | None], like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each extra-MACs record, zeros (shaped as the matching ``like`` entry) in place of None."""
+    return [torch.zeros_like(ref) if e is None else e for e, ref in zip(extras, like, strict=True)]
 
 
 @dataclass
@@ -194,7 +214,7 @@ class _BlockRun:
             records["n_in"].append(step.n_in)
             records["n_out"].append(step.n_out)
             records["n_rows"].append(step.n_out if step.n_rows is None else step.n_rows)
-            records["extra"].append(torch.zeros_like(step.n_in) if step.extra_macs is None else step.extra_macs)
+            records["extra"].append(step.extra_macs)  # None where the block merged nothing
             reduced = decide is not None or merge is not None
             # A split pays for itself over several blocks: not with a single block left.
             if self.regroup and reduced and i + 2 < len(self.blocks) and rows.x.shape[0] > 1:
@@ -225,7 +245,12 @@ class _BlockRun:
             return torch.cat(tensors)[order]
 
         for key in _RECORDS:
-            records[key] += [join([p.records[key][j] for p in parts]) for j in range(len(parts[0].records[key]))]
+            for j in range(len(parts[0].records[key])):
+                column = [p.records[key][j] for p in parts]
+                if key == "extra" and all(c is None for c in column):  # no group merged anything here
+                    records[key].append(None)
+                else:
+                    records[key].append(join(_zeros_for_none(column, [p.records["n_in"][j] for p in parts])))
         head = {k: join([p.head[k] for p in parts]) for k, v in parts[0].head.items() if v is not None}
         sizes = None if parts[0].sizes is None else join([p.sizes for p in parts])
         return _Outcome(records, head, sizes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from trimformer.blocks import Decide
 from trimformer.config import JsonConfig
+from trimformer.core.linear_kernel import cached_for, tensor_stamp
 from trimformer.core.scoring import ltp_importance
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
 from trimformer.policy import PruningPolicy
@@ -43,6 +45,9 @@ class LTPConfig(JsonConfig):
             raise ValueError(f"target_flops is a fraction of dense FLOPs in (0, 1], got {self.target_flops}")
         if self.final_threshold < 0:
             raise ValueError("final_threshold must be >= 0")
+
+
+_FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # policy -> (stamp, thresholds as floats)
 
 
 class LTPThresholds(nn.Module):
@@ -84,16 +89,33 @@ class LTPPolicy(PruningPolicy):
         return self.ltp_config
 
     def decider(self, layer: int, num_prefix: int) -> Decide:
-        threshold = self.thresholds()[layer]
-        temperature = self.ltp_config.temperature
         soft = self.stage == "soft"
+        if not soft and not torch.is_grad_enabled():  # inference: no threshold arithmetic per block
+            threshold = self._frozen_thresholds()[layer]
+
+            def decide_hard(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+                mask = hard_threshold_mask(ltp_importance(probs, alive), threshold)  # bool [B, N], a new tensor
+                mask[:, :num_prefix] = True  # [CLS] (and any prefix) is always kept
+                return mask
+
+            return decide_hard
+        threshold_t = self.thresholds()[layer]
+        temperature = self.ltp_config.temperature
 
         def decide(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
             scores = ltp_importance(probs, alive)  # [B, N]
             if soft:
-                mask = soft_threshold_mask(scores, threshold, temperature)
+                mask = soft_threshold_mask(scores, threshold_t, temperature)
             else:
-                mask = hard_threshold_mask(scores, threshold.detach())
+                mask = hard_threshold_mask(scores, threshold_t.detach())
             return protect_prefix(mask, num_prefix)
 
         return decide
+
+    def _frozen_thresholds(self) -> list[float]:
+        """The thresholds as Python floats (exactly the float32 values), cached while their tensors are unchanged."""
+        parts = (self.thresholds.base, self.thresholds.scale, self.thresholds.learned)
+        stamp = tensor_stamp(*parts)
+        if stamp is None:
+            return self.thresholds().tolist()
+        return cached_for(_FROZEN, self, stamp, lambda: self.thresholds().tolist())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trimformer.blocks import Decide, with_values
+from trimformer.blocks import Decide, reads_query_rows, with_values
 from trimformer.config import JsonConfig
 from trimformer.core.scoring import class_attention, head_weighted_class_attention
 from trimformer.core.selection import keep_counts_from_rate, mass_keep_counts, protect_prefix, topk_mask
@@ -172,7 +172,7 @@ class SaiTPolicy(CapturingPolicy):
             self._record(StageRecord(layer, scores, alive, keep))
             return keep
 
-        return decide
+        return reads_query_rows(decide, 1) if kind == "cls_attention" else decide  # [CLS]'s row is all it reads
 
 
 def score_distillation_kl(student: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
