@@ -374,8 +374,9 @@ Decide = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def reads_query_rows(decide: Callable, rows: int) -> Callable:
-    """Mark a decision function that reads only the first ``rows`` query rows of the probabilities (class
-    attention: row 0); its block then computes just those rows explicitly (see :func:`decide_with_context`)."""
+    """Mark a decision (or merge) function that reads only the first ``rows`` query rows of the probabilities
+    (class attention: 1; ToMe, which reads keys: 0); its block then computes just those rows explicitly and the
+    attention context fused (see :func:`decide_with_context`)."""
     decide.query_rows = rows  # type: ignore[attr-defined]
     return decide
 
@@ -408,7 +409,8 @@ def _call_decide(decide: Decide | None, probs: torch.Tensor, alive: torch.Tensor
 class AttentionState:
     """What a merge hook sees, after the attention residual and before the MLP."""
 
-    probs: torch.Tensor  # [B, H, N, N] post-softmax attention (before dropout)
+    probs: torch.Tensor | None  # [B, H, N, N] post-softmax attention (before dropout); [B, H, r, N], the first r
+    # query rows only, for a merge marked reads_query_rows(merge, r) (None for r = 0)
     keys: torch.Tensor  # [B, H, N, Dh]
     hidden: torch.Tensor  # [B, N, D] block state after the attention residual
     alive: torch.Tensor  # bool [B, N]
@@ -458,8 +460,15 @@ def run_block(
     if merge is not None:
         if decide is not None or soft_keep is not None:
             raise ValueError("a block takes either a pruning decision or a merge, not both (and no soft stage)")
-        probs, keys, v = attention_parts(block, h, alive, attn_bias, all_live)  # [B, H, N, N], [B, H, N, Dh] x2
-        return _merge_step(block, x, alive, positions, probs, keys, v, merge, packed, sizes, n_in)
+        rows = getattr(merge, "query_rows", None)
+        if rows is None or not _FUSED_ATTENTION[0]:
+            probs, keys, v = attention_parts(block, h, alive, attn_bias, all_live)  # [B, H, N, N], [B, H, N, Dh] x2
+            mid = attention_residual(block, x, probs, v)  # [B, N, D]: every query row
+        else:  # the merge reads ``rows`` query rows of the probabilities at most: fused attention for the context
+            q, keys, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
+            probs = _softmax_probs(q[:, :, :rows], keys, alive, attn_bias, all_live) if rows else None
+            mid = _attention_branch(block, x, fused_context(block, q, keys, v, alive, attn_bias, all_live))
+        return _merge_step(block, x, alive, positions, probs, keys, mid, merge, packed, sizes, n_in)
     keep, context_of = decide_with_context(block, h, alive, decide, attn_bias, all_live, chunked)
     gate = None
     if isinstance(keep, StraightThroughKeep):
@@ -500,11 +509,11 @@ def run_block(
 
 
 def _merge_step(block: BlockView, x: torch.Tensor, alive: torch.Tensor, positions: torch.Tensor,
-                probs: torch.Tensor, keys: torch.Tensor, v: torch.Tensor, merge: Merge, packed: bool,
+                probs: torch.Tensor | None, keys: torch.Tensor, mid: torch.Tensor, merge: Merge, packed: bool,
                 sizes: torch.Tensor | None, n_in: torch.Tensor) -> BlockResult:
-    """Attention for every live token, then merge (ToMe) or fuse (EViT), then the MLP on the survivors."""
+    """After the attention residual ``mid`` ([B, N, D], every query row): merge (ToMe) or fuse (EViT), then the
+    MLP on the survivors."""
     sizes = alive.to(x.dtype) if sizes is None else sizes  # [B, N]
-    mid = attention_residual(block, x, probs, v)  # [B, N, D]: every query row
     plan = merge(AttentionState(probs=probs, keys=keys, hidden=mid, alive=alive, sizes=sizes))
     if plan is None:
         return BlockResult(mlp_residual(block, mid), alive, positions, None, n_in, n_in, sizes=sizes)

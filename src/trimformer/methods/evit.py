@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trimformer.blocks import AttentionState, Decide, Merge
+from trimformer.blocks import AttentionState, Decide, Merge, reads_query_rows
 from trimformer.config import JsonConfig
 from trimformer.core.merging import FUSE_MODES, MergePlan, evit_layers, fuse_inattentive
 from trimformer.core.scoring import class_attention
@@ -78,4 +78,4 @@ class EViTPolicy(PruningPolicy):
             scores = class_attention(state.probs)  # [B, N] attention of [CLS] to each token, mean over heads
             return fuse_inattentive(scores, state.alive, num_prefix, rate, fuse)
 
-        return merge
+        return reads_query_rows(merge, 1)  # [CLS]'s row is all it reads

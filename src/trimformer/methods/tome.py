@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trimformer.blocks import AttentionState, Decide, Merge
+from trimformer.blocks import AttentionState, Decide, Merge, reads_query_rows
 from trimformer.config import JsonConfig
 from trimformer.core.merging import MergePlan, bipartite_soft_matching
 from trimformer.policy import PruningPolicy
@@ -64,4 +64,4 @@ class ToMePolicy(PruningPolicy):
             metric = state.keys.mean(dim=1)  # [B, N, Dh] keys averaged over heads
             return bipartite_soft_matching(metric, r, state.alive, num_prefix, weight=state.sizes)
 
-        return merge
+        return reads_query_rows(merge, 0)  # keys only: the block's attention runs fused

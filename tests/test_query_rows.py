@@ -1,0 +1,136 @@
+"""Blocks whose decision or merge reads few attention rows run fused attention; cached views and thresholds."""
+
+import pytest
+import torch
+from conftest import random_batch, tiny_bert_config
+from transformers import (
+    BertForSequenceClassification,
+    Dinov2Config,
+    Dinov2ForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
+
+from trimformer.blocks import explicit_attention
+from trimformer.core.scoring import ltp_importance
+from trimformer.methods import (
+    EViTConfig,
+    EViTPolicy,
+    LTPConfig,
+    LTPPolicy,
+    SaiTConfig,
+    SaiTPolicy,
+    ToMeConfig,
+    ToMePolicy,
+)
+from trimformer.pruned import TokenPrunedModel
+
+SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=4, num_labels=5)
+
+
+def _vit(seed: int = 0) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    return ViTForImageClassification(ViTConfig(intermediate_size=64, **SMALL)).eval()
+
+
+def _dinov2(seed: int = 0) -> Dinov2ForImageClassification:
+    torch.manual_seed(seed)
+    return Dinov2ForImageClassification(Dinov2Config(mlp_ratio=2, layerscale_value=0.5, **SMALL)).eval()
+
+
+def _pixels(batch: int = 3) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _policies() -> dict:
+    return {
+        "sait-topk": SaiTPolicy(4, SaiTConfig(policy="topk", default_level=0.5, stages=(1,), distill_layer=3)),
+        "sait-mass": SaiTPolicy(4, SaiTConfig(policy="mass", default_level=0.8, stages=(1, 2), distill_layer=3)),
+        "tome": ToMePolicy(4, ToMeConfig(r=6)),
+        "evit": EViTPolicy(4, EViTConfig(keep_rate=0.6, layers=(1, 2))),
+    }
+
+
+@pytest.mark.parametrize("build", [_vit, _dinov2])
+@pytest.mark.parametrize("method", list(_policies()))
+@pytest.mark.parametrize("mode", ["packed", "masked"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_row_reading_blocks_equal_the_explicit_attention_path(build, method, mode, batch):
+    """Class-attention decisions and merges (SaiT, EViT, ToMe) see the same scores, keep the same tokens and give
+    the same outputs with fused attention as with the full probability map."""
+    pruned = TokenPrunedModel(build(), _policies()[method], mode=mode)
+    pixels = _pixels(batch)
+    with torch.no_grad():
+        fused = pruned(pixel_values=pixels)
+        with explicit_attention():
+            explicit = pruned(pixel_values=pixels)
+    assert torch.equal(fused.n_out, explicit.n_out)
+    assert (fused.n_out[:, -1] < fused.n_in[:, 0]).all()  # something was removed
+    torch.testing.assert_close(fused.logits, explicit.logits, atol=1e-5, rtol=1e-5)
+    if fused.token_sizes is not None:
+        torch.testing.assert_close(fused.token_sizes, explicit.token_sizes)
+
+
+def test_only_class_attention_decisions_read_one_row():
+    pruned = TokenPrunedModel(_vit(), None)
+    sait = SaiTPolicy(4, SaiTConfig(stages=(1,), distill_layer=3))
+    weighted = SaiTPolicy(4, SaiTConfig(score="head_weighted", stages=(1,), distill_layer=3))
+    prefix = pruned.adapter.num_prefix_tokens(pruned.model)
+    assert sait.decider(1, prefix).query_rows == 1
+    assert not hasattr(weighted.decider(1, prefix), "query_rows")  # head weighting needs every row's output
+    assert ToMePolicy(4, ToMeConfig(r=2)).merger(0, prefix).query_rows == 0
+    assert EViTPolicy(4, EViTConfig(layers=(1,))).merger(1, prefix).query_rows == 1
+
+
+def test_sait_row_path_passes_gradients_in_training():
+    model = _vit().train()
+    policy = SaiTPolicy(4, SaiTConfig(default_level=0.5, stages=(1,), distill_layer=3))
+    pruned = TokenPrunedModel(model, policy, mode="masked")
+    with policy.capture() as cap:
+        out = pruned(pixel_values=_pixels(2), labels=torch.tensor([0, 1]))
+    (out.loss + cap.at(1).scores.sum()).backward()
+    query = pruned.adapter.views(model)[1].query
+    assert query.weight.grad is not None and query.weight.grad.abs().sum() > 0
+
+
+def test_swapped_layer_is_used_by_the_next_forward():
+    """Block views are cached, but a module registered anywhere since (here a replaced MLP layer) rebuilds them."""
+    model = _vit()
+    pruned = TokenPrunedModel(model, None)
+    pixels = _pixels(2)
+    with torch.no_grad():
+        before = pruned(pixel_values=pixels).logits
+        old = pruned.adapter.views(model)[2].mlp_out
+        name = next(n for n, m in model.named_modules() if m is old)
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, torch.nn.Linear(old.in_features, old.out_features))
+        after = pruned(pixel_values=pixels).logits
+        reference = model(pixel_values=pixels).logits
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_ltp_threshold_changed_in_place_takes_effect_at_inference():
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    policy = LTPPolicy(3, LTPConfig(final_threshold=0.02))
+    pruned = TokenPrunedModel(model, policy)
+    ids, mask = random_batch(batch=2, length=20)
+    with torch.no_grad():
+        first = pruned(ids, mask).n_out.sum()
+        policy.thresholds.learned.add_(0.5)  # far above every score: only [CLS] survives
+        second = pruned(ids, mask).n_out
+    assert first > second.sum()
+    assert torch.equal(second[:, -1], torch.ones(2))
+
+
+def test_ltp_importance_all_live_shortcut_equals_the_weighted_sum():
+    probs = torch.softmax(torch.randn(2, 3, 7, 7), dim=-1)
+    everything = torch.ones(2, 7, dtype=torch.bool)
+    almost = everything.clone()
+    almost[1, -1] = False
+    # reference: the mean over heads and real query rows; the first batch takes the shortcut, the second not
+    torch.testing.assert_close(ltp_importance(probs, everything), probs.mean(dim=(1, 2)))
+    partial = ltp_importance(probs, almost)
+    torch.testing.assert_close(partial[0], probs[0].mean(dim=(0, 1)))
+    torch.testing.assert_close(partial[1], probs[1, :, :6].mean(dim=(0, 1)))
