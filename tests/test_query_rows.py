@@ -22,6 +22,8 @@ from trimformer.methods import (
     SaiTPolicy,
     ToMeConfig,
     ToMePolicy,
+    TopKConfig,
+    TopKPolicy,
 )
 from trimformer.pruned import TokenPrunedModel
 
@@ -80,6 +82,9 @@ def test_only_class_attention_decisions_read_one_row():
     assert not hasattr(weighted.decider(1, prefix), "query_rows")  # head weighting needs every row's output
     assert ToMePolicy(4, ToMeConfig(r=2)).merger(0, prefix).query_rows == 0
     assert EViTPolicy(4, EViTConfig(layers=(1,))).merger(1, prefix).query_rows == 1
+    assert TopKPolicy(4, TopKConfig(score="cls_attention")).decider(1, prefix).query_rows == 1
+    assert not hasattr(TopKPolicy(4, TopKConfig()).decider(1, prefix), "query_rows")  # LTP scores: every row
+    assert not hasattr(LTPPolicy(4, LTPConfig()).decider(1, prefix), "query_rows")
 
 
 def test_sait_row_path_passes_gradients_in_training():

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trimformer.blocks import Decide
+from trimformer.blocks import Decide, reads_query_rows
 from trimformer.config import JsonConfig
 from trimformer.core.scoring import class_attention, ltp_importance
 from trimformer.core.selection import keep_counts_from_rate, protect_prefix, topk_mask
@@ -67,4 +67,4 @@ class TopKPolicy(PruningPolicy):
             counts = keep_counts_from_rate(alive, rate, minimum=num_prefix)
             return protect_prefix(topk_mask(scores, alive, counts), num_prefix)
 
-        return decide
+        return reads_query_rows(decide, 1) if self.topk_config.score == "cls_attention" else decide
