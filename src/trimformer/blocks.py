@@ -271,6 +271,21 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
 ContextOf = Callable[[torch.Tensor | None], torch.Tensor]
 
 
+def _rows_read(hook: Callable) -> int | None:
+    """How many leading query rows of the probabilities a decision or merge reads (:func:`reads_query_rows`);
+    None: all of them, or fused attention is switched off (:func:`explicit_attention`)."""
+    return getattr(hook, "query_rows", None) if _FUSED_ATTENTION[0] else None
+
+
+def _leading_rows_attention(block: BlockView, h: torch.Tensor, alive: torch.Tensor, key_bias: torch.Tensor | None,
+                            all_live: bool | None, rows: int) -> tuple[torch.Tensor, ...]:
+    """Scaled q, k, v of ``h`` ([B, H, N, Dh] each) and the probabilities of the first ``rows`` query rows
+    ([B, H, rows, N]; None when ``rows`` is 0)."""
+    q, k, v = scaled_qkv(block, h)
+    probs = _softmax_probs(q[:, :, :rows], k, alive, key_bias, all_live) if rows else None
+    return q, k, v, probs
+
+
 def decide_with_context(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decide: Decide,
                         key_bias: torch.Tensor | None = None, all_live: bool | None = None,
                         chunked: bool = False) -> tuple[object, ContextOf]:
@@ -282,12 +297,11 @@ def decide_with_context(block: BlockView, h: torch.Tensor, alive: torch.Tensor, 
     attention work for the rows that a packed block drops. Any other decision sees every row
     (:func:`decide_and_mix`) and the context is gathered from the full one.
     """
-    rows = getattr(decide, "query_rows", None)
-    if rows is None or not _FUSED_ATTENTION[0]:
+    rows = _rows_read(decide)
+    if rows is None:
         keep, context = decide_and_mix(block, h, alive, decide, key_bias, all_live, chunked)  # context [B, N, D]
         return keep, lambda index: context if index is None else gather_tokens(context, index)
-    q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
-    probs = _softmax_probs(q[:, :, :rows], k, alive, key_bias, all_live)  # [B, H, rows, N]
+    q, k, v, probs = _leading_rows_attention(block, h, alive, key_bias, all_live, rows)
     keep = _call_decide(decide, probs, alive, v)
 
     def context_of(index: torch.Tensor | None) -> torch.Tensor:
@@ -460,13 +474,12 @@ def run_block(
     if merge is not None:
         if decide is not None or soft_keep is not None:
             raise ValueError("a block takes either a pruning decision or a merge, not both (and no soft stage)")
-        rows = getattr(merge, "query_rows", None)
-        if rows is None or not _FUSED_ATTENTION[0]:
+        rows = _rows_read(merge)
+        if rows is None:
             probs, keys, v = attention_parts(block, h, alive, attn_bias, all_live)  # [B, H, N, N], [B, H, N, Dh] x2
             mid = attention_residual(block, x, probs, v)  # [B, N, D]: every query row
         else:  # the merge reads ``rows`` query rows of the probabilities at most: fused attention for the context
-            q, keys, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
-            probs = _softmax_probs(q[:, :, :rows], keys, alive, attn_bias, all_live) if rows else None
+            q, keys, v, probs = _leading_rows_attention(block, h, alive, attn_bias, all_live, rows)
             mid = _attention_branch(block, x, fused_context(block, q, keys, v, alive, attn_bias, all_live))
         return _merge_step(block, x, alive, positions, probs, keys, mid, merge, packed, sizes, n_in)
     keep, context_of = decide_with_context(block, h, alive, decide, attn_bias, all_live, chunked)
