@@ -129,12 +129,12 @@ def test_ltp_threshold_changed_in_place_takes_effect_at_inference():
     assert torch.equal(second[:, -1], torch.ones(2))
 
 
-def test_ltp_importance_all_live_shortcut_equals_the_weighted_sum():
+def test_ltp_importance_is_the_mean_over_heads_and_real_query_rows():
     probs = torch.softmax(torch.randn(2, 3, 7, 7), dim=-1)
     everything = torch.ones(2, 7, dtype=torch.bool)
     almost = everything.clone()
     almost[1, -1] = False
-    # reference: the mean over heads and real query rows; the first batch takes the shortcut, the second not
+    # reference: the mean over heads and real query rows (all rows live, then one padded row)
     torch.testing.assert_close(ltp_importance(probs, everything), probs.mean(dim=(1, 2)))
     partial = ltp_importance(probs, almost)
     torch.testing.assert_close(partial[0], probs[0].mean(dim=(0, 1)))

@@ -92,11 +92,6 @@ def speed_variants(model: TokenPrunedModel, masked: bool = True) -> dict[str, Ca
     return variants
 
 
-def result_dense(speed: dict[str, dict[str, float]]) -> float:
-    """Throughput of the fastest dense variant."""
-    return speed[fastest_dense(speed)]["samples_per_s"]
-
-
 def check_benchable(checkpoint: str | Path, meta: dict) -> None:
     """bench compares a token-reduced model with its dense self: refuse a dense checkpoint clearly."""
     if meta.get("method", "dense") == "dense":
@@ -115,10 +110,10 @@ def fastest_dense(speed: dict[str, dict[str, float]], dense: tuple[str, ...] = D
 def speedups(speed: dict[str, dict[str, float]], name: str = "packed",
              dense: tuple[str, ...] = DENSE_VARIANTS) -> dict[str, float | str]:
     """Throughput and median-latency speed-ups of variant ``name`` against the fastest dense variant (and,
-    for reference, against the transformers forward alone, ``dense[0]``)."""
+    for reference, against the transformers forward alone, ``dense[0]``), with that variant's throughput."""
     base = fastest_dense(speed, dense)
     dense_latency = min(speed[n]["latency_ms_median"] for n in dense if n in speed)
-    return {"dense_baseline": base,
+    return {"dense_baseline": base, "dense_samples_per_s": speed[base]["samples_per_s"],
             "speedup": speed[name]["samples_per_s"] / speed[base]["samples_per_s"],
             "latency_speedup": dense_latency / speed[name]["latency_ms_median"],
             "speedup_vs_transformers": speed[name]["samples_per_s"] / speed[dense[0]]["samples_per_s"]}
@@ -128,10 +123,8 @@ def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts) -> dict
     """The keys every ``bench`` JSON shares, from timed variants and an evaluation of the pruned model.
     ``dense_samples_per_s`` and ``speedup`` refer to the fastest dense variant (:func:`fastest_dense`)."""
     ratios = speedups(speed)
-    dense = speed[ratios["dense_baseline"]]["samples_per_s"]
-    packed = speed["packed"]["samples_per_s"]
     record = {
-        "dense_samples_per_s": dense, "pruned_samples_per_s": packed, **ratios,
+        "pruned_samples_per_s": speed["packed"]["samples_per_s"], **ratios,
         "transformers_dense_samples_per_s": speed["dense"]["samples_per_s"],
         "engine_dense_samples_per_s": speed["engine_dense"]["samples_per_s"],
         "linear_kernel": effective_linear_kernel(),
@@ -139,7 +132,7 @@ def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts) -> dict
         "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
         "flops_ratio": counts.flops_ratio, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
         "machine": machine_info(), "method_config": meta.get("method_config"),
-        "speedup_over_flops_reduction": packed / dense * counts.flops_ratio,
+        "speedup_over_flops_reduction": ratios["speedup"] * counts.flops_ratio,
     }
     if meta.get("quant_config"):  # both variants run the same fake-quant weights; the ratio is pruning's
         record["quant_config"] = meta["quant_config"]
@@ -169,7 +162,7 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
         "batch_size": batch_size, "max_length": max_length, "num_samples_timed": len(timed),
         "repeats": repeats, **speed_record(meta, speed, counts),
         "masked_samples_per_s": speed["masked"]["samples_per_s"],
-        "masked_speedup": speed["masked"]["samples_per_s"] / result_dense(speed),
+        "masked_speedup": speedups(speed, "masked")["speedup"],
         "latency_ms_p90": {k: v["latency_ms_p90"] for k, v in speed.items()},
         "mean_length": counts.mean_length, "regroup": regroup,
     }

@@ -250,12 +250,7 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
     batch, n, d = h.shape
     q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each
     rows = _chunk_rows(batch, block.num_heads, n, h.element_size()) if chunked else batch
-    if rows >= batch:  # one piece (always at batch 1): no slicing, no lists
-        probs = _softmax_probs(q, k, alive, key_bias, all_live)  # [B, H, N, N]
-        keep = _call_decide(decide, probs, alive, v)
-        context = torch.matmul(_attn_drop(block, probs), v)  # [B, H, N, Dh]
-        return keep, context.transpose(1, 2).reshape(batch, n, d)
-    if all_live is None:
+    if rows < batch and all_live is None:
         all_live = bool(alive.all())  # read the mask once, not once per chunk
     keeps, contexts = [], []
     for start in range(0, batch, rows):
@@ -499,18 +494,14 @@ def run_block(
 
     if not all_live:
         keep = keep & alive
+    n_out = keep.sum(dim=1).to(x.dtype)
     if not packed:
-        n_out = keep.sum(dim=1).to(x.dtype)
         weight = keep.to(x.dtype) if gate is None else keep.to(x.dtype) * gate  # [B, N]
         out = mlp_residual(block, _attention_branch(block, x, context_of(None))) * weight[..., None]
         kept_sizes = None if sizes is None else sizes * keep.to(sizes.dtype)
         return BlockResult(out, keep, positions, None, n_in, n_out, sizes=kept_sizes)
 
     index, packed_alive = packing_index(keep)  # [B, M]
-    if keep.shape[0] == 1:  # one row: its count is the index width (one small operation fewer)
-        n_out = torch.full((1,), index.shape[1], dtype=x.dtype, device=x.device)
-    else:
-        n_out = keep.sum(dim=1).to(x.dtype)
     out = finish_kept_rows(block, x, context_of(index), index)  # [B, M, D]
     if out.shape[0] > 1:  # zero the padding slots (one row has none)
         out = out * packed_alive[..., None].to(out.dtype)

@@ -11,7 +11,7 @@ import torch
 
 from trimformer import plots
 from trimformer.assets import minilm_path
-from trimformer.bench import result_dense, speed_variants, speedups, time_variants
+from trimformer.bench import speed_variants, speedups, time_variants
 from trimformer.checkpoint import load_model, load_pruned, save_dense, save_pruned
 from trimformer.core.linear_kernel import effective_linear_kernel
 from trimformer.envinfo import machine_info
@@ -101,7 +101,6 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
 
     results = {
         "method": "ltp", "data": "rotten_tomatoes", "batch_size": 32, "max_length": settings.max_length,
-        "dense_samples_per_s": result_dense(speed[32]),
         "pruned_samples_per_s": speed[32]["packed"]["samples_per_s"],
         "masked_samples_per_s": speed[32]["masked"]["samples_per_s"],
         **{k: v for k, v in speedups(speed[32]).items() if k != "latency_speedup"},

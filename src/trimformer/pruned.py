@@ -36,7 +36,7 @@ class PrunedOutput:
     pooler_output: torch.Tensor | None = None
     n_rows: torch.Tensor | None = None  # [B, L] query rows with an attention output (n_in where tokens merge)
     token_sizes: torch.Tensor | None = None  # [B, M] original tokens behind each final slot (merging only)
-    extra_macs: torch.Tensor | None = None  # [B, L] MACs of merge decisions (ToMe's similarities); None: none
+    extra_macs: torch.Tensor | None = None  # [B, L] MACs of merge decisions (ToMe's similarities; 0 elsewhere)
 
     # FLOPs are computed on first use only: a dozen small operations that a batch-1 forward need not pay for.
     @cached_property
@@ -132,9 +132,7 @@ class TokenPrunedModel(nn.Module):
             chunked=inference and on_cpu,  # a CPU-cache measure; on a GPU, one kernel per step
         )
         out = run.blocks_from(0, _Rows(x, alive, positions, None, None, lengths.to(x.dtype), None))
-        n_in_t, n_out_t, n_rows_t = (torch.stack(out.records[k], dim=1) for k in _RECORDS[:3])  # [B, L]
-        extra = out.records["extra"]
-        extra_t = None if all(e is None for e in extra) else torch.stack(_zeros_for_none(extra, out.records["n_in"]), 1)
+        n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in _RECORDS)  # [B, L]
         logits = out.head.get("logits")
         loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None and logits is not None else None
         return PrunedOutput(
@@ -145,12 +143,7 @@ class TokenPrunedModel(nn.Module):
         )
 
 
-_RECORDS = ("n_in", "n_out", "n_rows", "extra")  # "extra": merge MACs per block, None where nothing merged
-
-
-def _zeros_for_none(extras: list[torch.Tensor | None], like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each extra-MACs record, zeros (shaped as the matching ``like`` entry) in place of None."""
-    return [torch.zeros_like(ref) if e is None else e for e, ref in zip(extras, like, strict=True)]
+_RECORDS = ("n_in", "n_out", "n_rows", "extra")
 
 
 @dataclass
@@ -214,7 +207,7 @@ class _BlockRun:
             records["n_in"].append(step.n_in)
             records["n_out"].append(step.n_out)
             records["n_rows"].append(step.n_out if step.n_rows is None else step.n_rows)
-            records["extra"].append(step.extra_macs)  # None where the block merged nothing
+            records["extra"].append(torch.zeros_like(step.n_in) if step.extra_macs is None else step.extra_macs)
             reduced = decide is not None or merge is not None
             # A split pays for itself over several blocks: not with a single block left.
             if self.regroup and reduced and i + 2 < len(self.blocks) and rows.x.shape[0] > 1:
@@ -245,12 +238,7 @@ class _BlockRun:
             return torch.cat(tensors)[order]
 
         for key in _RECORDS:
-            for j in range(len(parts[0].records[key])):
-                column = [p.records[key][j] for p in parts]
-                if key == "extra" and all(c is None for c in column):  # no group merged anything here
-                    records[key].append(None)
-                else:
-                    records[key].append(join(_zeros_for_none(column, [p.records["n_in"][j] for p in parts])))
+            records[key] += [join([p.records[key][j] for p in parts]) for j in range(len(parts[0].records[key]))]
         head = {k: join([p.head[k] for p in parts]) for k, v in parts[0].head.items() if v is not None}
         sizes = None if parts[0].sizes is None else join([p.sizes for p in parts])
         return _Outcome(records, head, sizes)

@@ -19,8 +19,6 @@ def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.
     if attn_probs.dim() != 4:
         raise ValueError(f"attention probabilities must be [B, H, Nq, Nk], got {tuple(attn_probs.shape)}")
     heads = attn_probs.shape[1]
-    if bool(query_mask.all()):  # every query row is real (always so at batch 1): a plain sum, fewer operations
-        return attn_probs.sum(dim=(1, 2)) / (heads * attn_probs.shape[2])
     weights = query_mask.to(attn_probs.dtype)  # [B, Nq]
     # [B, 1, 1, Nq] @ [B, H, Nq, Nk] -> [B, H, 1, Nk]: one batched matmul over the contiguous probabilities
     total = torch.matmul(weights[:, None, None, :], attn_probs).sum(dim=(1, 2))  # [B, Nk]

@@ -90,24 +90,16 @@ class LTPPolicy(PruningPolicy):
 
     def decider(self, layer: int, num_prefix: int) -> Decide:
         soft = self.stage == "soft"
-        if not soft and not torch.is_grad_enabled():  # inference: no threshold arithmetic per block
-            threshold = self._frozen_thresholds()[layer]
-
-            def decide_hard(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-                mask = hard_threshold_mask(ltp_importance(probs, alive), threshold)  # bool [B, N], a new tensor
-                mask[:, :num_prefix] = True  # [CLS] (and any prefix) is always kept
-                return mask
-
-            return decide_hard
-        threshold_t = self.thresholds()[layer]
+        # hard stage: thresholds are frozen, so their cached float values serve (no threshold arithmetic per block)
+        threshold = self.thresholds()[layer] if soft else self._frozen_thresholds()[layer]
         temperature = self.ltp_config.temperature
 
         def decide(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
             scores = ltp_importance(probs, alive)  # [B, N]
             if soft:
-                mask = soft_threshold_mask(scores, threshold_t, temperature)
+                mask = soft_threshold_mask(scores, threshold, temperature)
             else:
-                mask = hard_threshold_mask(scores, threshold_t.detach())
+                mask = hard_threshold_mask(scores, threshold)
             return protect_prefix(mask, num_prefix)
 
         return decide
