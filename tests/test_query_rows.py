@@ -139,3 +139,38 @@ def test_ltp_importance_is_the_mean_over_heads_and_real_query_rows():
     partial = ltp_importance(probs, almost)
     torch.testing.assert_close(partial[0], probs[0].mean(dim=(0, 1)))
     torch.testing.assert_close(partial[1], probs[1, :, :6].mean(dim=(0, 1)))
+    torch.testing.assert_close(ltp_importance(probs, None), probs.mean(dim=(1, 2)))  # None: every row live
+
+
+def test_ltp_decision_is_told_when_every_token_is_live():
+    """The LTP decision gets ``alive=None`` exactly when every token of the batch is live (batch 1, packed rows,
+    no padding) and the mask otherwise; pruned results match the masked run either way."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    policy = LTPPolicy(3, LTPConfig(final_threshold=0.05))
+    seen: list[bool] = []
+    original = policy.decider
+
+    def spying_decider(layer: int, num_prefix: int):
+        decide = original(layer, num_prefix)
+
+        def spy(probs, alive):
+            seen.append(alive is None)
+            return decide(probs, alive)
+
+        spy.live_mask_optional = decide.live_mask_optional
+        return spy
+
+    policy.decider = spying_decider
+    ids, mask = random_batch(batch=2, length=20)
+    assert mask[0].all() and not mask[1].all()  # the first row has no padding, the second has
+    with torch.no_grad():
+        packed = TokenPrunedModel(model, policy)(ids[:1], mask[:1])  # one row: live after every block
+        assert seen and all(seen)
+        seen.clear()
+        both = TokenPrunedModel(model, policy)(ids, mask)  # padding: the mask is passed
+        assert seen and not any(seen)
+        masked = TokenPrunedModel(model, policy, mode="masked")(ids, mask)
+    assert (packed.n_out[:, -1] < packed.n_in[:, 0]).all()
+    assert torch.equal(both.n_out, masked.n_out)
+    torch.testing.assert_close(both.logits, masked.logits, atol=1e-5, rtol=1e-5)

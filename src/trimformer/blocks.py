@@ -253,14 +253,23 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
     if rows < batch and all_live is None:
         all_live = bool(alive.all())  # read the mask once, not once per chunk
     keeps, contexts = [], []
-    for start in range(0, batch, rows):
-        part = slice(start, start + rows)
-        bias = None if key_bias is None else key_bias[part]
-        probs = _softmax_probs(q[part], k[part], alive[part], bias, all_live)  # [b, H, N, N]
-        keeps.append(_call_decide(decide, probs, alive[part], v[part]))
-        contexts.append(torch.matmul(_attn_drop(block, probs), v[part]))  # [b, H, N, Dh]
+    for qc, kc, vc, live, bias in _row_chunks(rows, q, k, v, alive, key_bias):
+        probs = _softmax_probs(qc, kc, live, bias, all_live)  # [b, H, N, N]
+        keeps.append(_call_decide(decide, probs, live, vc, all_live))
+        contexts.append(torch.matmul(_attn_drop(block, probs), vc))  # [b, H, N, Dh]
     context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)
     return _join_keeps(keeps), context.transpose(1, 2).reshape(batch, n, d)
+
+
+def _row_chunks(rows: int, *tensors: torch.Tensor | None) -> Iterator[tuple[torch.Tensor | None, ...]]:
+    """The tensors (batch first, or None) in chunks of ``rows`` batch rows; one chunk is the tensors themselves
+    (no slicing: at batch 1 every operation counts)."""
+    batch = tensors[0].shape[0]
+    if rows >= batch:
+        yield tensors
+        return
+    for start in range(0, batch, rows):
+        yield tuple(None if t is None else t[start:start + rows] for t in tensors)
 
 
 ContextOf = Callable[[torch.Tensor | None], torch.Tensor]
@@ -297,7 +306,7 @@ def decide_with_context(block: BlockView, h: torch.Tensor, alive: torch.Tensor, 
         keep, context = decide_and_mix(block, h, alive, decide, key_bias, all_live, chunked)  # context [B, N, D]
         return keep, lambda index: context if index is None else gather_tokens(context, index)
     q, k, v, probs = _leading_rows_attention(block, h, alive, key_bias, all_live, rows)
-    keep = _call_decide(decide, probs, alive, v)
+    keep = _call_decide(decide, probs, alive, v, all_live)
 
     def context_of(index: torch.Tensor | None) -> torch.Tensor:
         queries = q if index is None else gather_tokens(q, index, dim=2)  # [B, H, M, Dh]
@@ -396,6 +405,13 @@ def with_values(decide: Callable) -> Callable:
     return decide
 
 
+def live_mask_optional(decide: Callable) -> Callable:
+    """Mark a decision function that takes ``alive=None`` to mean that every token is live; its block passes None
+    whenever it knows so (e.g. every packed row at batch 1), which spares reading and weighting by the mask."""
+    decide.live_mask_optional = True  # type: ignore[attr-defined]
+    return decide
+
+
 @dataclass
 class StraightThroughKeep:
     """A hard decision that passes a gradient (straight-through estimator), returned by a decision function.
@@ -408,9 +424,12 @@ class StraightThroughKeep:
     gate: torch.Tensor  # float [B, N]
 
 
-def _call_decide(decide: Decide | None, probs: torch.Tensor, alive: torch.Tensor, values: torch.Tensor):
+def _call_decide(decide: Decide | None, probs: torch.Tensor, alive: torch.Tensor, values: torch.Tensor,
+                 all_live: bool | None = None):
     if decide is None:
         return None
+    if all_live and getattr(decide, "live_mask_optional", False):
+        alive = None  # every token is live: see live_mask_optional
     return decide(probs, alive, values) if getattr(decide, "wants_values", False) else decide(probs, alive)
 
 
@@ -494,14 +513,15 @@ def run_block(
 
     if not all_live:
         keep = keep & alive
-    n_out = keep.sum(dim=1).to(x.dtype)
     if not packed:
+        n_out = keep.sum(dim=1).to(x.dtype)
         weight = keep.to(x.dtype) if gate is None else keep.to(x.dtype) * gate  # [B, N]
         out = mlp_residual(block, _attention_branch(block, x, context_of(None))) * weight[..., None]
         kept_sizes = None if sizes is None else sizes * keep.to(sizes.dtype)
         return BlockResult(out, keep, positions, None, n_in, n_out, sizes=kept_sizes)
 
     index, packed_alive = packing_index(keep)  # [B, M]
+    n_out = _kept_counts(keep, index, x.dtype)
     out = finish_kept_rows(block, x, context_of(index), index)  # [B, M, D]
     if out.shape[0] > 1:  # zero the padding slots (one row has none)
         out = out * packed_alive[..., None].to(out.dtype)
@@ -510,6 +530,14 @@ def run_block(
     kept_sizes = None if sizes is None else gather_tokens(sizes, index) * packed_alive.to(sizes.dtype)
     return BlockResult(out, packed_alive, gather_tokens(positions, index), None, n_in, n_out, sizes=kept_sizes,
                        all_live=True if out.shape[0] == 1 else None)  # one packed row has no padding
+
+
+def _kept_counts(keep: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Kept tokens per row ([B], ``dtype``) of a decision ``keep`` (bool [B, N]) packed by ``index`` ([B, M]); one
+    row reads it off the index width, without a reduction (at batch 1 every operation counts)."""
+    if keep.shape[0] == 1:
+        return torch.full((1,), index.shape[1], dtype=dtype, device=keep.device)
+    return keep.sum(dim=1).to(dtype)
 
 
 def _merge_step(block: BlockView, x: torch.Tensor, alive: torch.Tensor, positions: torch.Tensor,

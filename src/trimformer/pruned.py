@@ -193,6 +193,7 @@ class _BlockRun:
 
     def blocks_from(self, first: int, rows: _Rows) -> _Outcome:
         records: dict[str, list[torch.Tensor]] = {k: [] for k in _RECORDS}
+        no_extra = None  # zeros [b]: the extra MACs of every block that does not merge (one tensor for all)
         for i in range(first, len(self.blocks)):
             decide = self.decider(i, self.num_prefix) if self.decider is not None else None
             merge = self.merger(i, self.num_prefix) if self.merger is not None else None
@@ -207,7 +208,9 @@ class _BlockRun:
             records["n_in"].append(step.n_in)
             records["n_out"].append(step.n_out)
             records["n_rows"].append(step.n_out if step.n_rows is None else step.n_rows)
-            records["extra"].append(torch.zeros_like(step.n_in) if step.extra_macs is None else step.extra_macs)
+            if step.extra_macs is None and no_extra is None:
+                no_extra = torch.zeros_like(step.n_in)
+            records["extra"].append(no_extra if step.extra_macs is None else step.extra_macs)
             reduced = decide is not None or merge is not None
             # A split pays for itself over several blocks: not with a single block left.
             if self.regroup and reduced and i + 2 < len(self.blocks) and rows.x.shape[0] > 1:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 
-def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
     """LTP importance: mean over heads and over the *real* query rows of each attention column.
 
-    attn_probs: [B, H, Nq, Nk] post-softmax attention; query_mask: [B, Nq] bool, True for live tokens.
-    Returns [B, Nk].
+    attn_probs: [B, H, Nq, Nk] post-softmax attention; query_mask: [B, Nq] bool, True for live tokens (None:
+    every query row is live). Returns [B, Nk].
 
     The official LTP code divides by the padded length, so a threshold learned at one padding
     length means something else at another and a short sentence's scores shrink with the padding
@@ -19,6 +19,8 @@ def ltp_importance(attn_probs: torch.Tensor, query_mask: torch.Tensor) -> torch.
     if attn_probs.dim() != 4:
         raise ValueError(f"attention probabilities must be [B, H, Nq, Nk], got {tuple(attn_probs.shape)}")
     heads = attn_probs.shape[1]
+    if query_mask is None:  # a plain sum over heads and rows: two operations instead of seven (counts at batch 1)
+        return attn_probs.sum(dim=(1, 2)) / (heads * attn_probs.shape[2])
     weights = query_mask.to(attn_probs.dtype)  # [B, Nq]
     # [B, 1, 1, Nq] @ [B, H, Nq, Nk] -> [B, H, 1, Nk]: one batched matmul over the contiguous probabilities
     total = torch.matmul(weights[:, None, None, :], attn_probs).sum(dim=(1, 2))  # [B, Nk]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trimformer.blocks import Decide
+from trimformer.blocks import Decide, live_mask_optional
 from trimformer.config import JsonConfig
 from trimformer.core.linear_kernel import cached_for, tensor_stamp
 from trimformer.core.scoring import ltp_importance
@@ -94,7 +94,8 @@ class LTPPolicy(PruningPolicy):
         threshold = self.thresholds()[layer] if soft else self._frozen_thresholds()[layer]
         temperature = self.ltp_config.temperature
 
-        def decide(probs: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        @live_mask_optional
+        def decide(probs: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
             scores = ltp_importance(probs, alive)  # [B, N]
             if soft:
                 mask = soft_threshold_mask(scores, threshold, temperature)
