@@ -204,15 +204,17 @@ def _attn_dropout_p(block: BlockView) -> float:
 
 
 def fused_block(block: BlockView, x: torch.Tensor, h: torch.Tensor, key_mask: torch.Tensor,
-                key_bias: torch.Tensor | None = None, all_live: bool | None = None) -> torch.Tensor:
+                key_bias: torch.Tensor | None = None, all_live: bool | None = None,
+                live: torch.Tensor | None = None) -> torch.Tensor:
     """A whole block with fused attention (``F.scaled_dot_product_attention``), for blocks that need no
     probabilities: same result as the explicit path up to float rounding, without the [B, H, N, N] tensor.
 
     x: [B, N, D] residual input; h: [B, N, D] attention input (normalised for pre-norm); key_mask: bool
-    [B, N]; key_bias: [B, N] additive logit bias per key; all_live: as in :func:`attention_parts` -> [B, N, D].
+    [B, N]; key_bias: [B, N] additive logit bias per key; all_live: as in :func:`attention_parts`; live: as in
+    :func:`per_token_half` -> [B, N, D].
     """
     q, k, v = scaled_qkv(block, h)  # [B, H, N, Dh] each; q carries the 1/sqrt(Dh) scale
-    return mlp_residual(block, _attention_branch(block, x, fused_context(block, q, k, v, key_mask, key_bias, all_live)))
+    return per_token_half(block, x, fused_context(block, q, k, v, key_mask, key_bias, all_live), live)
 
 
 def fused_context(block: BlockView, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
@@ -324,15 +326,42 @@ def _join_keeps(keeps: list) -> object:
     return torch.cat(keeps)
 
 
-def finish_kept_rows(block: BlockView, x: torch.Tensor, kept_context: torch.Tensor,
-                     index: torch.Tensor) -> torch.Tensor:
+def finish_kept_rows(block: BlockView, x: torch.Tensor, kept_context: torch.Tensor, index: torch.Tensor,
+                     live: torch.Tensor | None = None) -> torch.Tensor:
     """Rest of the block for the query rows ``index`` only (packed execution).
 
-    x: [B, N, D]; kept_context: [B, M, D] attention context of those rows; index: long [B, M] -> [B, M, D].
+    x: [B, N, D]; kept_context: [B, M, D] attention context of those rows; index: long [B, M]; live: as in
+    :func:`per_token_half` -> [B, M, D].
     """
     if x.shape[0] == 1 and index.shape[1] == x.shape[1]:  # one row that keeps every token: nothing to gather
-        return mlp_residual(block, _attention_branch(block, x, kept_context))
-    return mlp_residual(block, _attention_branch(block, gather_tokens(x, index), kept_context))  # [B, M, D]
+        return per_token_half(block, x, kept_context, live)
+    return per_token_half(block, gather_tokens(x, index), kept_context, live)  # [B, M, D]
+
+
+# A batch is padded to its longest row. Where the padding fills at least this share of a block's slots, the
+# per-token half of the block (output projection, norms, MLP: most of its work) runs on the live slots only.
+# Gathering them and scattering the result back costs a few passes over [T, D] per block, against a per-token
+# MLP of about 9 D^2 multiply-adds: worth it from a few percent of padding.
+COMPACT_MIN_PADDING = 0.1
+
+
+def per_token_half(block: BlockView, x: torch.Tensor, context: torch.Tensor,
+                   live: torch.Tensor | None = None) -> torch.Tensor:
+    """x plus the projected attention context, then the MLP (with the norms of the block): [B, M, D] x2 -> [B, M, D].
+
+    ``live`` (bool [B, M], given at CPU inference for a batch with padding): the padding slots come out zero, and
+    where they fill at least :data:`COMPACT_MIN_PADDING` of the slots, only the live ones are computed.
+    """
+    if live is None:
+        return mlp_residual(block, _attention_branch(block, x, context))
+    batch, m, d = x.shape
+    slots = live.view(-1).nonzero().view(-1)  # [T] live slots of the flattened batch
+    if slots.shape[0] > (1 - COMPACT_MIN_PADDING) * batch * m:  # little padding: run it, then zero it
+        return mlp_residual(block, _attention_branch(block, x, context)) * live[..., None].to(x.dtype)
+    x_live = x.reshape(batch * m, d).index_select(0, slots)[None]  # [1, T, D]
+    context_live = context.reshape(batch * m, d).index_select(0, slots)[None]  # [1, T, D]
+    out = mlp_residual(block, _attention_branch(block, x_live, context_live))  # [1, T, D]
+    return x.new_zeros(batch * m, d).index_copy_(0, slots, out[0]).view(batch, m, d)
 
 
 def attention_residual(block: BlockView, x: torch.Tensor, h_probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -463,6 +492,7 @@ def run_block(
     n_live: torch.Tensor | None = None,
     all_live: bool | None = None,
     chunked: bool = False,
+    compact: bool = False,
 ) -> BlockResult:
     """One block with a pruning decision made right after the attention softmax, or a merge before the MLP.
 
@@ -477,13 +507,14 @@ def run_block(
     ``n_live`` ([B], float) and ``all_live`` pass on what the previous block's :class:`BlockResult` already
     knows about ``alive`` (its ``n_out`` and ``all_live``), which saves reading it again. ``chunked``
     (inference without a policy capture) lets a deciding block run its attention in row chunks
-    (:func:`decide_and_mix`).
+    (:func:`decide_and_mix`). ``compact`` (packed CPU inference) runs the per-token half of a block with much
+    padding on its live slots only (:func:`per_token_half`).
     """
     h = block.norm_attn(x) if block.pre_norm else x
     n_in = alive.sum(dim=1).to(x.dtype) if n_live is None else n_live
     all_live = bool(alive.all()) if all_live is None else all_live
     if decide is None and merge is None and soft_keep is None and _FUSED_ATTENTION[0]:  # no probabilities needed
-        out = fused_block(block, x, h, alive, attn_bias, all_live)
+        out = fused_block(block, x, h, alive, attn_bias, all_live, alive if compact and not all_live else None)
         return BlockResult(out, alive, positions, None, n_in, n_in, sizes=sizes, all_live=all_live)
     if merge is not None:
         if decide is not None or soft_keep is not None:
@@ -522,8 +553,9 @@ def run_block(
 
     index, packed_alive = packing_index(keep)  # [B, M]
     n_out = _kept_counts(keep, index, x.dtype)
-    out = finish_kept_rows(block, x, context_of(index), index)  # [B, M, D]
-    if out.shape[0] > 1:  # zero the padding slots (one row has none)
+    padded = index.shape[0] > 1  # one packed row has no padding
+    out = finish_kept_rows(block, x, context_of(index), index, packed_alive if compact and padded else None)
+    if padded and not compact:  # zero the padding slots (per_token_half did where compact)
         out = out * packed_alive[..., None].to(out.dtype)
     if gate is not None:
         out = out * gather_tokens(gate, index)[..., None]

@@ -130,6 +130,8 @@ class TokenPrunedModel(nn.Module):
             # H100: 0.76x against 1.13x of dense at batch 256 for SaiT's input-adaptive policy).
             regroup=inference and self.regroup and self.mode == "packed" and on_cpu,
             chunked=inference and on_cpu,  # a CPU-cache measure; on a GPU, one kernel per step
+            # Padding is cheap on a GPU, where each extra step costs instead; masked execution stays as it is.
+            compact=inference and on_cpu and self.mode == "packed",
         )
         out = run.blocks_from(0, _Rows(x, alive, positions, None, None, lengths.to(x.dtype), None))
         n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in _RECORDS)  # [B, L]
@@ -190,6 +192,7 @@ class _BlockRun:
     head: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
     regroup: bool
     chunked: bool = False  # deciding blocks may run their attention in row chunks (inference)
+    compact: bool = False  # blocks run their per-token half on live slots only where padding is large
 
     def blocks_from(self, first: int, rows: _Rows) -> _Outcome:
         records: dict[str, list[torch.Tensor]] = {k: [] for k in _RECORDS}
@@ -201,7 +204,7 @@ class _BlockRun:
             bias = proportional_attention_bias(sizes, rows.alive) if self.proportional and sizes is not None else None
             step = run_block(self.blocks[i], rows.x, rows.alive, rows.positions, decide, self.packed, rows.soft_keep,
                              merge=merge, sizes=sizes, attn_bias=bias, n_live=rows.n_live, all_live=rows.all_live,
-                             chunked=self.chunked)
+                             chunked=self.chunked, compact=self.compact)
             # What the next block can reuse about its live tokens (soft counts are expectations, not counts).
             rows = _Rows(step.hidden, step.alive, step.positions, step.soft_keep, step.sizes,
                          step.n_out if step.soft_keep is None else None, step.all_live)
