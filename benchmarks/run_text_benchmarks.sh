@@ -37,6 +37,9 @@ bench_pair runs/rt/ltp_0.5 rotten_tomatoes 64 bench_rotten_tomatoes "Rotten Toma
 # A second 20 Newsgroups batch-32 timing (5 repetitions, accuracy on the whole test split).
 trimformer bench runs/ng/ltp_0.5 --data 20newsgroups --batch-size 32 --num-samples 256 --max-length 128 \
     --repeats 5 --json "$R/bench_20newsgroups_b32_repeat.json"
+# And a second batch-1 timing (5 repetitions): batch-1 latency moves most with the load on a shared machine.
+trimformer bench runs/ng/ltp_0.5 --data 20newsgroups --batch-size 1 --num-samples 64 --max-length 128 \
+    --repeats 5 --accuracy-limit 500 --json "$R/bench_20newsgroups_b1_repeat.json"
 
 # 20 Newsgroups at max length 256: the models come from benchmarks/gpu/train_text.sh (trained on a GPU; on
 # 2 CPU cores it takes many hours), in runs/ng256/.
