@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -70,12 +71,12 @@ def measure(model: TokenPrunedModel, batches: list[dict], repeats: int, explicit
         with model.pruning_disabled():
             return model(**batch).logits
 
-    def oracle(batch: dict) -> object:
-        return oracle_forward(model, batch, *counts[index[id(batch)]])
+    def oracle(explicit: bool) -> Callable[[dict], object]:
+        return lambda batch: oracle_forward(model, batch, *counts[index[id(batch)]], explicit=explicit)
 
-    variants = {"engine_dense": dense, "pruned": lambda b: model(**b).logits, "oracle": oracle}
+    variants = {"engine_dense": dense, "pruned": lambda b: model(**b).logits, "oracle": oracle(False)}
     if explicit_oracle:
-        variants["oracle_explicit"] = lambda b: oracle_forward(model, b, *counts[index[id(b)]], explicit=True)
+        variants["oracle_explicit"] = oracle(True)
     speed = time_variants(variants, batches, repeats)
     dense_ms = speed["engine_dense"]["latency_ms_median"]
     return {"latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},

@@ -24,7 +24,7 @@ from torch import nn
 
 from trimformer.core.linear_kernel import cached_for, linear, packed_linear, tensor_stamp
 from trimformer.core.merging import MergePlan, merge_tokens
-from trimformer.core.packing import gather_tokens, packing_index
+from trimformer.core.packing import gather_tokens, kept_counts, packing_index
 
 
 @dataclass
@@ -552,7 +552,7 @@ def run_block(
         return BlockResult(out, keep, positions, None, n_in, n_out, sizes=kept_sizes)
 
     index, packed_alive = packing_index(keep)  # [B, M]
-    n_out = _kept_counts(keep, index, x.dtype)
+    n_out = kept_counts(keep, index, x.dtype)
     padded = index.shape[0] > 1  # one packed row has no padding
     out = finish_kept_rows(block, x, context_of(index), index, packed_alive if compact and padded else None)
     if padded and not compact:  # zero the padding slots (per_token_half did where compact)
@@ -562,14 +562,6 @@ def run_block(
     kept_sizes = None if sizes is None else gather_tokens(sizes, index) * packed_alive.to(sizes.dtype)
     return BlockResult(out, packed_alive, gather_tokens(positions, index), None, n_in, n_out, sizes=kept_sizes,
                        all_live=True if out.shape[0] == 1 else None)  # one packed row has no padding
-
-
-def _kept_counts(keep: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Kept tokens per row ([B], ``dtype``) of a decision ``keep`` (bool [B, N]) packed by ``index`` ([B, M]); one
-    row reads it off the index width, without a reduction (at batch 1 every operation counts)."""
-    if keep.shape[0] == 1:
-        return torch.full((1,), index.shape[1], dtype=dtype, device=keep.device)
-    return keep.sum(dim=1).to(dtype)
 
 
 def _merge_step(block: BlockView, x: torch.Tensor, alive: torch.Tensor, positions: torch.Tensor,

@@ -22,6 +22,14 @@ def packing_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return index, packed_mask
 
 
+def kept_counts(keep: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Kept tokens per row ([B], ``dtype``) of ``keep`` (bool [B, N]) packed by ``index`` ([B, M], from
+    :func:`packing_index`); one row reads it off the index width, without a reduction (batch 1)."""
+    if keep.shape[0] == 1:
+        return torch.full((1,), index.shape[1], dtype=dtype, device=keep.device)
+    return keep.sum(dim=1).to(dtype)
+
+
 def gather_tokens(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Gather along the token dimension ``dim`` of ``x`` ([B, ..., N, ...]) with index [B, M]."""
     if index.shape[0] == 1 and x.shape[0] == 1:
