@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 
 from trimformer.bench import time_variants
-from trimformer.blocks import _attention_branch, mlp_residual, scaled_qkv
 from trimformer.checkpoint import load_model, load_pruned
+from trimformer.engine.attention import scaled_qkv
+from trimformer.engine.block import attention_branch, mlp_residual
+from trimformer.engine.linears import Linears, WeightCache
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.pruned import TokenPrunedModel
@@ -36,6 +38,7 @@ from trimformer.training import unlabelled_batches
 from trimformer.vision_pipeline import load_image_data, model_resolution, pixel_batches
 
 ROOT = Path(__file__).resolve().parent.parent
+_ORACLE_WEIGHTS = WeightCache()  # the oracle's own packed weights, built on its first call
 
 
 def oracle_forward(model: TokenPrunedModel, batch: dict, n_in: list[int], n_out: list[int],
@@ -44,10 +47,11 @@ def oracle_forward(model: TokenPrunedModel, batch: dict, n_in: list[int], n_out:
     ``explicit``: the whole attention map and its column sums instead (what LTP's scores need)."""
     inputs = {k: batch.get(k) for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")}
     x, alive = model.adapter.embed(model.model, inputs)  # [1, N, D]
+    linears = Linears(model.execution.linear_kernel, _ORACLE_WEIGHTS)
     for block, tokens_in, tokens_out in zip(model.adapter.blocks(model.model), n_in, n_out, strict=True):
         x = x[:, :tokens_in]
         h = block.norm_attn(x) if block.pre_norm else x
-        q, k, v = scaled_qkv(block, h)  # [1, H, n_in, Dh]
+        q, k, v = scaled_qkv(block, h, linears)  # [1, H, n_in, Dh]
         if explicit:
             probs = torch.softmax(q @ k.transpose(-1, -2), dim=-1)  # [1, H, n_in, n_in]
             probs.sum(dim=(1, 2))  # LTP's column sums (the decision that would read them is left out)
@@ -55,7 +59,7 @@ def oracle_forward(model: TokenPrunedModel, batch: dict, n_in: list[int], n_out:
         else:
             context = torch.nn.functional.scaled_dot_product_attention(q[:, :, :tokens_out], k, v, scale=1.0)
         context = context.transpose(1, 2).reshape(1, tokens_out, -1)  # [1, n_out, D]
-        x = mlp_residual(block, _attention_branch(block, x[:, :tokens_out], context))
+        x = mlp_residual(block, attention_branch(block, x[:, :tokens_out], context, linears), linears)
     return model.adapter.head(model.model, x, alive[:, : x.shape[1]])["logits"]
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trimformer.core.linear_kernel import linear_kernel, onednn_available, packed_linear, tensor_stamp
+from trimformer.engine import onednn
+from trimformer.engine.linears import Linears, WeightCache, tensor_stamp
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
 
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
-    if not onednn_available():
+    if not onednn.AVAILABLE:
         raise SystemExit("this PyTorch build has no prepacked oneDNN linear: nothing to compare")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -63,14 +64,14 @@ def main() -> None:
                     x = torch.randn(1, n, d_in)
                     calls = max(20, 20_000 // n)
                     plain = functools.partial(F.linear, x, weight, bias)
-                    onednn = functools.partial(packed_linear, x, weight, bias, owner, stamp)
-                    with linear_kernel("onednn"):
-                        onednn()  # pack once, outside the timing
-                        times = {"torch": [], "onednn": []}
-                        for _ in range(args.repeats):
-                            times["torch"].append(per_call_us(plain, calls))
-                            times["onednn"].append(per_call_us(onednn, calls))
-                        error = (onednn() - plain()).abs().max().item()
+                    onednn_linear = Linears("onednn", WeightCache()).stacked
+                    prepacked = functools.partial(onednn_linear, x, weight, bias, owner, stamp)
+                    prepacked()  # pack once, outside the timing
+                    times = {"torch": [], "onednn": []}
+                    for _ in range(args.repeats):
+                        times["torch"].append(per_call_us(plain, calls))
+                        times["onednn"].append(per_call_us(prepacked, calls))
+                    error = (prepacked() - plain()).abs().max().item()
                     t_torch, t_onednn = statistics.median(times["torch"]), statistics.median(times["onednn"])
                     rows_out.append({"model": model, "layer": layer, "in": d_in, "out": d_out, "rows": n,
                                      "torch_us": t_torch, "onednn_us": t_onednn, "time_ratio": t_onednn / t_torch,

@@ -5,7 +5,7 @@ pruning off, SaiT (packed, tokens removed) at a chosen top-K level and with the 
 the same weights (regrouped by kept count, the default, and as one batch padded to its longest row), and
 ToMe / EViT at the setting whose FLOPs are closest to SaiT's (from benchmarks/results/vision_pruning.json).
 Batch 64 (throughput) and batch 1 (latency). Speed-ups are against the faster of the two dense variants: our engine
-runs its linears on prepacked oneDNN weights (trimformer.core.linear_kernel), which speeds the dense model up too.
+runs its linears on prepacked oneDNN weights (trimformer.engine.linears), which speeds the dense model up too.
 Run it on an otherwise idle machine.
 
 Writes benchmarks/results/vision_speed[_TAG].json and .png.
@@ -23,7 +23,6 @@ import torch
 
 from trimformer.bench import speedups, time_variants
 from trimformer.checkpoint import load_pruned
-from trimformer.core.linear_kernel import effective_linear_kernel
 from trimformer.envinfo import device_label, machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import EViTConfig, SaiTConfig, ToMeConfig
@@ -111,7 +110,8 @@ def main() -> None:
     result = {"benchmark": "vision_speed",
               "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {**machine_info(), "threads": args.threads, "device": device_label(device),
-                          "linear_kernel": effective_linear_kernel() if device.type == "cpu" else "torch"},
+                          "linear_kernel": sait.execution.effective_linear_kernel if device.type == "cpu" else "torch",
+                          "execution": sait.execution.to_dict()},
               "settings": {"base_model": args.base, "sait": args.sait, "sait_level": args.sait_level,
                            "sait_policy": sait.policy.config().policy,
                            "mass_level": args.mass_level, "tome_r": tome_row["r"],
@@ -125,11 +125,8 @@ def main() -> None:
 
 def _one_padded_batch(model, batch):
     """The input-adaptive model without regrouping: the whole batch padded to its longest survivor."""
-    model.regroup = False
-    try:
+    with model.options(regroup=False):
         return model(**batch).logits
-    finally:
-        model.regroup = True
 
 
 def _engine_dense(model, batch):

@@ -5,38 +5,34 @@ import torch
 from conftest import random_batch, tiny_bert_config
 from transformers import BertModel
 
-import trimformer.blocks as blocks_module
 from trimformer.methods import LTPConfig, LTPPolicy
 from trimformer.pruned import TokenPrunedModel
 
 
-def _rows_seen(monkeypatch) -> list[tuple[int, int]]:
-    """Record the [rows, slots] shape of every MLP input."""
+def _mlp_rows_seen(model: BertModel) -> list[tuple[int, int]]:
+    """Record the [rows, slots] shape of every MLP input (a forward hook on each block's first MLP linear; the
+    tests run the 'torch' linear kernel, which calls the module)."""
     seen: list[tuple[int, int]] = []
-    original = blocks_module.mlp_residual
-
-    def spy(block, x):
-        seen.append(tuple(x.shape[:2]))
-        return original(block, x)
-
-    monkeypatch.setattr(blocks_module, "mlp_residual", spy)
+    for layer in model.encoder.layer:
+        layer.intermediate.dense.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape[:2])))
     return seen
 
 
 @pytest.mark.parametrize("policy", [None, "ltp"])
-def test_compacted_blocks_equal_padded_blocks(monkeypatch, policy):
+def test_compacted_blocks_equal_padded_blocks(policy):
     torch.manual_seed(0)
     model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
-    pruned = TokenPrunedModel(model, LTPPolicy(3, LTPConfig(final_threshold=0.05)) if policy else None)
+    pruned = TokenPrunedModel(model, LTPPolicy(3, LTPConfig(final_threshold=0.05)) if policy else None,
+                              linear_kernel="torch")
     ids, mask = random_batch(batch=4, length=24)
     assert mask.sum() < 0.85 * mask.numel()  # over 15% of the slots are padding
-    seen = _rows_seen(monkeypatch)
+    seen = _mlp_rows_seen(model)
     with torch.no_grad():
         compact = pruned(ids, mask)
         live_slots = list(seen)
         seen.clear()
-        monkeypatch.setattr(blocks_module, "COMPACT_MIN_PADDING", 2.0)  # never compact
-        padded = pruned(ids, mask)
+        with pruned.options(compact_min_padding=2.0):  # never compact
+            padded = pruned(ids, mask)
     assert live_slots[0] == (1, int(mask.sum()))  # the first block ran on one flat row: exactly the real tokens
     if policy is None:
         assert all(rows == 1 for rows, _ in live_slots)
@@ -50,13 +46,14 @@ def test_compacted_blocks_equal_padded_blocks(monkeypatch, policy):
         torch.testing.assert_close(compact.last_hidden_state[real], reference[real], atol=1e-5, rtol=1e-5)
 
 
-def test_no_compaction_in_masked_mode_training_or_without_padding(monkeypatch):
+def test_no_compaction_in_masked_mode_training_or_without_padding():
     torch.manual_seed(0)
     model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
     ids, mask = random_batch(batch=4, length=24)
-    seen = _rows_seen(monkeypatch)
+    seen = _mlp_rows_seen(model)
     with torch.no_grad():
-        TokenPrunedModel(model, LTPPolicy(3, LTPConfig()), mode="masked")(ids, mask)  # masked: as the official code
-        TokenPrunedModel(model, None)(ids, torch.ones_like(mask))  # no padding: nothing to compact
-    TokenPrunedModel(model, None)(ids, mask)  # gradients on: training runs the padded batch
+        # masked: as the official code
+        TokenPrunedModel(model, LTPPolicy(3, LTPConfig()), mode="masked", linear_kernel="torch")(ids, mask)
+        TokenPrunedModel(model, None, linear_kernel="torch")(ids, torch.ones_like(mask))  # no padding
+    TokenPrunedModel(model, None, linear_kernel="torch")(ids, mask)  # gradients on: training runs the padded batch
     assert seen and all(rows == 4 for rows, _ in seen)

@@ -19,8 +19,6 @@ from transformers import (
     ViTModel,
 )
 
-from trimformer.blocks import BlockView, attention_parts, attention_probs, explicit_attention, run_block
-from trimformer.core.linear_kernel import linear_kernel
 from trimformer.core.merging import (
     MergePlan,
     bipartite_soft_matching,
@@ -29,6 +27,9 @@ from trimformer.core.merging import (
     merge_tokens,
     proportional_attention_bias,
 )
+from trimformer.engine import BlockView, Decision, LayerHooks, MergeHook
+from trimformer.engine.attention import attention_parts
+from trimformer.engine.linears import Linears, WeightCache
 from trimformer.methods import EViTConfig, EViTPolicy, ToMeConfig, ToMePolicy
 from trimformer.pruned import TokenPrunedModel
 
@@ -170,7 +171,7 @@ def test_flops_match_torch_flop_counter(method):
             model.embeddings(pixels)
         counter = FlopCounterMode(display=False)
         # the counter sees neither the fused CPU attention kernel nor oneDNN's prepacked linears
-        with counter, explicit_attention(), linear_kernel("torch"):
+        with counter, pruned.options(fused_attention=False, linear_kernel="torch"):
             out = pruned(pixel_values=pixels)
     counted = counter.get_total_flops() - embed_counter.get_total_flops()  # the encoder alone
     assert counted == int(out.flops.sum().item())
@@ -200,11 +201,9 @@ def test_block_refuses_decision_and_merge_together():
     model = _vit().eval()
     pruned = TokenPrunedModel(model, None)
     block: BlockView = pruned.adapter.blocks(model)[0]
-    x = torch.randn(2, 5, 32)
-    alive = torch.ones(2, 5, dtype=torch.bool)
-    positions = torch.arange(5).expand(2, -1)
+    assert block.num_heads == 4
     with pytest.raises(ValueError, match="either a pruning decision or a merge"):
-        run_block(block, x, alive, positions, lambda p, a: a, True, merge=lambda s: None)
+        LayerHooks(Decision(lambda p, a: a), MergeHook(lambda s: None))
 
 
 # ---- pure functions ----
@@ -251,6 +250,15 @@ def test_size_weighted_average_and_sizes_sum():
     assert float((new_sizes * plan.keep).sum()) == float(sizes.sum())
 
 
+_LINEARS = Linears("torch", WeightCache())
+
+
+def attention_probs(block, h, alive):
+    """Probabilities [B, H, N, N] and values of ``h`` without a key bias."""
+    probs, _, v = attention_parts(block, h, alive, _LINEARS)
+    return probs, v
+
+
 def _one_block():
     torch.manual_seed(0)
     model = _vit().eval()
@@ -264,7 +272,7 @@ def test_proportional_attention_sizes_one_is_plain_attention():
     plain, _ = attention_probs(block, h, alive)
     bias = proportional_attention_bias(torch.ones(2, 6), alive)
     assert torch.equal(bias, torch.zeros(2, 6))
-    sized, _, _ = attention_parts(block, h, alive, bias)
+    sized, _, _ = attention_parts(block, h, alive, _LINEARS, bias)
     assert torch.allclose(sized, plain, atol=1e-7)
 
 
@@ -272,8 +280,8 @@ def test_proportional_attention_counts_a_size_s_key_as_s_copies():
     block = _one_block()
     h = torch.randn(1, 4, 32)
     alive = torch.ones(1, 4, dtype=torch.bool)
-    sized, _, v = attention_parts(block, h, alive, proportional_attention_bias(torch.tensor([[1.0, 3.0, 1, 1]]),
-                                                                              alive))
+    bias = proportional_attention_bias(torch.tensor([[1.0, 3.0, 1, 1]]), alive)
+    sized, _, v = attention_parts(block, h, alive, _LINEARS, bias)
     copies = torch.cat([h[:, :2], h[:, 1:2], h[:, 1:2], h[:, 2:]], dim=1)  # token 1 three times
     probs, vc = attention_probs(block, copies, torch.ones(1, 6, dtype=torch.bool))
     out_sized = sized[:, :, [0, 2, 3]] @ v  # query rows of tokens 0, 2, 3

@@ -142,18 +142,20 @@ def test_bad_inputs_get_clear_errors(tiny_bert):
 
 
 def test_stacked_qkv_projection_matches_separate_and_follows_weight_changes(tiny_bert):
-    from trimformer import blocks as block_ops
+    from trimformer.engine.attention import scaled_qkv, split_heads
+    from trimformer.engine.linears import Linears, WeightCache
 
     view = TokenPrunedModel(tiny_bert).adapter.blocks(tiny_bert)[0]
+    linears = Linears("auto", WeightCache())
     h = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1))
     with torch.enable_grad():
-        separate = block_ops.scaled_qkv(view, h)  # gradients on: one projection at a time
+        separate = scaled_qkv(view, h, linears)  # gradients on: one projection at a time
     with torch.no_grad():
-        stacked = block_ops.scaled_qkv(view, h)
-        assert block_ops._fused_qkv_weights(view) is not None
+        stacked = scaled_qkv(view, h, linears)
+        assert linears.cache.holds(view.query, "qkv")  # the stacked weights were built and cached
         for a, b in zip(separate, stacked, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
         view.key.weight.mul_(2.0)  # an in-place change must rebuild the cached stacked weights
-        doubled_key = block_ops.scaled_qkv(view, h)[1]
-    torch.testing.assert_close(doubled_key, 2.0 * separate[1] - block_ops._split_heads(
+        doubled_key = scaled_qkv(view, h, linears)[1]
+    torch.testing.assert_close(doubled_key, 2.0 * separate[1] - split_heads(
         view.key.bias.expand(2, 7, 32), view.num_heads).detach(), rtol=1e-5, atol=1e-5)

@@ -1,5 +1,7 @@
 """Blocks whose decision or merge reads few attention rows run fused attention; cached views and thresholds."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import random_batch, tiny_bert_config
@@ -11,7 +13,6 @@ from transformers import (
     ViTForImageClassification,
 )
 
-from trimformer.blocks import explicit_attention
 from trimformer.core.scoring import ltp_importance
 from trimformer.methods import (
     EViTConfig,
@@ -64,7 +65,7 @@ def test_row_reading_blocks_equal_the_explicit_attention_path(build, method, mod
     pixels = _pixels(batch)
     with torch.no_grad():
         fused = pruned(pixel_values=pixels)
-        with explicit_attention():
+        with pruned.options(fused_attention=False):
             explicit = pruned(pixel_values=pixels)
     assert torch.equal(fused.n_out, explicit.n_out)
     assert (fused.n_out[:, -1] < fused.n_in[:, 0]).all()  # something was removed
@@ -78,13 +79,15 @@ def test_only_class_attention_decisions_read_one_row():
     sait = SaiTPolicy(4, SaiTConfig(stages=(1,), distill_layer=3))
     weighted = SaiTPolicy(4, SaiTConfig(score="head_weighted", stages=(1,), distill_layer=3))
     prefix = pruned.adapter.num_prefix_tokens(pruned.model)
-    assert sait.decider(1, prefix).query_rows == 1
-    assert not hasattr(weighted.decider(1, prefix), "query_rows")  # head weighting needs every row's output
-    assert ToMePolicy(4, ToMeConfig(r=2)).merger(0, prefix).query_rows == 0
-    assert EViTPolicy(4, EViTConfig(layers=(1,))).merger(1, prefix).query_rows == 1
-    assert TopKPolicy(4, TopKConfig(score="cls_attention")).decider(1, prefix).query_rows == 1
-    assert not hasattr(TopKPolicy(4, TopKConfig()).decider(1, prefix), "query_rows")  # LTP scores: every row
-    assert not hasattr(LTPPolicy(4, LTPConfig()).decider(1, prefix), "query_rows")
+    assert sait.decision(1, prefix).query_rows == 1
+    assert weighted.decision(1, prefix).query_rows is None  # head weighting needs every row's output
+    assert ToMePolicy(4, ToMeConfig(r=2)).merge(0, prefix).query_rows == 0
+    assert EViTPolicy(4, EViTConfig(layers=(1,))).merge(1, prefix).query_rows == 1
+    assert TopKPolicy(4, TopKConfig(score="cls_attention")).decision(1, prefix).query_rows == 1
+    assert TopKPolicy(4, TopKConfig()).decision(1, prefix).query_rows is None  # LTP scores: every row
+    assert LTPPolicy(4, LTPConfig()).decision(1, prefix).query_rows is None
+    assert LTPPolicy(4, LTPConfig()).decision(1, prefix).accepts_all_live
+    assert weighted.decision(1, prefix).needs_values and not LTPPolicy(4, LTPConfig()).decision(1, 1).needs_values
 
 
 def test_sait_row_path_passes_gradients_in_training():
@@ -94,21 +97,23 @@ def test_sait_row_path_passes_gradients_in_training():
     with policy.capture() as cap:
         out = pruned(pixel_values=_pixels(2), labels=torch.tensor([0, 1]))
     (out.loss + cap.at(1).scores.sum()).backward()
-    query = pruned.adapter.views(model)[1].query
+    query = pruned.adapter.blocks(model)[1].query
     assert query.weight.grad is not None and query.weight.grad.abs().sum() > 0
 
 
-def test_swapped_layer_is_used_by_the_next_forward():
-    """Block views are cached, but a module registered anywhere since (here a replaced MLP layer) rebuilds them."""
+def test_swapped_layer_is_used_after_rebuilding_views():
+    """Block views are built when a model is wrapped; after swapping a module, ``eval()`` (or rebuild_views)
+    builds them again, and the next forward uses the new layer."""
     model = _vit()
     pruned = TokenPrunedModel(model, None)
     pixels = _pixels(2)
     with torch.no_grad():
         before = pruned(pixel_values=pixels).logits
-        old = pruned.adapter.views(model)[2].mlp_out
+        old = pruned.adapter.blocks(model)[2].mlp_out
         name = next(n for n, m in model.named_modules() if m is old)
         parent, _, attribute = name.rpartition(".")
         setattr(model.get_submodule(parent), attribute, torch.nn.Linear(old.in_features, old.out_features))
+        pruned.eval()
         after = pruned(pixel_values=pixels).logits
         reference = model(pixel_values=pixels).logits
     assert not torch.allclose(before, after)
@@ -149,19 +154,18 @@ def test_ltp_decision_is_told_when_every_token_is_live():
     model = BertForSequenceClassification(tiny_bert_config()).eval()
     policy = LTPPolicy(3, LTPConfig(final_threshold=0.05))
     seen: list[bool] = []
-    original = policy.decider
+    original = policy.decision
 
-    def spying_decider(layer: int, num_prefix: int):
+    def spying_decision(layer: int, num_prefix: int):
         decide = original(layer, num_prefix)
 
         def spy(probs, alive):
             seen.append(alive is None)
-            return decide(probs, alive)
+            return decide.fn(probs, alive)
 
-        spy.live_mask_optional = decide.live_mask_optional
-        return spy
+        return dataclasses.replace(decide, fn=spy)
 
-    policy.decider = spying_decider
+    policy.decision = spying_decision
     ids, mask = random_batch(batch=2, length=20)
     assert mask[0].all() and not mask[1].all()  # the first row has no padding, the second has
     with torch.no_grad():

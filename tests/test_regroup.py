@@ -5,7 +5,7 @@ import torch
 from conftest import random_batch
 from transformers import ViTConfig, ViTForImageClassification
 
-import trimformer.pruned as pruned_module
+import trimformer.engine.runner as runner_module
 from trimformer.core.packing import plan_row_groups
 from trimformer.methods import LTPConfig, LTPPolicy, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
@@ -34,13 +34,12 @@ def _forced_split(monkeypatch, calls: list):
         if len(counts) < 4:
             return [list(range(len(counts)))]
         return [list(range(1, len(counts), 2)), list(range(0, len(counts), 2))]
-    monkeypatch.setattr(pruned_module, "plan_row_groups", plan)
+    monkeypatch.setattr(runner_module, "plan_row_groups", plan)
 
 
 def _both(model: TokenPrunedModel, **inputs):
-    model.regroup = False
-    one = model(**inputs)
-    model.regroup = True
+    with model.options(regroup=False):
+        one = model(**inputs)
     return one, model(**inputs)
 
 

@@ -8,7 +8,6 @@ import torch
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
 from trimformer.adapters import UnsupportedModelError  # noqa: E402
-from trimformer.blocks import explicit_attention  # noqa: E402
 from trimformer.methods import SaiTConfig, SaiTPolicy, ToMeConfig  # noqa: E402
 from trimformer.pruned import TokenPrunedModel  # noqa: E402
 from trimformer.vision_pipeline import build_vision_method  # noqa: E402
@@ -33,7 +32,7 @@ def test_no_pruning_equals_timm(pool):
     with torch.no_grad():
         reference = model(_pixels())
         torch.testing.assert_close(pruned(pixel_values=_pixels()).logits, reference, atol=1e-5, rtol=1e-5)
-        with explicit_attention():
+        with pruned.options(fused_attention=False):
             torch.testing.assert_close(pruned(pixel_values=_pixels()).logits, reference, atol=1e-5, rtol=1e-5)
 
 

@@ -176,7 +176,7 @@ def _attention(cls_row: torch.Tensor, heads=2) -> torch.Tensor:
 
 def test_sait_mass_keeps_more_tokens_for_flat_importance():
     policy = SaiTPolicy(4, SaiTConfig(policy="mass", default_level=0.8))
-    decide = policy.decider(policy.stages[0], 1)
+    decide = policy.decision(policy.stages[0], 1)
     n = 17
     alive = torch.ones(1, n, dtype=torch.bool)
     values = torch.randn(1, 2, n, 8)
@@ -188,7 +188,7 @@ def test_sait_mass_keeps_more_tokens_for_flat_importance():
     assert flat_kept == 1 + math.ceil(0.8 * 16) and peaked_kept < flat_kept
     keep = decide(peaked, alive, values)
     assert keep[0, 0] and keep[0, 5] and keep[0, 9]  # [CLS] kept; the two heavy patches chosen
-    topk = SaiTPolicy(4, SaiTConfig(policy="topk", default_level=0.8)).decider(1, 1)
+    topk = SaiTPolicy(4, SaiTConfig(policy="topk", default_level=0.8)).decision(1, 1)
     assert int(topk(flat, alive, values).sum()) == int(topk(peaked, alive, values).sum())  # not adaptive
 
 
@@ -422,14 +422,12 @@ def test_bad_placements_raise():
 @pytest.mark.parametrize("name", ["vit", "dinov2"])
 def test_fused_attention_blocks_equal_explicit_attention(name, mode):
     """Blocks without a decision run fused attention; the result equals the explicit path, dead keys included."""
-    from trimformer.blocks import explicit_attention
-
     model = _model(name).eval()
     pruned = TokenPrunedModel(model, SaiTPolicy(4, SaiTConfig(stages=(1,), default_level=0.5)), mode=mode)
     pixels = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         fused = pruned(pixel_values=pixels).logits
-        with explicit_attention():
+        with pruned.options(fused_attention=False):
             explicit = pruned(pixel_values=pixels).logits
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
 
@@ -439,8 +437,6 @@ def test_fused_attention_respects_padding_and_dropout():
     from conftest import random_batch, tiny_bert_config
     from transformers import BertForSequenceClassification
 
-    from trimformer.blocks import explicit_attention
-
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.0,
                                                            attention_probs_dropout_prob=0.5)).eval()
@@ -448,7 +444,7 @@ def test_fused_attention_respects_padding_and_dropout():
     ids, mask = random_batch()
     with torch.no_grad():
         fused = pruned(input_ids=ids, attention_mask=mask).logits
-        with explicit_attention():
+        with pruned.options(fused_attention=False):
             explicit = pruned(input_ids=ids, attention_mask=mask).logits
         reference = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)

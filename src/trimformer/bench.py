@@ -11,7 +11,6 @@ import torch
 from tqdm.auto import tqdm
 
 from trimformer.checkpoint import label_names, load_model
-from trimformer.core.linear_kernel import effective_linear_kernel
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.pruned import TokenPrunedModel
@@ -119,15 +118,17 @@ def speedups(speed: dict[str, dict[str, float]], name: str = "packed",
             "speedup_vs_transformers": speed[name]["samples_per_s"] / speed[dense[0]]["samples_per_s"]}
 
 
-def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts) -> dict:
+def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts, model: TokenPrunedModel) -> dict:
     """The keys every ``bench`` JSON shares, from timed variants and an evaluation of the pruned model.
-    ``dense_samples_per_s`` and ``speedup`` refer to the fastest dense variant (:func:`fastest_dense`)."""
+    ``dense_samples_per_s`` and ``speedup`` refer to the fastest dense variant (:func:`fastest_dense`); every
+    execution option that changes timing is recorded, with the thread count."""
     ratios = speedups(speed)
     record = {
         "pruned_samples_per_s": speed["packed"]["samples_per_s"], **ratios,
         "transformers_dense_samples_per_s": speed["dense"]["samples_per_s"],
         "engine_dense_samples_per_s": speed["engine_dense"]["samples_per_s"],
-        "linear_kernel": effective_linear_kernel(),
+        "linear_kernel": model.execution.effective_linear_kernel,
+        "execution": model.execution.to_dict(), "threads": torch.get_num_threads(),
         "latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},
         "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
         "flops_ratio": counts.flops_ratio, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
@@ -142,14 +143,14 @@ def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts) -> dict
 def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = None, batch_size: int = 32,
                      max_length: int = 128, num_samples: int = 256, repeats: int = 3, threads: int | None = None,
                      accuracy: bool = True, accuracy_limit: int | None = None,
-                     seed: int = 0, regroup: bool = True) -> dict:
+                     seed: int = 0, regroup: bool = True, linear_kernel: str = "auto") -> dict:
     """The JSON record of ``trimformer bench``; ``regroup`` False runs packed batches in one piece."""
     if threads is not None:
         torch.set_num_threads(threads)
     model, tokenizer, meta = load_model(str(checkpoint))
     check_benchable(checkpoint, meta)
     model.eval()
-    model.regroup = regroup
+    model.set_options(regroup=regroup, linear_kernel=linear_kernel)
     names = label_names(model) if eval_data or Path(data).suffix else None
     test = load_text_data(eval_data or data, "test", names)
     timed = test.subset(num_samples, seed=seed)
@@ -160,7 +161,7 @@ def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = 
     result = {
         "method": meta["method"], "data": eval_data or data, "checkpoint": str(checkpoint),
         "batch_size": batch_size, "max_length": max_length, "num_samples_timed": len(timed),
-        "repeats": repeats, **speed_record(meta, speed, counts),
+        "repeats": repeats, **speed_record(meta, speed, counts, model),
         "masked_samples_per_s": speed["masked"]["samples_per_s"],
         "masked_speedup": speedups(speed, "masked")["speedup"],
         "latency_ms_p90": {k: v["latency_ms_p90"] for k, v in speed.items()},

@@ -168,11 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from trimformer import commands
-    from trimformer.core.linear_kernel import current_linear_kernel, linear_kernel
 
     try:
-        with linear_kernel(getattr(args, "linear_kernel", None) or current_linear_kernel()):
-            return getattr(commands, f"run_{args.command}")(args)
+        return getattr(commands, f"run_{args.command}")(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"trimformer {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -95,7 +95,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.level is not None:
         raise ValueError("--level applies to vision SaiT checkpoints (--task vision)")
     model, tokenizer, meta = load_model(args.checkpoint)
-    model.mode = args.mode
+    model.set_options(mode=args.mode, linear_kernel=args.linear_kernel)
     _, test = load_splits(args.data, args.eval_data, label_names(model) if Path(args.data).suffix else None)
     test = test.subset(args.limit)
     result = evaluate(model, test, tokenizer, args.max_length)
@@ -125,7 +125,8 @@ def run_bench(args: argparse.Namespace) -> int:
     result = bench_checkpoint(args.checkpoint, args.data, args.eval_data, batch_size=args.batch_size,
                               max_length=args.max_length, num_samples=args.num_samples, repeats=args.repeats,
                               threads=args.threads, accuracy=not args.no_accuracy,
-                              accuracy_limit=args.accuracy_limit, regroup=not args.no_regroup)
+                              accuracy_limit=args.accuracy_limit, regroup=not args.no_regroup,
+                              linear_kernel=args.linear_kernel)
     print(json.dumps(result, indent=2))
     if args.json:
         atomic_write_json(args.json, result)

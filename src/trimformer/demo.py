@@ -13,7 +13,6 @@ from trimformer import plots
 from trimformer.assets import minilm_path
 from trimformer.bench import speed_variants, speedups, time_variants
 from trimformer.checkpoint import load_model, load_pruned, save_dense, save_pruned
-from trimformer.core.linear_kernel import effective_linear_kernel
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json, atomic_write_text
@@ -106,7 +105,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
         **{k: v for k, v in speedups(speed[32]).items() if k != "latency_speedup"},
         "transformers_dense_samples_per_s": speed[32]["dense"]["samples_per_s"],
         "engine_dense_samples_per_s": speed[32]["engine_dense"]["samples_per_s"],
-        "linear_kernel": effective_linear_kernel(),
+        "linear_kernel": ltp.execution.effective_linear_kernel, "execution": ltp.execution.to_dict(),
         "latency_ms_batch1": {k: v["latency_ms_median"] for k, v in speed[1].items()},
         "latency_speedup_batch1": speedups(speed[1])["latency_speedup"],
         "target_flops": target_flops, "flops_ratio": res_ltp.flops_ratio,

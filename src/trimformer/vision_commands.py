@@ -81,7 +81,7 @@ def _set_level(model: TokenPrunedModel, level: float | None) -> None:
 def run_eval_vision(args: argparse.Namespace) -> int:
     model, meta = load_vision_model(args.checkpoint)
     _set_level(model, args.level)
-    model.mode = args.mode
+    model.set_options(mode=args.mode, linear_kernel=args.linear_kernel)
     result = evaluate_vision(model, _test_batches(args, model_resolution(model, meta), args.limit, args.batch_size))
     summary = {"checkpoint": args.checkpoint, "method": meta.get("method"), "data": vision_data_name(args),
                "mode": args.mode, **result.summary()}
@@ -102,7 +102,7 @@ def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
     model, meta = load_vision_model(args.checkpoint)
     check_benchable(args.checkpoint, meta)
     _set_level(model, args.level)
-    model.regroup = not args.no_regroup
+    model.set_options(regroup=not args.no_regroup, linear_kernel=args.linear_kernel)
     resolution = model_resolution(model, meta)
     timed = _test_batches(args, resolution, args.num_samples, args.batch_size)
     batches = [{"pixel_values": p} for p, _ in timed]
@@ -111,7 +111,7 @@ def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "method": meta["method"], "data": args.eval_data or vision_data_name(args), "checkpoint": args.checkpoint,
         "batch_size": args.batch_size, "num_samples_timed": sum(len(y) for _, y in timed), "repeats": args.repeats,
-        "regroup": model.regroup, **speed_record(meta, speed, counts),
+        "regroup": model.execution.regroup, **speed_record(meta, speed, counts, model),
     }
     if hasattr(model.policy, "level"):
         result["level"] = model.policy.level

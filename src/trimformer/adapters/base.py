@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import weakref
 from abc import ABC, abstractmethod
 
 import torch
 from torch import nn
-from torch.nn.modules.module import register_module_module_registration_hook
 
-from trimformer.blocks import BlockView
+from trimformer.engine.view import BlockView
 
 
 class UnsupportedModelError(ValueError):
@@ -37,17 +35,6 @@ class Adapter(ABC):
     def blocks(self, model: nn.Module) -> list[BlockView]:
         """The model's transformer blocks, in order."""
 
-    def views(self, model: nn.Module) -> list[BlockView]:
-        """:meth:`blocks`, cached: built again once any module anywhere has registered a submodule since (a
-        swapped layer, e.g. by quantization, can never leave a stale view). Saves rebuilding the views on every
-        forward, which costs about a tenth of a millisecond per forward, noticeable at batch 1."""
-        version = _MODULE_REGISTRATIONS[0]
-        cached = _VIEWS.get(model)
-        if cached is None or cached[0] != version:
-            cached = (version, self.blocks(model))
-            _VIEWS[model] = cached
-        return cached[1]
-
     @abstractmethod
     def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
         """Raise ValueError, saying what to do, for inputs the model would mis-compute."""
@@ -62,17 +49,6 @@ class Adapter(ABC):
 
 
 _REGISTRY: list[Adapter] = []
-
-# Number of submodule registrations (``module.name = submodule``, ``add_module``...) in this process so far.
-_MODULE_REGISTRATIONS = [0]
-_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (registrations, block views)
-
-
-def _count_registration(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
-    _MODULE_REGISTRATIONS[0] += 1
-
-
-register_module_module_registration_hook(_count_registration)
 
 
 def register(adapter: Adapter) -> Adapter:

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import BertModel, BertPreTrainedModel, RobertaModel, RobertaPreTrainedModel
 
 from trimformer.adapters.base import Adapter, UnsupportedModelError, register
-from trimformer.blocks import BlockView
+from trimformer.engine.view import BlockView
 
 _HEAD_CLASSES = ("BertForSequenceClassification", "RobertaForSequenceClassification")
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trimformer.adapters.base import Adapter, UnsupportedModelError, check_pixel_values, register
-from trimformer.blocks import BlockView
+from trimformer.engine.view import BlockView
 
 _VIT_MODULE = "timm.models.vision_transformer"
 

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from trimformer.adapters.base import Adapter, UnsupportedModelError, check_pixel_values, register
-from trimformer.blocks import BlockView
+from trimformer.engine.view import BlockView
 
 _BASES = (ViTModel, DeiTModel, Dinov2Model)
 _HEADS = (ViTForImageClassification, DeiTForImageClassification, DeiTForImageClassificationWithTeacher,

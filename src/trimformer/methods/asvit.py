@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trimformer.blocks import Decide, StraightThroughKeep, with_values
 from trimformer.config import JsonConfig
 from trimformer.core.flops import encoder_flops
 from trimformer.core.scoring import head_weighted_class_attention
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
+from trimformer.engine.hooks import Decision, StraightThroughKeep
 from trimformer.methods.stages import Capture, CapturingPolicy, StageRecord, check_stage_list, stage_blocks
 
 ASVIT_DEFAULT_STAGES = (4, 7, 10)
@@ -97,9 +97,8 @@ class ASViTPolicy(CapturingPolicy):
     method = "asvit"
 
     def __init__(self, num_layers: int, config: ASViTConfig):
-        super().__init__()
+        super().__init__(num_layers)
         self.asvit_config = config
-        self.num_layers = num_layers
         self.stages = stage_blocks(config.stages, ASVIT_DEFAULT_STAGES, num_layers)
         init = 0.0 if config.init_threshold is None else config.init_threshold
         self.thresholds = nn.Parameter(torch.full((len(self.stages),), float(init)))  # [S]
@@ -107,7 +106,7 @@ class ASViTPolicy(CapturingPolicy):
     def config(self) -> ASViTConfig:
         return self.asvit_config
 
-    def decider(self, layer: int, num_prefix: int) -> Decide | None:
+    def decision(self, layer: int, num_prefix: int) -> Decision | None:
         if layer not in self.stages:
             return None
         theta = self.thresholds[self.stages.index(layer)]
@@ -115,7 +114,6 @@ class ASViTPolicy(CapturingPolicy):
         straight_through = self.training
         relative = self.asvit_config.threshold_units == "relative"
 
-        @with_values
         def decide(probs: torch.Tensor, alive: torch.Tensor,
                    values: torch.Tensor) -> torch.Tensor | StraightThroughKeep:
             scores = head_weighted_class_attention(probs, values)  # [B, N]
@@ -130,7 +128,7 @@ class ASViTPolicy(CapturingPolicy):
             gate = hard.to(soft.dtype) + (soft - soft.detach())  # value: the hard mask; gradient: the soft one
             return StraightThroughKeep(hard, gate)
 
-        return decide
+        return Decision(decide, needs_values=True)
 
 
 def ste_flops_ratio(n_in: torch.Tensor, n_out: torch.Tensor, dense_flops: torch.Tensor, capture: Capture,

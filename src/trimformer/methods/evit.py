@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trimformer.blocks import AttentionState, Decide, Merge, reads_query_rows
 from trimformer.config import JsonConfig
 from trimformer.core.merging import FUSE_MODES, MergePlan, evit_layers, fuse_inattentive
 from trimformer.core.scoring import class_attention
-from trimformer.policy import PruningPolicy
+from trimformer.engine.hooks import AttentionState, MergeHook
+from trimformer.methods.base import PruningPolicy
 
 
 @dataclass
@@ -58,18 +58,14 @@ class EViTPolicy(PruningPolicy):
     method = "evit"
 
     def __init__(self, num_layers: int, config: EViTConfig):
-        super().__init__()
+        super().__init__(num_layers)
         self.evit_config = config
-        self.num_layers = num_layers
         self.layers = config.resolved_layers(num_layers)
 
     def config(self) -> EViTConfig:
         return self.evit_config
 
-    def decider(self, layer: int, num_prefix: int) -> Decide | None:
-        return None
-
-    def merger(self, layer: int, num_prefix: int) -> Merge | None:
+    def merge(self, layer: int, num_prefix: int) -> MergeHook | None:
         rate, fuse = self.evit_config.keep_rate, self.evit_config.fuse
         if layer not in self.layers or rate == 1.0:
             return None
@@ -78,4 +74,4 @@ class EViTPolicy(PruningPolicy):
             scores = class_attention(state.probs)  # [B, N] attention of [CLS] to each token, mean over heads
             return fuse_inattentive(scores, state.alive, num_prefix, rate, fuse)
 
-        return reads_query_rows(merge, 1)  # [CLS]'s row is all it reads
+        return MergeHook(merge, query_rows=1)  # [CLS]'s row is all it reads

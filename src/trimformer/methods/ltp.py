@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from trimformer.blocks import Decide, live_mask_optional
 from trimformer.config import JsonConfig
-from trimformer.core.linear_kernel import cached_for, tensor_stamp
 from trimformer.core.scoring import ltp_importance
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
-from trimformer.policy import PruningPolicy
+from trimformer.engine.hooks import Decision
+from trimformer.engine.linears import tensor_stamp
+from trimformer.methods.base import PruningPolicy
 
 
 @dataclass
@@ -47,9 +46,6 @@ class LTPConfig(JsonConfig):
             raise ValueError("final_threshold must be >= 0")
 
 
-_FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # policy -> (stamp, thresholds as floats)
-
-
 class LTPThresholds(nn.Module):
     """threshold_l = scale * base_l + learned_l; ``scale`` is set by FLOPs calibration, not by gradients."""
 
@@ -70,8 +66,9 @@ class LTPPolicy(PruningPolicy):
     method = "ltp"
 
     def __init__(self, num_layers: int, config: LTPConfig, stage: str = "hard"):
-        super().__init__()
+        super().__init__(num_layers)
         self.ltp_config = config
+        self._frozen: tuple[tuple, list[float]] | None = None  # (stamp, thresholds as floats) at inference
         self.thresholds = LTPThresholds(num_layers, config.final_threshold)
         self.stage = stage
 
@@ -88,13 +85,12 @@ class LTPPolicy(PruningPolicy):
     def config(self) -> LTPConfig:
         return self.ltp_config
 
-    def decider(self, layer: int, num_prefix: int) -> Decide:
+    def decision(self, layer: int, num_prefix: int) -> Decision:
         soft = self.stage == "soft"
         # hard stage: thresholds are frozen, so their cached float values serve (no threshold arithmetic per block)
         threshold = self.thresholds()[layer] if soft else self._frozen_thresholds()[layer]
         temperature = self.ltp_config.temperature
 
-        @live_mask_optional
         def decide(probs: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
             scores = ltp_importance(probs, alive)  # [B, N]
             if soft:
@@ -103,7 +99,7 @@ class LTPPolicy(PruningPolicy):
                 mask = hard_threshold_mask(scores, threshold)
             return protect_prefix(mask, num_prefix)
 
-        return decide
+        return Decision(decide, accepts_all_live=True)
 
     def _frozen_thresholds(self) -> list[float]:
         """The thresholds as Python floats (exactly the float32 values), cached while their tensors are unchanged."""
@@ -111,4 +107,6 @@ class LTPPolicy(PruningPolicy):
         stamp = tensor_stamp(*parts)
         if stamp is None:
             return self.thresholds().tolist()
-        return cached_for(_FROZEN, self, stamp, lambda: self.thresholds().tolist())
+        if self._frozen is None or self._frozen[0] != stamp:
+            self._frozen = (stamp, self.thresholds().tolist())
+        return self._frozen[1]

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from trimformer.blocks import Decide, reads_query_rows, with_values
 from trimformer.config import JsonConfig
 from trimformer.core.scoring import class_attention, head_weighted_class_attention
 from trimformer.core.selection import keep_counts_from_rate, mass_keep_counts, protect_prefix, topk_mask
+from trimformer.engine.hooks import Decision
 from trimformer.methods.stages import CapturingPolicy, StageRecord, check_stage_list, stage_blocks
 
 SAIT_POLICIES = ("topk", "mass")
@@ -110,9 +110,8 @@ class SaiTPolicy(CapturingPolicy):
     method = "sait"
 
     def __init__(self, num_layers: int, config: SaiTConfig):
-        super().__init__()
+        super().__init__(num_layers)
         self.sait_config = config
-        self.num_layers = num_layers
         self.stages = stage_blocks(config.stages, SAIT_DEFAULT_STAGES, num_layers)
         distill = config.distill_layer + num_layers if config.distill_layer < 0 else config.distill_layer
         if not max(self.stages) < distill < num_layers:
@@ -148,7 +147,7 @@ class SaiTPolicy(CapturingPolicy):
     def dense(self) -> bool:
         return self._level is None or self._level >= 1.0
 
-    def decider(self, layer: int, num_prefix: int) -> Decide | None:
+    def decision(self, layer: int, num_prefix: int) -> Decision | None:
         prune = layer in self.stages and not self.dense
         observe = self.capturing and (layer in self.stages or layer == self.distill_layer)
         if not (prune or observe):
@@ -156,7 +155,6 @@ class SaiTPolicy(CapturingPolicy):
         cfg, level = self.sait_config, self._level
         kind = cfg.score if layer in self.stages else "cls_attention"  # distillation target: plain class attention
 
-        @with_values
         def decide(probs: torch.Tensor, alive: torch.Tensor, values: torch.Tensor) -> torch.Tensor | None:
             scores = sait_scores(kind, probs, values)  # [B, N]
             if not prune:
@@ -172,7 +170,8 @@ class SaiTPolicy(CapturingPolicy):
             self._record(StageRecord(layer, scores, alive, keep))
             return keep
 
-        return reads_query_rows(decide, 1) if kind == "cls_attention" else decide  # [CLS]'s row is all it reads
+        # plain class attention reads [CLS]'s row only
+        return Decision(decide, query_rows=1 if kind == "cls_attention" else None, needs_values=True)
 
 
 def score_distillation_kl(student: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

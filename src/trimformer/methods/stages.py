@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trimformer.policy import PruningPolicy
+from trimformer.methods.base import PruningPolicy
 
 REFERENCE_DEPTH = 12
 
@@ -87,8 +87,8 @@ class Capture:
 class CapturingPolicy(PruningPolicy):
     """A policy whose deciders can record into a :class:`Capture` opened by the caller."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, num_layers: int) -> None:
+        super().__init__(num_layers)
         self._capture: Capture | None = None
 
     @contextmanager
@@ -105,6 +105,10 @@ class CapturingPolicy(PruningPolicy):
     @property
     def capturing(self) -> bool:
         return self._capture is not None
+
+    @property
+    def records_whole_batch(self) -> bool:
+        return self.capturing
 
     def _record(self, record: StageRecord) -> None:
         if self._capture is not None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trimformer.blocks import AttentionState, Decide, Merge, reads_query_rows
 from trimformer.config import JsonConfig
 from trimformer.core.merging import MergePlan, bipartite_soft_matching
-from trimformer.policy import PruningPolicy
+from trimformer.engine.hooks import AttentionState, MergeHook
+from trimformer.methods.base import PruningPolicy
 
 
 @dataclass
@@ -41,9 +41,8 @@ class ToMePolicy(PruningPolicy):
     method = "tome"
 
     def __init__(self, num_layers: int, config: ToMeConfig):
-        super().__init__()
+        super().__init__(num_layers)
         self.tome_config = config
-        self.num_layers = num_layers
 
     @property
     def proportional_attention(self) -> bool:  # type: ignore[override]
@@ -52,10 +51,7 @@ class ToMePolicy(PruningPolicy):
     def config(self) -> ToMeConfig:
         return self.tome_config
 
-    def decider(self, layer: int, num_prefix: int) -> Decide | None:
-        return None
-
-    def merger(self, layer: int, num_prefix: int) -> Merge | None:
+    def merge(self, layer: int, num_prefix: int) -> MergeHook | None:
         r = self.tome_config.r
         if r == 0:
             return None
@@ -64,4 +60,4 @@ class ToMePolicy(PruningPolicy):
             metric = state.keys.mean(dim=1)  # [B, N, Dh] keys averaged over heads
             return bipartite_soft_matching(metric, r, state.alive, num_prefix, weight=state.sizes)
 
-        return reads_query_rows(merge, 0)  # keys only: the block's attention runs fused
+        return MergeHook(merge, query_rows=0)  # keys only: the block's attention runs fused

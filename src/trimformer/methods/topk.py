@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from trimformer.blocks import Decide, reads_query_rows
 from trimformer.config import JsonConfig
 from trimformer.core.scoring import class_attention, ltp_importance
 from trimformer.core.selection import keep_counts_from_rate, protect_prefix, topk_mask
-from trimformer.policy import PruningPolicy
+from trimformer.engine.hooks import Decision
+from trimformer.methods.base import PruningPolicy
 
 SCORES = {"ltp": ltp_importance, "cls_attention": class_attention}
 
@@ -44,9 +44,8 @@ class TopKPolicy(PruningPolicy):
     method = "topk"
 
     def __init__(self, num_layers: int, config: TopKConfig):
-        super().__init__()
+        super().__init__(num_layers)
         self.topk_config = config
-        self.num_layers = num_layers
         self.register_buffer("final_keep_rate", torch.tensor(float(config.final_keep_rate), dtype=torch.float64))
 
     def config(self) -> TopKConfig:
@@ -56,7 +55,7 @@ class TopKPolicy(PruningPolicy):
         final = float(self.final_keep_rate)
         return 1.0 - (1.0 - final) * (layer + 1) / self.num_layers
 
-    def decider(self, layer: int, num_prefix: int) -> Decide:
+    def decision(self, layer: int, num_prefix: int) -> Decision:
         rate = self.keep_rate(layer)
         score_fn = SCORES[self.topk_config.score]
 
@@ -67,4 +66,5 @@ class TopKPolicy(PruningPolicy):
             counts = keep_counts_from_rate(alive, rate, minimum=num_prefix)
             return protect_prefix(topk_mask(scores, alive, counts), num_prefix)
 
-        return reads_query_rows(decide, 1) if self.topk_config.score == "cls_attention" else decide
+        # class attention reads [CLS]'s row only
+        return Decision(decide, query_rows=1 if self.topk_config.score == "cls_attention" else None)

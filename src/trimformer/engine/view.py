@@ -1,0 +1,49 @@
+"""A model-independent view of one transformer block: references to the model's own modules, no copies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BlockView:
+    """References to the sub-modules of one transformer block.
+
+    ``pre_norm`` False is BERT's order (x = LN(x + Attn(x)); x = LN(x + MLP(x))); True is ViT's
+    (x = x + Attn(LN(x)); x = x + MLP(LN(x))), with optional LayerScale modules.
+    """
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attn_out: nn.Linear
+    mlp_in: nn.Linear
+    mlp_out: nn.Linear
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    norm_attn: nn.Module
+    norm_mlp: nn.Module
+    num_heads: int
+    pre_norm: bool = False
+    attn_dropout: nn.Module | float | None = None  # a module, or a probability applied functionally
+    hidden_dropout: nn.Module | None = None
+    attn_out_dropout: nn.Module | None = None
+    layer_scale_attn: nn.Module | None = None
+    layer_scale_mlp: nn.Module | None = None
+    residual_drop: nn.Module | None = None  # stochastic depth on each residual branch (pre-norm blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.query.in_features
+
+    @property
+    def mlp_size(self) -> int:
+        return self.mlp_in.out_features
+
+    @property
+    def query_scale(self) -> float:
+        """1/sqrt(head size), folded into the queries."""
+        return (self.hidden_size // self.num_heads) ** -0.5
