@@ -26,7 +26,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,17 @@ from tqdm.auto import tqdm
 
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json, atomic_write_text
-from trimformer.quant import QuantConfig, calibrate, fold_batchnorm_, quantize_, save_packed
+from trimformer.quant import (
+    ActSpec,
+    BaseQuantConfig,
+    PWLQConfig,
+    UniformConfig,
+    calibrate,
+    config_type,
+    fold_batchnorm_,
+    quantize_,
+    save_packed,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 BITS = ((8, 8), (6, 8), (4, 8), (4, 4))
@@ -139,20 +149,21 @@ def cnn_task(ckpt: Path, calib_images: int) -> Task:
                  "bn_folded": True})
 
 
-def configs() -> list[tuple[str, QuantConfig]]:
+def configs() -> list[tuple[str, BaseQuantConfig]]:
     out = []
+    a8, a4_pwlq = ActSpec(bits=8), ActSpec(bits=4, scheme="pwlq")
     for wbits, abits in BITS:
         for scheme in ("uniform", "pwlq"):
             for bc in (False, True):
                 out.append((f"{scheme}{' +BC' if bc else ''} W{wbits}A{abits}",
-                            QuantConfig(scheme=scheme, wbits=wbits, abits=abits, bias_correction=bc)))
-    out.append(("uniform-mse +BC W4A8", QuantConfig(scheme="uniform", wbits=4, abits=8, weight_clip="mse")))
-    out.append(("uniform pow2 +BC W4A8", QuantConfig(scheme="uniform", wbits=4, abits=8, pow2_scale=True)))
-    out.append(("pwlq pow2 +BC W4A8", QuantConfig(scheme="pwlq", wbits=4, abits=8, pow2_scale=True)))
-    out.append(("pwlq search +BC W4A8", QuantConfig(scheme="pwlq", wbits=4, abits=8, breakpoint="search")))
-    out.append(("pwlq +BC W4A4 pwlq-act", QuantConfig(scheme="pwlq", wbits=4, abits=4, act_scheme="pwlq")))
+                            config_type(scheme)(wbits=wbits, act=ActSpec(bits=abits), bias_correction=bc)))
+    out.append(("uniform-mse +BC W4A8", UniformConfig(wbits=4, act=a8, weight_clip="mse")))
+    out.append(("uniform pow2 +BC W4A8", UniformConfig(wbits=4, act=a8, pow2_scale=True)))
+    out.append(("pwlq pow2 +BC W4A8", PWLQConfig(wbits=4, act=a8, pow2_scale=True)))
+    out.append(("pwlq search +BC W4A8", PWLQConfig(wbits=4, act=a8, breakpoint="search")))
+    out.append(("pwlq +BC W4A4 pwlq-act", PWLQConfig(wbits=4, act=a4_pwlq)))
     out.append(("pwlq-inside +BC W4A4 pwlq-act",
-                QuantConfig(scheme="pwlq", wbits=4, abits=4, act_scheme="pwlq", region_bit="inside")))
+                PWLQConfig(wbits=4, act=replace(a4_pwlq, region_bit="inside"), region_bit="inside")))
     return out
 
 
@@ -180,7 +191,7 @@ def run_task(task: Task, previous: dict[str, Any] | None = None) -> dict[str, An
         if label in done and previous and previous["accuracy_fp"] == fp:
             rows.append(done[label])
             continue
-        cfg.layer_wbits = dict(task.eight_bit)
+        cfg = replace(cfg, layer_wbits=dict(task.eight_bit))
         model = task.load()
         quantize_(model, cfg)
         unseen = calibrate(model, task.calib)
@@ -190,9 +201,11 @@ def run_task(task: Task, previous: dict[str, Any] | None = None) -> dict[str, An
         with tempfile.TemporaryDirectory() as d:
             save_packed(model, f"{d}/q.safetensors")
             size = Path(f"{d}/q.safetensors").stat().st_size
-        rows.append({"config": label, "scheme": cfg.scheme, "wbits": cfg.wbits, "abits": cfg.abits,
+        rows.append({"config": label, "scheme": cfg.scheme, "wbits": cfg.wbits,
+                     "abits": None if cfg.act is None else cfg.act.bits,
                      "bias_correction": cfg.bias_correction, "pow2_scale": cfg.pow2_scale,
-                     "breakpoint": cfg.breakpoint, "weight_clip": cfg.weight_clip, "accuracy": acc,
+                     "breakpoint": getattr(cfg, "breakpoint", None), "weight_clip": getattr(cfg, "weight_clip", None),
+                     "accuracy": acc,
                      "delta_vs_fp": acc - fp, "size_bytes": size, "size_ratio_vs_fp32": size / fp_bytes,
                      "quant_config": cfg.to_dict()})
         tqdm.write(f"[{task.name}] {label:24s} {acc:6.2f}%  ({acc - fp:+.2f})  {size / 1e6:.2f} MB")

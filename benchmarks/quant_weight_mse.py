@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from trimformer.quant import WeightSpec, bias_correction_params, quantize_weight
+from trimformer.quant import BaseQuantConfig, PWLQConfig, UniformConfig, bias_correction_params, quantize_weight
 
 UNIFORM_BITS = (4, 5, 6, 8)
 PWLQ_BITS = (4, 5, 6, 8)
@@ -61,14 +61,14 @@ def linear_weights(file: Path) -> dict[str, torch.Tensor]:
     return {k: sd[k].float() for k in keep}
 
 
-def spec_for(scheme: str, variant: str, bits: int) -> WeightSpec:
+def spec_for(scheme: str, variant: str, bits: int) -> BaseQuantConfig:
     if scheme == "uniform":
-        return WeightSpec(scheme="uniform", bits=bits, clip=variant, bias_correction=False)
+        return UniformConfig(wbits=bits, act=None, weight_clip=variant, bias_correction=False)
     nbp = 3 if variant == "search3" else 1
     bp = "search" if variant.startswith("search") else variant
     region_bit = "inside" if variant == "search-inside" else "extra"
-    return WeightSpec(
-        scheme="pwlq", bits=bits, breakpoint=bp, num_breakpoints=nbp, bias_correction=False, region_bit=region_bit
+    return PWLQConfig(
+        wbits=bits, act=None, breakpoint=bp, num_breakpoints=nbp, bias_correction=False, region_bit=region_bit
     )
 
 

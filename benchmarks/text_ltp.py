@@ -25,7 +25,8 @@ from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import LTPConfig, TopKConfig
-from trimformer.pipeline import build_pruned, prune_ltp, prune_topk
+from trimformer.pipeline import prune_ltp, prune_topk
+from trimformer.pruning import prune
 from trimformer.text_data import TextDataset, load_text_data
 from trimformer.training import TrainConfig
 
@@ -35,11 +36,11 @@ def train_method(method: str, target: float, args, train, tokenizer, folder: Pat
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed)
     if method == "ltp":
         cfg = LTPConfig(target_flops=target, soft_steps=args.steps, hard_steps=args.steps)
-        model = build_pruned(dense.model, "ltp", cfg)
+        model = prune(dense.model, cfg)
         history = prune_ltp(model, train, tokenizer, cfg, config)
     else:
         cfg = TopKConfig(target_flops=target, hard_steps=args.steps)
-        model = build_pruned(dense.model, "topk", cfg)
+        model = prune(dense.model, cfg)
         history = prune_topk(model, train, tokenizer, cfg, config)
     summary = {k: v for k, v in history.items() if k not in ("soft", "hard")}
     save_pruned(model, folder, tokenizer, extra={"recipe": {"base_model": args.dense, "data": args.data,

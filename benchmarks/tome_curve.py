@@ -21,8 +21,8 @@ from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ToMeConfig
 from trimformer.plots import plt, save_figure
+from trimformer.pruning import prune
 from trimformer.vision_pipeline import (
-    build_vision_method,
     load_image_data,
     load_vision_model,
     model_resolution,
@@ -49,7 +49,7 @@ def main() -> None:
     batches = [{"pixel_values": p} for p, _ in pixel_batches(images, args.batch_size)]
     variants = {"dense_hf": lambda b: plain.model(**b).logits}
     for r in rows:
-        model = build_vision_method(plain.model, "tome", ToMeConfig(r=r["r"]))
+        model = prune(plain.model, ToMeConfig(r=r["r"]))
         variants[f"r={r['r']}"] = lambda b, m=model: m(**b).logits
     speed = time_variants(variants, batches, args.repeats)
     base = speed["dense_hf"]["samples_per_s"]

@@ -18,8 +18,8 @@ from trimformer.checkpoint import load_pruned
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import SaiTConfig
+from trimformer.pruning import prune
 from trimformer.vision_pipeline import (
-    build_vision_method,
     evaluate_vision,
     load_image_data,
     load_vision_model,
@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     plain, meta = load_vision_model(args.base)
     sait, _ = load_pruned(args.sait)
-    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", stages=sait.policy.config().stages))
+    mass = prune(sait.model, SaiTConfig(policy="mass", stages=sait.policy.config().stages))
     batches = pixel_batches(load_image_data("fashion_mnist", "test", model_resolution(plain, meta)), 50)
     settings = [("sait", "dense (level None)", sait, None), ("sait-topk", f"keep {args.topk_level}", sait,
                 args.topk_level), ("sait-mass", f"mass {args.mass_level}", mass, args.mass_level),

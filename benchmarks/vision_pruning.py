@@ -29,10 +29,10 @@ from trimformer.checkpoint import is_pruned_checkpoint, load_pruned, save_pruned
 from trimformer.envinfo import device_label, machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
+from trimformer.pruning import prune
 from trimformer.training import TrainConfig
 from trimformer.vision.data import FASHION_MNIST_ENV
 from trimformer.vision_pipeline import (
-    build_vision_method,
     evaluate_vision,
     load_image_data,
     load_vision_model,
@@ -57,7 +57,7 @@ def train_method(name: str, base: Path, out: Path, config: Any, data, train: Tra
         model, meta = load_pruned(out)
         return model, 0.0, meta
     model, meta = load_vision_model(base)
-    pruned = build_vision_method(model.model, name, config)
+    pruned = prune(model.model, config)
     t0 = time.perf_counter()
     history = fit_vision(pruned, data, train)
     secs = time.perf_counter() - t0
@@ -183,7 +183,7 @@ def main() -> None:
             rows.append(row("sait-topk", f"keep {level}", evaluate_vision(sait, test_batches), dense_acc,
                             level=level))
     mass_counts: dict[str, list[float]] = {}
-    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", steps=args.sait_steps,
+    mass = prune(sait.model, SaiTConfig(policy="mass", steps=args.sait_steps,
                                                               stages=sait.policy.config().stages))
     for level in args.mass_levels:
         with mass.policy.at_level(level):
@@ -196,10 +196,10 @@ def main() -> None:
     rho = asvit.policy.config().target_flops  # the checkpoint's own budget (it may have been trained elsewhere)
     rows.append(row("asvit", f"rho {rho}", evaluate_vision(asvit, test_batches), dense_acc))
     for rate in args.evit_rates:
-        m = build_vision_method(plain.model, "evit", EViTConfig(keep_rate=rate))
+        m = prune(plain.model, EViTConfig(keep_rate=rate))
         rows.append(row("evit", f"keep {rate}", evaluate_vision(m, test_batches), dense_acc, keep_rate=rate))
     for r in args.tome_r:
-        m = build_vision_method(plain.model, "tome", ToMeConfig(r=r))
+        m = prune(plain.model, ToMeConfig(r=r))
         rows.append(row("tome", f"r={r}", evaluate_vision(m, test_batches), dense_acc, r=r))
 
     pixels = test_batches[0][0][:8]

@@ -26,8 +26,8 @@ from trimformer.checkpoint import load_pruned
 from trimformer.envinfo import device_label, machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import EViTConfig, SaiTConfig, ToMeConfig
+from trimformer.pruning import prune
 from trimformer.vision_pipeline import (
-    build_vision_method,
     evaluate_vision,
     load_image_data,
     load_vision_model,
@@ -70,11 +70,11 @@ def main() -> None:
     res = model_resolution(plain, meta)
     images = load_image_data("fashion_mnist", "test", res, limit=max(256, 4 * max(args.batch_sizes)), seed=3)
     sait_eval = evaluate_vision(sait, pixel_batches(images, 64), progress=False)
-    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass", default_level=args.mass_level))
+    mass = prune(sait.model, SaiTConfig(policy="mass", default_level=args.mass_level))
     tome_row = closest(accuracy["rows"], "tome", sait_eval.flops_ratio)
     evit_row = closest(accuracy["rows"], "evit", sait_eval.flops_ratio)
-    tome = build_vision_method(plain.model, "tome", ToMeConfig(r=tome_row["r"]))
-    evit = build_vision_method(plain.model, "evit", EViTConfig(keep_rate=evit_row["keep_rate"]))
+    tome = prune(plain.model, ToMeConfig(r=tome_row["r"]))
+    evit = prune(plain.model, EViTConfig(keep_rate=evit_row["keep_rate"]))
     flops = {"sait": sait_eval.flops_ratio,
              "tome": evaluate_vision(tome, pixel_batches(images, 64), progress=False).flops_ratio,
              "evit": evaluate_vision(evit, pixel_batches(images, 64), progress=False).flops_ratio,

@@ -9,7 +9,8 @@ from conftest import make_tokenizer, synthetic_text_data, tiny_bert_config
 from transformers import BertForSequenceClassification
 
 from trimformer.methods import LTPConfig
-from trimformer.pipeline import build_pruned, prune_ltp
+from trimformer.pipeline import prune_ltp
+from trimformer.pruning import prune
 from trimformer.training import TrainConfig, get_accelerator
 
 
@@ -17,7 +18,7 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     tokenizer = make_tokenizer()
     torch.manual_seed(0)
-    model = build_pruned(BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32)), "ltp",
+    model = prune(BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32)),
                          LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=2, calibration_batches=2))
     prune_ltp(model, synthetic_text_data(), tokenizer, model.policy.config(),
               TrainConfig(batch_size=16, lr=1e-3, max_length=32))

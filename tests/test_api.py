@@ -5,6 +5,7 @@ from conftest import tiny_bert_config
 from transformers import BertForSequenceClassification
 
 import trimformer
+from trimformer.pruning import prune
 
 
 def test_readme_api_flow(tokenizer, text_data, tmp_path):
@@ -25,7 +26,7 @@ def test_readme_api_flow(tokenizer, text_data, tmp_path):
 def test_prune_rejects_unknown_config(tiny_bert):
     import pytest
 
-    with pytest.raises(TypeError, match="LTPConfig or TopKConfig"):
+    with pytest.raises(TypeError, match="not a pruning method config.*LTPConfig, TopKConfig, SaiTConfig"):
         trimformer.prune(tiny_bert, {"target_flops": 0.5})
     with pytest.raises(ValueError, match="no pruning policy"):
         trimformer.fit(trimformer.TokenPrunedModel(tiny_bert), None, None)
@@ -35,7 +36,7 @@ def test_readme_quantization_flow(tokenizer, text_data, tmp_path):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
     pruned = trimformer.prune(model, trimformer.LTPConfig(final_threshold=0.05)).eval()
-    cfg = trimformer.QuantConfig(scheme="pwlq", wbits=4, abits=8, layer_wbits={"classifier": 8})
+    cfg = trimformer.PWLQConfig(wbits=4, layer_wbits={"classifier": 8})  # activations: 8-bit by default
     trimformer.quantize_(pruned.model, cfg)                  # in place: Linear -> fake-quant Linear
     batches = [tokenizer(text_data.texts[i:i + 8], padding=True, return_tensors="pt") for i in (0, 8)]
     trimformer.calibrate(pruned, batches)                    # activation ranges
@@ -50,7 +51,6 @@ def test_readme_vision_flow():
     from transformers import Dinov2Config, Dinov2ForImageClassification
 
     from trimformer.methods import SaiTConfig
-    from trimformer.vision_pipeline import build_vision_method
     from trimformer.vision_training import fit_vision
 
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def test_readme_vision_flow():
                                                     image_size=32, patch_size=8, mlp_ratio=2, num_labels=3))
     images = torch.randn(8, 3, 32, 32)
     train_images = TensorDataset(images, torch.randint(0, 3, (8,)))
-    sait = build_vision_method(vit, "sait", SaiTConfig(policy="topk", steps=2))
+    sait = prune(vit, SaiTConfig(policy="topk", steps=2))
     fit_vision(sait, train_images, trimformer.TrainConfig(batch_size=4, lr=2e-5))
     with sait.policy.at_level(0.5):
         half = sait(pixel_values=images)

@@ -10,7 +10,7 @@ from test_regroup import _ltp_text, _vit
 from trimformer.engine.attention import chunk_rows
 from trimformer.engine.hooks import LayerHooks
 from trimformer.methods import ASViTConfig, SaiTConfig
-from trimformer.vision_pipeline import build_vision_method
+from trimformer.pruning import prune
 
 
 def _record_decision_rows(model) -> list[int]:
@@ -77,7 +77,7 @@ def test_ltp_chunked_equals_whole_batch(tiny_bert, mode):
                                            ("asvit", ASViTConfig(target_flops=0.6))])
 @torch.inference_mode()
 def test_vision_chunked_equals_whole_batch(method, config):
-    model = build_vision_method(_vit(), method, config)
+    model = prune(_vit(), config)
     model.set_options(regroup=False)
     pixels = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     _same(*_whole_and_chunked(model, pixel_values=pixels))

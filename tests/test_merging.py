@@ -208,23 +208,49 @@ def test_block_refuses_decision_and_merge_together():
 
 # ---- pure functions ----
 
-def test_bipartite_matching_merges_the_similar_pair_not_the_prefix():
+def _similar_pair_metric():
     g = torch.Generator().manual_seed(0)
     metric, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))  # orthonormal rows: no two alike
     metric = metric[:7].clone()
-    metric[4] = metric[3] + 0.01 * metric[6]  # tokens 3 (set A) and 4 (set B) nearly identical
+    metric[4] = metric[3] + 0.01 * metric[6]  # tokens 3 and 4 nearly identical
     metric[0] = metric[2]  # [CLS] identical to token 2, but prefix tokens are never merged
-    metric = metric[None]  # [1, 7, 8]
+    return metric[None]  # [1, 7, 8]
+
+
+def test_bipartite_matching_merges_the_similar_pair_not_the_prefix():
+    metric = _similar_pair_metric()
     alive = torch.ones(1, 7, dtype=torch.bool)
+    # Default (official): A = 0, 2, 4, 6 and B = 1, 3, 5 over all tokens; 4 (A) goes into 3 (B), and the
+    # survivors move to the first slots as [CLS], unmerged A (2, 6), B (1, 3, 5).
     plan = bipartite_soft_matching(metric, 1, alive, num_prefix=1)
+    assert plan.keep.tolist() == [[True, True, True, True, True, True, False]]
+    assert plan.source.tolist() == [[0, 2, 6, 1, 3, 5, 6]]
+    assert plan.into.tolist() == [[0, 3, 1, 4, 4, 5, 2]]
+    # split='mergeable', order='slots': A = 1, 3, 5 and B = 2, 4, 6 over the non-prefix tokens; 3 (A) goes
+    # into 4 (B) and every survivor stays in its slot.
+    plan = bipartite_soft_matching(metric, 1, alive, num_prefix=1, split="mergeable", order="slots")
     assert plan.keep.tolist() == [[True, True, True, False, True, True, True]]
-    assert plan.into.tolist() == [[0, 1, 2, 4, 4, 5, 6]]
-    # r larger than half the mergeable tokens is capped; the prefix stays where it is.
-    plan = bipartite_soft_matching(metric, 10, alive, num_prefix=1)
-    assert int(plan.keep.sum()) == 7 - 3 and bool(plan.keep[0, 0]) and plan.into[0, 0] == 0
-    assert not bool((plan.into[0, 1:] == 0).any())
+    assert plan.into.tolist() == [[0, 1, 2, 4, 4, 5, 6]] and plan.source is None
+    for kw in ({}, {"split": "mergeable", "order": "slots"}):
+        # r larger than half the mergeable tokens is capped; the prefix stays where it is.
+        plan = bipartite_soft_matching(metric, 10, alive, num_prefix=1, **kw)
+        assert int(plan.keep.sum()) == 7 - 3 and bool(plan.keep[0, 0]) and plan.into[0, 0] == 0
+        assert not bool((plan.into[0, 1:] == 0).any())
+        plan = bipartite_soft_matching(metric, 10, alive, num_prefix=2, **kw)
+        assert plan.into[0, :2].tolist() == [0, 1] and not bool((plan.into[0, 2:] < 2).any())
+    # Official order with a distillation token (B's first token): [CLS], dist, unmerged A, B.
     plan = bipartite_soft_matching(metric, 10, alive, num_prefix=2)
-    assert plan.into[0, :2].tolist() == [0, 1] and not bool((plan.into[0, 2:] < 2).any())
+    assert plan.source[0, :5].tolist() == [0, 1, 2, 3, 5] and plan.into.tolist() == [[0, 1, 2, 3, 3, 4, 3]]
+
+
+def test_merge_tokens_moves_survivors_bit_exact():
+    x = torch.randn(1, 7, 3, generator=torch.Generator().manual_seed(3))
+    sizes = torch.tensor([[1.0, 2.0, 1.0, 1.0, 3.0, 1.0, 1.0]])
+    plan = bipartite_soft_matching(_similar_pair_metric(), 1, torch.ones(1, 7, dtype=torch.bool), 1, weight=sizes)
+    merged, new_sizes = merge_tokens(x, sizes, plan)
+    assert torch.equal(merged[0, [0, 1, 2, 3, 5]], x[0, [0, 2, 6, 1, 5]])  # moved, untouched
+    assert torch.allclose(merged[0, 4], (1 * x[0, 3] + 3 * x[0, 4]) / 4)  # 3 absorbed 4, size-weighted
+    assert new_sizes[0, :6].tolist() == [1.0, 1.0, 1.0, 2.0, 4.0, 1.0]
 
 
 def test_bipartite_matching_leaves_dead_tokens_alone():
@@ -326,13 +352,17 @@ def test_bad_configs_raise_clear_errors():
         EViTConfig(layers=[2, 2])
     with pytest.raises(ValueError, match="fuse must be"):
         EViTConfig(fuse="max")
+    with pytest.raises(ValueError, match="split must be"):
+        ToMeConfig(split="halves")
+    with pytest.raises(ValueError, match="order must be"):
+        ToMeConfig(order="sorted")
     with pytest.raises(ValueError, match=r"out of range for a model with 3 layers"):
         EViTPolicy(3, EViTConfig(layers=[1, 3]))
 
 
 def test_configs_json_round_trip():
-    for config in (ToMeConfig(), ToMeConfig(r=3, proportional_attention=False), EViTConfig(),
-                   EViTConfig(keep_rate=0.5, layers=[1, 4], fuse="sum")):
+    for config in (ToMeConfig(), ToMeConfig(r=3, proportional_attention=False, split="mergeable", order="slots"),
+                   EViTConfig(), EViTConfig(keep_rate=0.5, layers=[1, 4], fuse="average")):
         again = type(config).from_json(config.to_json())
         assert again == config
     with pytest.raises(ValueError, match="unknown option"):

@@ -8,7 +8,8 @@ from transformers import BertForSequenceClassification
 
 from trimformer.evaluation import evaluate
 from trimformer.methods import LTPConfig, TopKConfig
-from trimformer.pipeline import build_pruned, finetune_dense, prune_ltp, prune_topk
+from trimformer.pipeline import finetune_dense, prune_ltp, prune_topk
+from trimformer.pruning import prune
 from trimformer.training import TrainConfig
 
 
@@ -26,7 +27,7 @@ def test_finetune_reduces_loss(tokenizer, text_data):
 
 
 def test_ltp_recipe_reaches_flops_target(tokenizer, text_data):
-    model = build_pruned(_model(), "ltp", LTPConfig(target_flops=0.6, soft_steps=6, hard_steps=6,
+    model = prune(_model(), LTPConfig(target_flops=0.6, soft_steps=6, hard_steps=6,
                                                     calibration_batches=3))
     before = model.policy.thresholds.learned.detach().clone()
     history = prune_ltp(model, text_data, tokenizer, model.policy.config(),
@@ -40,14 +41,14 @@ def test_ltp_recipe_reaches_flops_target(tokenizer, text_data):
 
 
 def test_lambda_regulariser_without_target(tokenizer, text_data):
-    model = build_pruned(_model(), "ltp", LTPConfig(target_flops=None, lambda_=0.5, soft_steps=4, hard_steps=2))
+    model = prune(_model(), LTPConfig(target_flops=None, lambda_=0.5, soft_steps=4, hard_steps=2))
     history = prune_ltp(model, text_data, tokenizer, model.policy.config(),
                         TrainConfig(batch_size=16, lr=1e-3, max_length=32))
     assert "calibrated_ratio" not in history and len(history["soft"]) == 4
 
 
 def test_topk_recipe(tokenizer, text_data):
-    model = build_pruned(_model(), "topk", TopKConfig(target_flops=0.5, hard_steps=3, calibration_batches=3))
+    model = prune(_model(), TopKConfig(target_flops=0.5, hard_steps=3, calibration_batches=3))
     history = prune_topk(model, text_data, tokenizer, model.policy.config(),
                          TrainConfig(batch_size=16, lr=1e-3, max_length=32))
     assert abs(history["calibrated_ratio"] - 0.5) < 0.08
@@ -84,9 +85,9 @@ def test_resume_skips_finished_stages(tokenizer, text_data, tmp_path):
     """A run that died in the hard stage resumes there: the soft stage is not trained again."""
     cfg = LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=3, calibration_batches=2)
     train_cfg = TrainConfig(batch_size=16, lr=1e-3, max_length=32, save_every=1)
-    first = build_pruned(_model(), "ltp", cfg)
+    first = prune(_model(), cfg)
     prune_ltp(first, text_data, tokenizer, cfg, train_cfg, state_dir=tmp_path)
-    again = build_pruned(_model(), "ltp", cfg)
+    again = prune(_model(), cfg)
     history = prune_ltp(again, text_data, tokenizer, cfg, train_cfg, state_dir=tmp_path)
     assert history["soft"] == [] and history["hard"] == []
     for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):

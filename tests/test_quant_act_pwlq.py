@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from trimformer.quant import QuantConfig, calibrate, quantize_
+from trimformer.quant import ActSpec, PWLQConfig, calibrate, quantize_
 from trimformer.quant.act_pwlq import (
     act_levels,
     fake_quant_act_pwlq,
@@ -59,13 +59,13 @@ def test_beats_uniform_with_the_same_level_count_on_heavy_tails():
 def test_config_option_calibrates_and_round_trips_state():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
-    quantize_(m, QuantConfig(wbits=8, abits=4, act_scheme="pwlq"))
+    quantize_(m, PWLQConfig(wbits=8, act=ActSpec(bits=4, scheme="pwlq")))
     x = torch.randn(64, 16)
     calibrate(m, [x])
     q0, q2 = m[0].input_quant, m[2].input_quant
     assert float(q2.lo) == 0.0 and 0 < float(q2.breakpoint) < float(q2.hi)  # after ReLU: one-sided
     assert float(q0.lo) < 0 < float(q0.breakpoint)  # raw input: two-sided
     fresh = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
-    quantize_(fresh, QuantConfig(wbits=8, abits=4, act_scheme="pwlq"))
+    quantize_(fresh, PWLQConfig(wbits=8, act=ActSpec(bits=4, scheme="pwlq")))
     fresh.load_state_dict(m.state_dict())
     assert torch.equal(fresh(x), m(x))

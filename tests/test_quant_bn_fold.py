@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from trimformer.quant import QuantConfig, find_conv_bn_pairs, fold_batchnorm_, quantize_
+from trimformer.quant import PWLQConfig, find_conv_bn_pairs, fold_batchnorm_, quantize_
 
 
 class TinyNet(nn.Module):
@@ -64,7 +64,7 @@ def test_fold_parity_and_quantize_after():
     assert isinstance(net.dw_bn, nn.Identity) and isinstance(net.stem[1], nn.Identity)
     assert isinstance(net.shared_bn, nn.BatchNorm2d)  # not foldable
     assert net.stem[0].bias is not None
-    quantize_(net, QuantConfig(wbits=8, abits=None))
+    quantize_(net, PWLQConfig(wbits=8, act=None))
     with torch.no_grad():
         assert float((net(x) - ref).norm() / ref.norm()) < 0.05
 

@@ -8,7 +8,17 @@ from transformers import BertForSequenceClassification
 from trimformer.checkpoint import CheckpointError, load_pruned, save_pruned
 from trimformer.methods import LTPConfig, LTPPolicy
 from trimformer.pruned import TokenPrunedModel
-from trimformer.quant import QuantConfig, QuantizedWeight, calibrate, is_quantized, quantize_
+from trimformer.quant import (
+    ActSpec,
+    BaseQuantConfig,
+    PWLQConfig,
+    QuantizedWeight,
+    UniformConfig,
+    calibrate,
+    config_from_dict,
+    is_quantized,
+    quantize_,
+)
 
 
 def _float_pruned() -> TokenPrunedModel:
@@ -17,26 +27,27 @@ def _float_pruned() -> TokenPrunedModel:
     return TokenPrunedModel(model, LTPPolicy(3, LTPConfig(final_threshold=0.05)))
 
 
-def _quantized_pruned(config: QuantConfig) -> tuple[TokenPrunedModel, dict]:
+def _quantized_pruned(config: BaseQuantConfig) -> tuple[TokenPrunedModel, dict]:
     pruned = _float_pruned()
     quantize_(pruned.model, config)
     ids, mask = random_batch()
     batch = {"input_ids": ids, "attention_mask": mask}
-    if config.abits is not None:
+    if config.act is not None:
         calibrate(pruned, [batch])
     return pruned.eval(), batch
 
 
 @pytest.mark.parametrize("config", [
-    QuantConfig(scheme="pwlq", wbits=4, abits=8),
-    QuantConfig(scheme="uniform", wbits=6, abits=None, layer_wbits={"classifier": 8}),
-    QuantConfig(scheme="pwlq", wbits=4, abits=4, breakpoint="search", num_breakpoints=2, region_bit="inside"),
+    PWLQConfig(wbits=4, act=ActSpec(bits=8)),
+    UniformConfig(wbits=6, act=None, layer_wbits={"classifier": 8}),
+    PWLQConfig(wbits=4, act=ActSpec(bits=4, region_bit="inside"), breakpoint="search", num_breakpoints=2,
+               region_bit="inside"),
 ])
 def test_pruned_quantized_round_trip_is_bit_identical(tmp_path, config):
     model, batch = _quantized_pruned(config)
     save_pruned(model, tmp_path / "q")
     loaded, meta = load_pruned(tmp_path / "q")
-    assert meta["method"] == "ltp" and QuantConfig.from_dict(meta["quant_config"]) == config
+    assert meta["method"] == "ltp" and config_from_dict(meta["quant_config"]) == config
     assert is_quantized(loaded.model)
     saved_sd, loaded_sd = model.state_dict(), loaded.state_dict()
     assert saved_sd.keys() == loaded_sd.keys()
@@ -51,14 +62,14 @@ def test_pruned_quantized_round_trip_is_bit_identical(tmp_path, config):
 
 
 def test_quantized_checkpoint_is_smaller(tmp_path):
-    model, _ = _quantized_pruned(QuantConfig(scheme="pwlq", wbits=4, abits=None))
+    model, _ = _quantized_pruned(PWLQConfig(wbits=4, act=None))
     save_pruned(model, tmp_path / "q")
     save_pruned(_float_pruned(), tmp_path / "f")
     assert (tmp_path / "q" / "model.safetensors").stat().st_size < (tmp_path / "f" / "model.safetensors").stat().st_size
 
 
 def test_quantized_weights_that_do_not_fit_are_a_clear_error(tmp_path):
-    model, _ = _quantized_pruned(QuantConfig(scheme="pwlq", wbits=4, abits=None))
+    model, _ = _quantized_pruned(PWLQConfig(wbits=4, act=None))
     save_pruned(model, tmp_path / "q")
     meta_file = tmp_path / "q" / "trimformer.json"
     import json
@@ -71,6 +82,28 @@ def test_quantized_weights_that_do_not_fit_are_a_clear_error(tmp_path):
 
 
 def test_quantizing_twice_is_refused():
-    model, _ = _quantized_pruned(QuantConfig(abits=None))
+    model, _ = _quantized_pruned(UniformConfig(act=None))
     with pytest.raises(ValueError, match="already quantized"):
-        quantize_(model.model, QuantConfig())
+        quantize_(model.model, PWLQConfig())
+
+
+def test_checkpoint_with_old_quant_config_metadata_loads(tmp_path):
+    """A checkpoint whose trimformer.json holds the former QuantConfig's flat dict loads into the new type."""
+    import json
+
+    model, batch = _quantized_pruned(PWLQConfig(wbits=4, act=ActSpec(bits=4, scheme="pwlq", region_bit="inside"),
+                                                region_bit="inside", layer_wbits={"classifier": 8}))
+    save_pruned(model, tmp_path / "q")
+    meta_file = tmp_path / "q" / "trimformer.json"
+    meta = json.loads(meta_file.read_text())
+    meta["quant_config"] = {  # what QuantConfig(..., abits=4, act_scheme="pwlq", ...).to_dict() wrote
+        "abits": 4, "act_clip": "topk_median", "act_percentile": 99.99, "act_scheme": "pwlq", "act_topk": 10,
+        "bias_correction": True, "breakpoint": "gaussian", "exclude": [], "include": ["*"], "layer_abits": {},
+        "layer_wbits": {"classifier": 8}, "num_breakpoints": 1, "per_channel": True, "pow2_scale": False,
+        "region_bit": "inside", "scheme": "pwlq", "wbits": 4, "weight_clip": "minmax",
+    }
+    meta_file.write_text(json.dumps(meta))
+    loaded, _ = load_pruned(tmp_path / "q")
+    assert loaded.trimformer_quant_config == model.model.trimformer_quant_config  # upgraded to the new form
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)

@@ -5,8 +5,11 @@ import torch
 from torch import nn
 
 from trimformer.quant import (
-    QuantConfig,
-    WeightSpec,
+    ActSpec,
+    BaseQuantConfig,
+    PWLQConfig,
+    UniformConfig,
+    config_from_dict,
     fake_quant_pwlq,
     mse_clip_absmax,
     pack_bits,
@@ -18,44 +21,93 @@ from trimformer.quant import (
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "cls, kwargs, match",
     [
-        ({"wbits": 1}, "weight bits must be in"),
-        ({"wbits": 17}, "weight bits must be in"),
-        ({"wbits": 4.0}, "must be an int"),
-        ({"wbits": True}, "must be an int"),
-        ({"abits": 0}, "activation bits must be in"),
-        ({"layer_wbits": {"x": 32}}, "weight bits must be in"),
-        ({"scheme": "int4"}, "unknown scheme 'int4'"),
-        ({"breakpoint": "cauchy"}, "unknown breakpoint"),
-        ({"act_clip": "max"}, "unknown act_clip"),
-        ({"weight_clip": "mse"}, "scheme='uniform' only"),
-        ({"num_breakpoints": 4, "breakpoint": "search"}, "num_breakpoints must be 1, 2 or 3"),
-        ({"num_breakpoints": 2}, "requires breakpoint='search'"),
-        ({"num_breakpoints": 3, "breakpoint": "search", "wbits": 2, "region_bit": "inside"}, "needs at least 3 bits"),
-            ({"region_bit": "both"}, "region_bit"),
-        ({"act_topk": 0}, "act_topk"),
-        ({"act_percentile": 120}, "act_percentile"),
-        ({"include": "encoder.*"}, "include must be a list"),
-        ({"bias_correction": "yes"}, "bias_correction must be a bool"),
+        (PWLQConfig, {"wbits": 1}, r"weight bits \(wbits\) must be in"),
+        (UniformConfig, {"wbits": 17}, r"weight bits \(wbits\) must be in"),
+        (PWLQConfig, {"wbits": 4.0}, "must be an int"),
+        (UniformConfig, {"wbits": True}, "must be an int"),
+        (PWLQConfig, {"act": ActSpec(bits=8), "layer_abits": {"x": 0}}, r"layer_abits\['x'\]: activation bits"),
+        (PWLQConfig, {"layer_wbits": {"x": 32}}, r"weight bits of layer_wbits\['x'\] must be in"),
+        (PWLQConfig, {"breakpoint": "cauchy"}, "unknown breakpoint"),
+        (PWLQConfig, {"num_breakpoints": 4, "breakpoint": "search"}, "num_breakpoints must be 1, 2 or 3"),
+        (PWLQConfig, {"num_breakpoints": 2}, "requires breakpoint='search'"),
+        (PWLQConfig, {"num_breakpoints": 3, "breakpoint": "search", "wbits": 2, "region_bit": "inside"},
+         "wbits: PWLQ with 3 breakpoint.* needs at least 3 bits"),
+        (PWLQConfig, {"num_breakpoints": 3, "breakpoint": "search", "wbits": 4, "region_bit": "inside",
+                      "layer_wbits": {"head": 2}}, r"layer_wbits\['head'\]: .*needs at least 3 bits"),
+        (PWLQConfig, {"region_bit": "both"}, "region_bit"),
+        (UniformConfig, {"weight_clip": "max"}, "unknown weight_clip"),
+        (UniformConfig, {"include": "encoder.*"}, "include must be a list"),
+        (PWLQConfig, {"exclude": [1]}, "exclude must be a list"),
+        (UniformConfig, {"layer_wbits": [("a", 8)]}, "layer_wbits must be a dict"),
+        (PWLQConfig, {"bias_correction": "yes"}, "bias_correction must be True or False"),
+        (UniformConfig, {"per_channel": 1}, "per_channel must be True or False"),
+        (PWLQConfig, {"act": {"bits": 8}}, "act must be an ActSpec or None"),
+        (UniformConfig, {"act": None, "layer_abits": {"head": 8}}, "act is None"),
     ],
 )
-def test_bad_config(kwargs, match):
+def test_bad_config(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        QuantConfig(**kwargs)
+        cls(**kwargs)
 
 
-def test_unknown_json_key():
-    with pytest.raises(ValueError, match="unknown QuantConfig field"):
-        QuantConfig.from_dict({"wbits": 4, "wbit": 3})
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"bits": 0}, r"activation bits \(ActSpec.bits\) must be in"),
+        ({"clip": "max"}, "unknown ActSpec.clip"),
+        ({"scheme": "int"}, "unknown ActSpec.scheme"),
+        ({"topk": 0}, "ActSpec.topk"),
+        ({"percentile": 120}, "ActSpec.percentile"),
+        ({"percentile": "99"}, "ActSpec.percentile"),
+        ({"scheme": "pwlq", "region_bit": "both"}, "unknown ActSpec.region_bit"),
+    ],
+)
+def test_bad_act_spec(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ActSpec(**kwargs)
+
+
+def test_a_field_of_another_scheme_is_refused():
+    with pytest.raises(TypeError, match="breakpoint"):
+        UniformConfig(breakpoint="search")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="unknown UniformConfig field.*breakpoint.*its fields are"):
+        config_from_dict({"scheme": "uniform", "breakpoint": "search"})
+    with pytest.raises(ValueError, match="unknown PWLQConfig field.*weight_clip"):
+        PWLQConfig.from_dict({"weight_clip": "mse"})
+
+
+def test_unknown_scheme_and_bad_dicts():
+    with pytest.raises(ValueError, match="unknown quantization scheme 'int4'; expected one of 'pwlq', 'uniform'"):
+        config_from_dict({"scheme": "int4", "wbits": 4})
+    with pytest.raises(ValueError, match="no 'scheme'"):
+        config_from_dict({"wbits": 4})
+    with pytest.raises(ValueError, match="must be a dict"):
+        config_from_dict('{"scheme": "pwlq"}')
+    with pytest.raises(ValueError, match="unknown PWLQConfig field.*wbit"):
+        config_from_dict({"scheme": "pwlq", "wbits": 4, "wbit": 3})
+    with pytest.raises(ValueError, match="got scheme 'uniform'.*config_from_dict"):
+        PWLQConfig.from_dict({"scheme": "uniform"})
+    with pytest.raises(ValueError, match="unknown ActSpec field.*bit"):
+        config_from_dict({"scheme": "pwlq", "act": {"bit": 8}})
+    with pytest.raises(ValueError, match="weight bits"):
+        config_from_dict({"scheme": "pwlq", "wbits": "4"})  # wrong type inside a dict: the same checks
+    with pytest.raises(ValueError, match="mixes the old activation fields"):
+        config_from_dict({"scheme": "pwlq", "abits": 8, "act": None})
+
+
+def test_the_base_config_is_not_a_scheme():
+    with pytest.raises(TypeError, match="use PWLQConfig or UniformConfig"):
+        BaseQuantConfig()
 
 
 def test_nan_weights():
     w = torch.randn(4, 8)
     w[1, 2] = float("nan")
-    for scheme in ("pwlq", "uniform"):
+    for cls in (PWLQConfig, UniformConfig):
         with pytest.raises(ValueError, match="NaN"):
-            quantize_weight(w, WeightSpec(scheme=scheme))
+            quantize_weight(w, cls())
     with pytest.raises(ValueError, match="NaN"):
         fake_quant_pwlq(w, 4)
     with pytest.raises(ValueError, match="NaN"):
@@ -64,7 +116,7 @@ def test_nan_weights():
     with torch.no_grad():
         lin.weight[0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN/inf"):
-        quantize_(nn.Sequential(lin), QuantConfig())
+        quantize_(nn.Sequential(lin), PWLQConfig())
 
 
 def test_bad_function_arguments():
@@ -76,7 +128,9 @@ def test_bad_function_arguments():
         piece_layout(2, 2)
     with pytest.raises(ValueError, match="codes must lie in"):
         pack_bits(torch.tensor([4]), 2)
-    with pytest.raises(ValueError, match="QuantConfig"):
+    with pytest.raises(ValueError, match="config must be one of PWLQConfig, UniformConfig, got dict.*config_from_dict"):
         quantize_(nn.Linear(2, 2), {"wbits": 4})
+    with pytest.raises(ValueError, match="config must be one of"):
+        quantize_weight(torch.ones(2, 2), ActSpec())
     with pytest.raises(ValueError, match="integer|floating"):
-        quantize_weight(torch.ones(2, 2, dtype=torch.int32), WeightSpec())
+        quantize_weight(torch.ones(2, 2, dtype=torch.int32), UniformConfig())

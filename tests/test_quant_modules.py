@@ -8,9 +8,11 @@ from torch import nn
 
 from trimformer.quant import (
     ActQuantizer,
-    QuantConfig,
+    ActSpec,
+    PWLQConfig,
     QuantConv2d,
     QuantLinear,
+    UniformConfig,
     calibrate,
     calibration,
     quantize_,
@@ -38,7 +40,7 @@ def _cnn() -> nn.Module:
 
 def test_quantize_swaps_layers_and_keeps_state_keys():
     fp = _cnn()
-    q = quantize_(copy.deepcopy(fp), QuantConfig(abits=None, wbits=8))
+    q = quantize_(copy.deepcopy(fp), PWLQConfig(act=None, wbits=8))
     kinds = [type(m).__name__ for m in q]
     assert kinds.count("QuantConv2d") == 3 and kinds.count("QuantLinear") == 1
     assert q[2].groups == 8 and q[4].groups == 2 and q[4].bias is None
@@ -50,7 +52,7 @@ def test_quantize_swaps_layers_and_keeps_state_keys():
 
 
 def test_uncalibrated_activation_quantizer_raises_then_calibrates():
-    q = quantize_(_cnn(), QuantConfig(wbits=8, abits=8))
+    q = quantize_(_cnn(), PWLQConfig(wbits=8, act=ActSpec(bits=8)))
     x = torch.randn(2, 3, 8, 8)
     with pytest.raises(RuntimeError, match="not calibrated"):
         q(x)
@@ -67,7 +69,7 @@ def test_uncalibrated_activation_quantizer_raises_then_calibrates():
 
 def test_calibration_topk_median_rule():
     lin = nn.Sequential(nn.Linear(4, 4))
-    quantize_(lin, QuantConfig(scheme="uniform", wbits=8, abits=8, act_topk=10))
+    quantize_(lin, UniformConfig(wbits=8, act=ActSpec(bits=8, topk=10)))
     b1 = torch.arange(100.0).reshape(25, 4) / 10  # top-10 of 0..9.9: 9.0..9.9, median 9.45
     b2 = -b1  # top-10 of -9.9..0: -0.9..0, median -0.45; bottom-10 median -9.45
     with calibration(lin):
@@ -81,15 +83,15 @@ def test_calibration_topk_median_rule():
 def test_shared_module_replaced_everywhere_and_unseen_reported():
     shared = nn.Linear(4, 4)
     m = nn.ModuleDict({"a": shared, "b": shared, "c": nn.Linear(4, 4)})
-    assert select_layers(m, QuantConfig()) == ["a", "c"]
-    quantize_(m, QuantConfig(wbits=8))
+    assert select_layers(m, PWLQConfig()) == ["a", "c"]
+    quantize_(m, PWLQConfig(wbits=8))
     assert isinstance(m["a"], QuantLinear) and m["a"] is m["b"]
     assert calibrate(m, [torch.randn(3, 4)], forward=lambda mod, x: mod["a"](x)) == ["c.input_quant"]
 
 
 def test_multihead_attention_out_proj_is_skipped():
     m = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True).eval()
-    names = select_layers(m, QuantConfig())
+    names = select_layers(m, UniformConfig())
     assert "self_attn.out_proj" not in names and "linear1" in names
 
 
@@ -113,20 +115,20 @@ def test_tiny_bert_w8a8_close_to_fp():
     test = {"input_ids": torch.randint(0, 120, (4, 16), generator=gen), "attention_mask": torch.ones(4, 16)}
     with torch.no_grad():
         ref = fp(**test).last_hidden_state
-    for scheme in ("uniform", "pwlq"):
-        q = quantize_(copy.deepcopy(fp), QuantConfig(scheme=scheme, wbits=8, abits=8))
+    for cls in (UniformConfig, PWLQConfig):
+        q = quantize_(copy.deepcopy(fp), cls(wbits=8, act=ActSpec(bits=8)))
         assert sum(isinstance(m, QuantLinear) for m in q.modules()) == 2 * 6 + 1
         calibrate(q, batches)
         with torch.no_grad():
             out = q(**test).last_hidden_state
-        assert _rel(out, ref) < 0.05, scheme
+        assert _rel(out, ref) < 0.05, cls.__name__
     # W4A8 PWLQ still runs and is worse than W8A8
-    q4 = quantize_(copy.deepcopy(fp), QuantConfig(scheme="pwlq", wbits=4, abits=8))
+    q4 = quantize_(copy.deepcopy(fp), PWLQConfig(wbits=4, act=ActSpec(bits=8)))
     calibrate(q4, batches)
     with torch.no_grad():
         assert _rel(out, ref) < _rel(q4(**test).last_hidden_state, ref)
 
 
 def test_conv_module_type_is_quantconv2d():
-    q = quantize_(_cnn(), QuantConfig(abits=None, include=["2"]))
+    q = quantize_(_cnn(), PWLQConfig(act=None, include=["2"]))
     assert isinstance(q[2], QuantConv2d) and not isinstance(q[0], QuantConv2d)

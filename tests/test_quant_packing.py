@@ -1,5 +1,6 @@
 """Bit packing: codes and weights survive pack/unpack bit-identically; sizes are what the bits say."""
 
+import json
 import math
 
 import pytest
@@ -7,8 +8,9 @@ import torch
 from torch import nn
 
 from trimformer.quant import (
-    QuantConfig,
-    WeightSpec,
+    PWLQConfig,
+    UniformConfig,
+    config_from_dict,
     load_packed,
     pack_bits,
     pack_weight,
@@ -40,24 +42,24 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize(
-    "spec",
+    "cfg",
     [
-        WeightSpec(scheme="uniform", bits=4, bias_correction=False),
-        WeightSpec(scheme="uniform", bits=8, clip="mse", pow2_scale=True),
-        WeightSpec(scheme="pwlq", bits=4),
-        WeightSpec(scheme="pwlq", bits=6, breakpoint="search", bias_correction=False, pow2_scale=True),
-        WeightSpec(scheme="pwlq", bits=5, breakpoint="search", num_breakpoints=3, per_channel=False),
+        UniformConfig(wbits=4, bias_correction=False),
+        UniformConfig(wbits=8, weight_clip="mse", pow2_scale=True),
+        PWLQConfig(wbits=4),
+        PWLQConfig(wbits=6, breakpoint="search", bias_correction=False, pow2_scale=True),
+        PWLQConfig(wbits=5, breakpoint="search", num_breakpoints=3, per_channel=False),
     ],
 )
-def test_weight_round_trip_bit_identical(spec):
+def test_weight_round_trip_bit_identical(cfg):
     w = torch.randn(24, 3, 3, 3, generator=torch.Generator().manual_seed(0))
-    qw = quantize_weight(w, spec)
+    qw = quantize_weight(w, cfg)
     d = pack_weight(qw)
-    assert ("gain" in d) == spec.bias_correction
+    assert ("gain" in d) == cfg.bias_correction
     back = unpack_weight(d)
     assert torch.equal(back.codes, qw.codes)
     assert _bits_equal(back.dequantize(), qw.dequantize())
-    stored_bits = spec.bits + (2 if spec.num_breakpoints == 3 else 1) if spec.scheme == "pwlq" else spec.bits
+    stored_bits = cfg.wbits + (2 if cfg.num_breakpoints == 3 else 1) if cfg.scheme == "pwlq" else cfg.wbits
     assert qw.bits == stored_bits  # PWLQ's default region_bit="extra" stores the region bit(s) on top of b
     payload = math.ceil(w.numel() * stored_bits / 8)
     assert payload <= packed_nbytes(d) < payload + 1200  # codes + per-channel params + a few ints
@@ -66,11 +68,11 @@ def test_weight_round_trip_bit_identical(spec):
 def test_model_save_load_bit_identical(tmp_path):
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.Conv2d(4, 8, 3, groups=2))
-    quantize_(m, QuantConfig(wbits=4, abits=None, layer_wbits={"2": 6}))
+    quantize_(m, PWLQConfig(wbits=4, act=None, layer_wbits={"2": 6}))
     path = tmp_path / "m.safetensors"
     nbytes = save_packed(m, path)
     sd, meta = load_packed(path)
-    assert QuantConfig.from_json(meta["quant_config"]) == QuantConfig.from_dict(m.trimformer_quant_config)
+    assert config_from_dict(json.loads(meta["quant_config"])) == config_from_dict(m.trimformer_quant_config)
     for key, t in m.state_dict().items():
         assert _bits_equal(sd[key], t), key
     fp32_bytes = sum(p.numel() * 4 for p in m.parameters())

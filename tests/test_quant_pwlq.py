@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from trimformer.quant import (
-    WeightSpec,
+    PWLQConfig,
+    UniformConfig,
     bias_correction_params,
     code_bits,
     fake_quant_pwlq,
@@ -58,8 +59,8 @@ def test_closed_forms_within_2pct_of_search(region_bit):
 
 def test_region_bit_modes_store_what_they_say():
     w = _gauss(8, 2048, 7)
-    extra = quantize_weight(w, WeightSpec(scheme="pwlq", bits=4, bias_correction=False))
-    inside = quantize_weight(w, WeightSpec(scheme="pwlq", bits=4, bias_correction=False, region_bit="inside"))
+    extra = quantize_weight(w, PWLQConfig(wbits=4, bias_correction=False))
+    inside = quantize_weight(w, PWLQConfig(wbits=4, bias_correction=False, region_bit="inside"))
     assert (extra.bits, inside.bits) == (5, 4)
     assert extra.grid_values()[0].unique().numel() <= 32 and inside.grid_values()[0].unique().numel() <= 16
     # "extra" has the level count of 5-bit uniform and must beat it; "inside" that of 4-bit uniform
@@ -106,11 +107,11 @@ def test_pow2_steps_are_powers_of_two():
     assert bool((offsets[:, 1] + 4 * steps[:, 1] >= w.abs().amax(1)).all())  # tail still covers m
 
 
-@pytest.mark.parametrize("scheme", ["pwlq", "uniform"])
-def test_bias_correction_matches_float_mean_and_std(scheme):
+@pytest.mark.parametrize("cls", [PWLQConfig, UniformConfig])
+def test_bias_correction_matches_float_mean_and_std(cls):
     w = _gauss(16, 128, 8) * 0.05 + 0.01 * torch.randn(16, 1, generator=torch.Generator().manual_seed(9))
-    q = quantize_weight(w, WeightSpec(scheme=scheme, bits=3, bias_correction=True)).dequantize()
-    q0 = quantize_weight(w, WeightSpec(scheme=scheme, bits=3, bias_correction=False)).dequantize()
+    q = quantize_weight(w, cls(wbits=3, bias_correction=True)).dequantize()
+    q0 = quantize_weight(w, cls(wbits=3, bias_correction=False)).dequantize()
     assert torch.allclose(q.mean(1), w.mean(1), atol=1e-6)
     assert torch.allclose(q.std(1), w.std(1), rtol=1e-4)
     assert not torch.allclose(q0.std(1), w.std(1), rtol=1e-3)  # it had something to correct
@@ -121,7 +122,7 @@ def test_bias_correction_matches_float_mean_and_std(scheme):
 def test_zero_and_constant_channels_are_safe():
     w = torch.zeros(3, 16)
     w[1] = 0.5
-    for scheme in ("pwlq", "uniform"):
-        q = quantize_weight(w, WeightSpec(scheme=scheme, bits=4)).dequantize()
+    for cls in (PWLQConfig, UniformConfig):
+        q = quantize_weight(w, cls(wbits=4)).dequantize()
         assert bool(torch.isfinite(q).all())
         assert torch.allclose(q, w, atol=1e-6)

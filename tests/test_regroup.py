@@ -9,7 +9,7 @@ import trimformer.engine.runner as runner_module
 from trimformer.core.packing import plan_row_groups
 from trimformer.methods import LTPConfig, LTPPolicy, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
-from trimformer.vision_pipeline import build_vision_method
+from trimformer.pruning import prune
 
 
 def test_plan_splits_only_where_padding_falls_enough():
@@ -91,7 +91,7 @@ def _vit():
 def test_vision_regrouped_equals_one_batch(method, config, monkeypatch):
     calls: list = []
     _forced_split(monkeypatch, calls)
-    model = build_vision_method(_vit(), method, config)
+    model = prune(_vit(), config)
     pixels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     one, split = _both(model, pixel_values=pixels)
     assert calls

@@ -23,9 +23,9 @@ from trimformer.methods.sait import score_distillation_kl
 from trimformer.methods.stages import scale_blocks
 from trimformer.pipeline import flops_ratio_on
 from trimformer.pruned import TokenPrunedModel
+from trimformer.pruning import prune
 from trimformer.training import TrainConfig
 from trimformer.vision_training import (
-    build_vision_pruned,
     image_batches,
     sait_level_for_step,
     train_asvit,
@@ -127,7 +127,7 @@ def test_sait_dense_levels_equal_the_original(name, policy):
     model = _model(name)
     pixels = _pixels()
     ref = model(pixel_values=pixels).logits
-    pruned = build_vision_pruned(model, SaiTConfig(policy=policy, default_level=0.5))
+    pruned = prune(model, SaiTConfig(policy=policy, default_level=0.5))
     for level in (None, 1.0):
         pruned.policy.set_level(level)
         out = pruned(pixel_values=pixels)
@@ -140,7 +140,7 @@ def test_sait_dense_levels_equal_the_original(name, policy):
                                           ("topk", "head_weighted"), ("mass", "head_weighted")])
 def test_sait_packed_equals_masked_and_prefix_kept(name, policy, score):
     model = _model(name)
-    pruned = build_vision_pruned(model, SaiTConfig(policy=policy, score=score, stages=(1, 2), default_level=0.4))
+    pruned = prune(model, SaiTConfig(policy=policy, score=score, stages=(1, 2), default_level=0.4))
     pixels = _pixels()
     with pruned.policy.capture() as cap:
         packed = pruned(pixel_values=pixels)
@@ -159,7 +159,7 @@ def test_sait_packed_equals_masked_and_prefix_kept(name, policy, score):
 @pytest.mark.parametrize("name", list(BUILDERS))
 @pytest.mark.parametrize("rate", [0.25, 0.5, 0.8])
 def test_sait_topk_keeps_exactly_the_configured_count(name, rate):
-    pruned = build_vision_pruned(_model(name), SaiTConfig(policy="topk", stages=(1,), default_level=rate))
+    pruned = prune(_model(name), SaiTConfig(policy="topk", stages=(1,), default_level=rate))
     out = pruned(pixel_values=_pixels())
     expected = math.ceil(rate * PATCHES) + PREFIX[name]  # prefix tokens are kept and not counted
     assert out.n_out[:, 1].tolist() == [expected] * 4
@@ -193,7 +193,7 @@ def test_sait_mass_keeps_more_tokens_for_flat_importance():
 
 
 def test_sait_set_level_switches_sparsity_without_reloading():
-    pruned = build_vision_pruned(_model(), SaiTConfig(policy="topk", default_level=0.75))
+    pruned = prune(_model(), SaiTConfig(policy="topk", default_level=0.75))
     pixels = _pixels()
     before = _state(pruned)
     counts = {}
@@ -213,7 +213,7 @@ def test_sait_set_level_switches_sparsity_without_reloading():
 
 
 def test_sait_token_distillation_reaches_the_pruning_block():
-    pruned = build_vision_pruned(_model(), SaiTConfig(default_level=None))
+    pruned = prune(_model(), SaiTConfig(default_level=None))
     policy = pruned.policy
     with policy.capture() as cap:
         pruned(pixel_values=_pixels())
@@ -236,7 +236,7 @@ def test_sait_level_schedule():
 
 
 def _train_sait(seed=0, steps=2, policy="topk", state_dir=None, model_seed=0):
-    pruned = build_vision_pruned(_model("vit", model_seed),
+    pruned = prune(_model("vit", model_seed),
                                  SaiTConfig(policy=policy, steps=steps, train_levels=(0.5,), default_level=0.7))
     logs = train_sait(pruned, _data(), TrainConfig(batch_size=8, lr=1e-3, seed=seed, save_every=2),
                       state_dir=state_dir)
@@ -245,7 +245,7 @@ def _train_sait(seed=0, steps=2, policy="topk", state_dir=None, model_seed=0):
 
 @pytest.mark.parametrize("policy", ["topk", "mass"])
 def test_sait_recipe_trains_and_is_deterministic(policy):
-    initial = _state(build_vision_pruned(_model(), SaiTConfig()))
+    initial = _state(prune(_model(), SaiTConfig()))
     a, logs = _train_sait(policy=policy)
     b, _ = _train_sait(policy=policy)
     train = logs["train"]
@@ -283,7 +283,7 @@ def test_sait_recipe_resumes(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_asvit_hard_masks_packed_equals_masked_and_train_forward(name):
-    pruned = build_vision_pruned(_model(name), ASViTConfig(init_threshold=1.0))
+    pruned = prune(_model(name), ASViTConfig(init_threshold=1.0))
     pixels = _pixels()
     with torch.no_grad(), pruned.policy.capture() as cap:
         packed = pruned(pixel_values=pixels)
@@ -296,12 +296,12 @@ def test_asvit_hard_masks_packed_equals_masked_and_train_forward(name):
     assert torch.allclose(trained.logits, masked.logits, atol=1e-6)
     assert torch.equal(trained.n_out, masked.n_out)
     assert packed.flops_ratio < 1.0
-    dense = build_vision_pruned(_model(name), ASViTConfig(init_threshold=0.0))(pixel_values=pixels)
+    dense = prune(_model(name), ASViTConfig(init_threshold=0.0))(pixel_values=pixels)
     assert torch.allclose(dense.logits, _model(name)(pixel_values=pixels).logits, atol=1e-5)
 
 
 def test_asvit_straight_through_passes_gradient_to_thresholds():
-    pruned = build_vision_pruned(_model(), ASViTConfig(init_threshold=1.0, temperature=0.1)).train()
+    pruned = prune(_model(), ASViTConfig(init_threshold=1.0, temperature=0.1)).train()
     policy = pruned.policy
     blocks = pruned.adapter.blocks(pruned.model)
     with policy.capture() as cap:
@@ -323,7 +323,7 @@ def _sharp_vit(scale=6.0):
     """A tiny ViT whose attention is peaked like a trained one (random init attends almost uniformly)."""
     model = _model()
     with torch.no_grad():
-        for block in build_vision_pruned(model, SaiTConfig()).adapter.blocks(model):
+        for block in prune(model, SaiTConfig()).adapter.blocks(model):
             block.query.weight.mul_(scale)
             block.key.weight.mul_(scale)
     return model
@@ -333,7 +333,7 @@ def _sharp_vit(scale=6.0):
 def test_asvit_budget_moves_flops_towards_rho(init, rho):
     cfg = ASViTConfig(init_threshold=init, target_flops=rho, kd_weight=0.0, temperature=0.1, threshold_lr=0.03,
                       steps=10)
-    pruned = build_vision_pruned(_sharp_vit(), cfg)
+    pruned = prune(_sharp_vit(), cfg)
     data = _data()
     batches = image_batches(data, 8, 2)
     before = flops_ratio_on(pruned, batches)
@@ -346,10 +346,10 @@ def test_asvit_budget_moves_flops_towards_rho(init, rho):
 
 def test_asvit_recipe_calibrates_trains_and_is_deterministic():
     def run(seed=0):
-        pruned = build_vision_pruned(_model(), ASViTConfig(target_flops=0.6, steps=3, calibration_batches=2))
+        pruned = prune(_model(), ASViTConfig(target_flops=0.6, steps=3, calibration_batches=2))
         return pruned, train_asvit(pruned, _data(), TrainConfig(batch_size=8, lr=1e-3, seed=seed))
 
-    initial = _state(build_vision_pruned(_model(), ASViTConfig()))
+    initial = _state(prune(_model(), ASViTConfig()))
     a, history = run()
     b, _ = run()
     assert abs(history["initial_ratio"] - 0.6) < 0.05
@@ -410,12 +410,12 @@ def test_bad_placements_raise():
         ASViTPolicy(4, ASViTConfig(stages=(1, 7)))
     bert = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=32, num_hidden_layers=4,
                                                     num_attention_heads=4, intermediate_size=64))
-    with pytest.raises(ValueError, match="ViT/DeiT/Dinov2"):
-        build_vision_pruned(bert, SaiTConfig())
+    with pytest.raises(ValueError, match="made for vision"):
+        prune(bert, SaiTConfig())
     with pytest.raises(TypeError):
-        build_vision_pruned(_model(), object())  # type: ignore[arg-type]
+        prune(_model(), object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected SaiTPolicy"):
-        train_sait(build_vision_pruned(_model(), ASViTConfig()), _data(), TrainConfig(batch_size=8))
+        train_sait(prune(_model(), ASViTConfig()), _data(), TrainConfig(batch_size=8))
 
 
 @pytest.mark.parametrize("mode", ["masked", "packed"])

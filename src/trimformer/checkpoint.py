@@ -36,7 +36,7 @@ from trimformer.methods import (
     TopKPolicy,
 )
 from trimformer.pruned import TokenPrunedModel
-from trimformer.quant import QuantConfig, load_quantized_, pack_model
+from trimformer.quant import config_from_dict, load_quantized_, pack_model
 
 FORMAT_VERSION = 1
 META_FILE = "trimformer.json"
@@ -145,7 +145,7 @@ def load_pruned(path: str | Path) -> tuple[TokenPrunedModel, dict[str, Any]]:
         raise CheckpointError(f"{path / WEIGHTS_FILE} is missing or corrupt ({err}); re-create it") from err
     if meta.get("quant_config") is not None:
         try:
-            load_quantized_(pruned, QuantConfig.from_dict(meta["quant_config"]), state, name_prefix="model.")
+            load_quantized_(pruned, config_from_dict(meta["quant_config"]), state, name_prefix="model.")
         except ValueError as err:
             raise CheckpointError(f"{path}: quantized weights cannot be restored ({err}); re-create it") from err
         return pruned.eval(), meta

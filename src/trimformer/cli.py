@@ -130,16 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--abits", type=int, default=8, help="input-activation bits; 0 = weights only (default 8)")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
                    help="data-free per-channel bias correction of the weights (default on)")
-    p.add_argument("--breakpoint", choices=("gaussian", "laplace", "search"), default="gaussian",
+    p.add_argument("--breakpoint", choices=("gaussian", "laplace", "search"), default=None,
                    help="PWLQ breakpoint: closed form for Gaussian/Laplacian weights, or MSE search (default "
                         "gaussian)")
-    p.add_argument("--num-breakpoints", type=int, default=1, choices=(1, 2, 3),
+    p.add_argument("--num-breakpoints", type=int, default=None, choices=(1, 2, 3),
                    help="PWLQ breakpoints per channel; more than 1 needs --breakpoint search (default 1)")
     p.add_argument("--region-bit", choices=("extra", "inside"), default="extra",
                    help="PWLQ: 'extra' stores the region bit on top of --wbits (paper), 'inside' counts it "
                         "within --wbits (default extra)")
     p.add_argument("--per-tensor", action="store_true", help="one weight range per tensor instead of per channel")
-    p.add_argument("--weight-clip", choices=("minmax", "mse"), default="minmax",
+    p.add_argument("--weight-clip", choices=("minmax", "mse"), default=None,
                    help="uniform weights: clip at max|w| or at the MSE-optimal value (default minmax)")
     p.add_argument("--act-clip", choices=("topk_median", "percentile", "mse", "minmax"), default="topk_median",
                    help="activation range rule (default topk_median: median of the top-10 per batch, averaged)")

@@ -11,7 +11,8 @@ from trimformer.checkpoint import label_names, load_model, save_dense, save_prun
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import LTPConfig, TopKConfig
-from trimformer.pipeline import build_pruned, finetune_dense, is_main_process, prune_ltp, prune_topk
+from trimformer.pipeline import finetune_dense, is_main_process, prune_ltp, prune_topk
+from trimformer.pruning import prune
 from trimformer.text_data import TextDataset, load_text_data
 from trimformer.training import TrainConfig, epochs_to_steps
 
@@ -73,7 +74,7 @@ def run_prune(args: argparse.Namespace) -> int:
                                   hard_steps=args.hard_steps, threshold_lr=args.threshold_lr)
     else:
         method_config = TopKConfig(target_flops=target, hard_steps=args.hard_steps)
-    model = build_pruned(pruned.model, args.method, method_config)
+    model = prune(pruned.model, method_config)
     config = train_config(args)
     state_dir = Path(args.out + ".state") if args.resume else None
     recipe_fn = prune_ltp if args.method == "ltp" else prune_topk
@@ -144,16 +145,37 @@ def parse_layer_bits(items: list[str]) -> dict[str, int]:
     return out
 
 
+def quant_config_from_args(args: argparse.Namespace):
+    """The config type ``--scheme`` names, built from ``trimformer quantize``'s flags.
+
+    ``--region-bit`` serves PWLQ weights and PWLQ activations; a scheme's own flag (``--breakpoint``,
+    ``--num-breakpoints``, ``--weight-clip``: None when not given) passed with another scheme is an error.
+    """
+    from trimformer.quant import ActSpec, config_type
+
+    cls = config_type(args.scheme)
+    fields = cls.field_names()
+    act = (ActSpec(bits=args.abits, clip=args.act_clip, scheme=args.act_scheme, region_bit=args.region_bit)
+           if args.abits else None)
+    kwargs = {"wbits": args.wbits, "act": act, "bias_correction": args.bias_correction,
+              "per_channel": not args.per_tensor, "pow2_scale": args.pow2_scale, "exclude": list(args.exclude),
+              "layer_wbits": parse_layer_bits(args.layer_wbits)}
+    if "region_bit" in fields:
+        kwargs["region_bit"] = args.region_bit
+    for name in ("breakpoint", "num_breakpoints", "weight_clip"):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name not in fields:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to --scheme {args.scheme}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
 def run_quantize(args: argparse.Namespace) -> int:
-    from trimformer.quant import QuantConfig
     from trimformer.quant_pipeline import quantize_vision_checkpoint
 
-    config = QuantConfig(
-        scheme=args.scheme, wbits=args.wbits, abits=args.abits or None, breakpoint=args.breakpoint,
-        num_breakpoints=args.num_breakpoints, region_bit=args.region_bit, bias_correction=args.bias_correction,
-        per_channel=not args.per_tensor, weight_clip=args.weight_clip, act_clip=args.act_clip,
-        act_scheme=args.act_scheme,
-        pow2_scale=args.pow2_scale, exclude=list(args.exclude), layer_wbits=parse_layer_bits(args.layer_wbits))
+    config = quant_config_from_args(args)
     if args.task == "vision":
         from trimformer.vision_commands import vision_data_name
 

@@ -17,7 +17,8 @@ from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import LTPConfig, TopKConfig
-from trimformer.pipeline import build_pruned, finetune_dense, prune_ltp, prune_topk
+from trimformer.pipeline import finetune_dense, prune_ltp, prune_topk
+from trimformer.pruning import prune
 from trimformer.text_data import load_text_data
 from trimformer.training import TrainConfig, epochs_to_steps, unlabelled_batches
 
@@ -68,7 +69,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
     ltp_cfg = LTPConfig(target_flops=target_flops, soft_steps=settings.prune_steps,
                         hard_steps=settings.prune_steps, calibration_batches=settings.calibration_batches)
     print(f"[demo] LTP to {target_flops:.2f} of dense FLOPs")
-    ltp = build_pruned(dense_model.model, "ltp", ltp_cfg)
+    ltp = prune(dense_model.model, ltp_cfg)
     history = prune_ltp(ltp, train, tokenizer, ltp_cfg, config)
     save_pruned(ltp, out / "model", tokenizer, extra={"recipe": {
         "base_model": "all-MiniLM-L6-v2 fine-tuned on rotten_tomatoes", "data": "rotten_tomatoes",
@@ -80,7 +81,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
     dense_again, _, _ = load_model(out / "finetuned")
     topk_cfg = TopKConfig(target_flops=target_flops, hard_steps=settings.prune_steps,
                           calibration_batches=settings.calibration_batches)
-    topk = build_pruned(dense_again.model, "topk", topk_cfg)
+    topk = prune(dense_again.model, topk_cfg)
     prune_topk(topk, train, tokenizer, topk_cfg, config)
 
     print("[demo] evaluating")

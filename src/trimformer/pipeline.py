@@ -191,14 +191,6 @@ def prune_topk(model: TokenPrunedModel, data: TextDataset, tokenizer, topk: TopK
     return history
 
 
-def prune(model: torch.nn.Module, config: LTPConfig | TopKConfig) -> TokenPrunedModel:
-    """Wrap a transformers model for token pruning with the method that ``config`` describes."""
-    if isinstance(config, LTPConfig):
-        return build_pruned(model, "ltp", config)
-    if isinstance(config, TopKConfig):
-        return build_pruned(model, "topk", config)
-    raise TypeError(f"expected LTPConfig or TopKConfig, got {type(config).__name__}")
-
 
 def fit(model: TokenPrunedModel, data: TextDataset, tokenizer, config: TrainConfig | None = None,
         state_dir: str | Path | None = None) -> dict:
@@ -210,15 +202,6 @@ def fit(model: TokenPrunedModel, data: TextDataset, tokenizer, config: TrainConf
         return prune_topk(model, data, tokenizer, model.policy.config(), config, state_dir)
     raise ValueError("model has no pruning policy to train: create it with trimformer.prune(model, config)")
 
-
-def build_pruned(model: torch.nn.Module, method: str, method_config) -> TokenPrunedModel:
-    """Wrap a transformers model with the policy of ``method`` ('ltp' or 'topk')."""
-    num_layers = model.config.num_hidden_layers
-    if method == "ltp":
-        return TokenPrunedModel(model, LTPPolicy(num_layers, method_config, stage="hard"))
-    if method == "topk":
-        return TokenPrunedModel(model, TopKPolicy(num_layers, method_config))
-    raise ValueError(f"unknown pruning method {method!r}: use 'ltp' or 'topk'")
 
 
 def is_main_process() -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from torch import nn
 from trimformer.checkpoint import WEIGHTS_FILE, save_pruned
 from trimformer.evaluation import evaluate
 from trimformer.pruned import TokenPrunedModel
-from trimformer.quant import QuantConfig, calibrate, is_quantized, quantize_, quantize_weight
+from trimformer.quant import BaseQuantConfig, UniformConfig, calibrate, is_quantized, quantize_, quantize_weight
 from trimformer.text_data import TextDataset
 from trimformer.training import unlabelled_batches
 
@@ -40,16 +39,17 @@ def weight_mse(model: nn.Module, originals: dict[str, torch.Tensor]) -> tuple[fl
     """(squared error of the quantized weights, of uniform min-max weights at the same bits), summed over layers.
 
     ``originals`` are the float weights (:func:`float_weights` before ``quantize_``). The uniform reference
-    uses each layer's own nominal bits, granularity and bias-correction setting: same bits, uniform vs the
-    chosen scheme.
+    uses each layer's own nominal bits, granularity, bias-correction and power-of-two settings: same bits,
+    uniform vs the chosen scheme.
     """
     err = ref = 0.0
     for name, mod in model.named_modules():
-        spec = getattr(mod, "wspec", None)
-        if spec is None or name not in originals:
+        cfg = getattr(mod, "wconfig", None)  # the layer's config, set by quantize_
+        if cfg is None or name not in originals:
             continue
         w = originals[name].float()
-        uniform = replace(spec, scheme="uniform", clip="minmax")
+        uniform = UniformConfig(wbits=cfg.wbits, act=None, per_channel=cfg.per_channel,
+                                bias_correction=cfg.bias_correction, pow2_scale=cfg.pow2_scale)
         err += float((mod.weight.float() - w).pow(2).sum())
         ref += float((quantize_weight(w, uniform).dequantize() - w).pow(2).sum())
     return err, ref
@@ -58,7 +58,7 @@ def weight_mse(model: nn.Module, originals: dict[str, torch.Tensor]) -> tuple[fl
 def quantize_loaded(
     model: TokenPrunedModel,
     meta: dict[str, Any],
-    config: QuantConfig,
+    config: BaseQuantConfig,
     calibration_batches: list[dict[str, torch.Tensor]],
     evaluate_fn: Callable[[TokenPrunedModel], Any],
     out: str | Path,
@@ -76,7 +76,7 @@ def quantize_loaded(
     size_fp32 = fp32_nbytes(model)
     originals = float_weights(model.model)
     quantize_(model.model, config)
-    if config.abits is not None or config.layer_abits:
+    if config.act is not None:
         unseen = calibrate(model, calibration_batches)
         if unseen:
             raise ValueError(f"calibration never reached {len(unseen)} quantized layer(s), e.g. {unseen[:3]}")
@@ -88,7 +88,7 @@ def quantize_loaded(
     return {
         "scheme": config.scheme,
         "wbits": config.wbits,
-        "abits": config.abits,
+        "abits": None if config.act is None else config.act.bits,
         "model": source,
         "method": meta.get("method", "dense"),
         "quant_config": config.to_dict(),
@@ -108,7 +108,7 @@ def quantize_text_model(
     tokenizer: Any,
     meta: dict[str, Any],
     source: str,
-    config: QuantConfig,
+    config: BaseQuantConfig,
     calib: TextDataset,
     test: TextDataset,
     out: str | Path,
@@ -128,7 +128,7 @@ def quantize_text_model(
 
 def quantize_vision_checkpoint(
     checkpoint: str | Path,
-    config: QuantConfig,
+    config: BaseQuantConfig,
     data: str,
     eval_data: str | None,
     out: str | Path,

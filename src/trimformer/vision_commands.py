@@ -12,10 +12,10 @@ from trimformer.checkpoint import label_names, save_pruned
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
+from trimformer.pruning import prune
 from trimformer.training import TrainConfig
 from trimformer.vision_pipeline import (
     VISION_METHODS,
-    build_vision_method,
     evaluate_vision,
     load_image_data,
     load_vision_model,
@@ -49,7 +49,7 @@ def run_prune_vision(args: argparse.Namespace) -> int:
     if meta.get("method", "dense") != "dense":
         raise ValueError(f"{args.model} is already pruned ({meta['method']}); start from a dense fine-tuned model")
     config = method_config(args)
-    model = build_vision_method(base.model, args.method, config)
+    model = prune(base.model, config)
     resolution = model_resolution(base, meta)
     recipe: dict[str, Any] = {"base_model": args.model, "data": vision_data_name(args)}
     if args.method in ("sait", "asvit"):

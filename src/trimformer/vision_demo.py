@@ -23,9 +23,10 @@ from trimformer.checkpoint import load_pruned, save_pruned
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import SaiTConfig
+from trimformer.pruning import prune
 from trimformer.training import TrainConfig
 from trimformer.vision.data import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
-from trimformer.vision_pipeline import build_vision_method, evaluate_vision, pixel_batches
+from trimformer.vision_pipeline import evaluate_vision, pixel_batches
 from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches, sparsity_dial
 from trimformer.vision_training import fit_vision
 
@@ -102,7 +103,7 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
     vit = tiny_vit()
     train_from_scratch(vit, train, settings.epochs, seed)
     print(f"[demo] training SaiT ({settings.sait_steps} steps of dense and sparse passes, shared weights)")
-    sait = build_vision_method(vit, "sait", SaiTConfig(policy="topk", steps=settings.sait_steps))
+    sait = prune(vit, SaiTConfig(policy="topk", steps=settings.sait_steps))
     fit_vision(sait, train, TrainConfig(batch_size=64, lr=5e-4, seed=seed))
     save_pruned(sait, out / "model", extra={"resolution": RESOLUTION, "label_names": list(FASHION_MNIST_CLASSES)})
     sait, _ = load_pruned(out / "model")
@@ -121,7 +122,7 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
                      "dense_samples_per_s": ratios["dense_samples_per_s"]})
         print(f"[demo] {dial[-1]['label']:9s} accuracy {ev.accuracy:.2f}%  FLOPs {ev.flops_ratio:.2f}  "
               f"speed-up {dial[-1]['speedup']:.2f}x")
-    mass = build_vision_method(sait.model, "sait", SaiTConfig(policy="mass"))
+    mass = prune(sait.model, SaiTConfig(policy="mass"))
     with mass.policy.at_level(MASS_LEVEL):
         mass_eval = evaluate_vision(mass, test, progress=False)
     stage = mass.policy.stages[0]

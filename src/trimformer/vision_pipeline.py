@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_pruned
-from trimformer.methods import ASViTConfig, EViTConfig, EViTPolicy, SaiTConfig, ToMeConfig, ToMePolicy
+from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
 from trimformer.vision.data import image_collate
 
@@ -82,25 +82,6 @@ def pixel_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, to
     return [(b["pixel_values"], b["labels"]) for b in batches]
 
 
-def num_blocks(model: torch.nn.Module) -> int:
-    """Transformer blocks of any supported image model (transformers or timm)."""
-    from trimformer.adapters import adapter_for
-
-    return len(adapter_for(model).blocks(model))
-
-
-def build_vision_method(model: torch.nn.Module, method: str, config: Any) -> TokenPrunedModel:
-    """Wrap a transformers ViT/DeiT/Dinov2 classifier with ``method``'s policy (weights shared)."""
-    layers = num_blocks(model)
-    if method == "tome":
-        return TokenPrunedModel(model, ToMePolicy(layers, config))
-    if method == "evit":
-        return TokenPrunedModel(model, EViTPolicy(layers, config))
-    if method in ("sait", "asvit"):
-        from trimformer.vision_training import build_vision_pruned
-
-        return build_vision_pruned(model, config)
-    raise ValueError(f"unknown vision method {method!r}; choose from {', '.join(VISION_METHODS)}")
 
 
 CONFIGS = {"sait": SaiTConfig, "asvit": ASViTConfig, "evit": EViTConfig, "tome": ToMeConfig}

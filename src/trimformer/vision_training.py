@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from trimformer.methods.asvit import ASViTConfig, ASViTPolicy, ste_flops_ratio
+from trimformer.methods.asvit import ASViTPolicy, ste_flops_ratio
 from trimformer.methods.sait import SaiTConfig, SaiTPolicy, score_distillation_kl
 from trimformer.pipeline import _decay_groups, bisect_knob, flops_ratio_on
 from trimformer.pruned import TokenPrunedModel
@@ -54,22 +54,6 @@ def image_batches(data: Dataset, batch_size: int, num_batches: int, seed: int = 
     return batches
 
 
-def build_vision_pruned(model: nn.Module, config: SaiTConfig | ASViTConfig, mode: str = "packed") -> TokenPrunedModel:
-    """Wrap a transformers ViT/DeiT/Dinov2 classifier with the SaiT or AS-ViT policy that ``config`` describes."""
-    from trimformer.vision_pipeline import num_blocks
-
-    num_layers = num_blocks(model)
-    if isinstance(config, SaiTConfig):
-        policy: SaiTPolicy | ASViTPolicy = SaiTPolicy(num_layers, config)
-    elif isinstance(config, ASViTConfig):
-        policy = ASViTPolicy(num_layers, config)
-    else:
-        raise TypeError(f"expected SaiTConfig or ASViTConfig, got {type(config).__name__}")
-    pruned = TokenPrunedModel(model, policy, mode=mode)
-    if pruned.adapter.name not in ("vit", "timm_vit"):
-        raise ValueError(f"{policy.method} is for ViT/DeiT/Dinov2 image models, not {type(model).__name__}")
-    return pruned
-
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0):
     """T^2 KL(teacher || student) of the softened class distributions, mean over the batch. [B, C] -> scalar."""
@@ -81,7 +65,7 @@ def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 def _require(model: TokenPrunedModel, kind: type) -> None:
     if not isinstance(model.policy, kind):
         raise ValueError(f"model's policy is {type(model.policy).__name__}, expected {kind.__name__}: "
-                         "build it with build_vision_pruned(model, config)")
+                         "build it with trimformer.prune(model, config)")
 
 
 def sait_level_for_step(config: SaiTConfig, seed: int, step: int) -> float | None:
@@ -231,4 +215,4 @@ def fit_vision(model: TokenPrunedModel, data: Dataset, config: TrainConfig | Non
         return train_sait(model, data, config, state_dir)
     if isinstance(model.policy, ASViTPolicy):
         return train_asvit(model, data, config, state_dir)
-    raise ValueError("model has no SaiT/AS-ViT policy: build it with build_vision_pruned(model, config)")
+    raise ValueError("model has no SaiT/AS-ViT policy: build it with trimformer.prune(model, config)")

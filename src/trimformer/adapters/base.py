@@ -18,6 +18,7 @@ class Adapter(ABC):
     """Describes one model family to the pruning engine."""
 
     name: str = "base"
+    task: str = "text"  # "text" or "vision": the data the model family takes
 
     def num_prefix_tokens(self, model: nn.Module) -> int:
         """Leading tokens that are never pruned ([CLS], DeiT's distillation token)."""
@@ -34,6 +35,10 @@ class Adapter(ABC):
     @abstractmethod
     def blocks(self, model: nn.Module) -> list[BlockView]:
         """The model's transformer blocks, in order."""
+
+    def num_blocks(self, model: nn.Module) -> int:
+        """The model's depth (what a policy is built for)."""
+        return len(self.blocks(model))
 
     @abstractmethod
     def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:

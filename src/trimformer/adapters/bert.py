@@ -20,6 +20,7 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 class BertFamilyAdapter(Adapter):
     name = "bert"
+    task = "text"
 
     def supports(self, model: nn.Module) -> bool:
         return isinstance(model, (BertPreTrainedModel, RobertaPreTrainedModel))

@@ -57,6 +57,7 @@ def _attention_parts(attn: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear, 
 
 class ViTFamilyAdapter(Adapter):
     name = "vit"
+    task = "vision"
 
     def supports(self, model: nn.Module) -> bool:
         return isinstance(model, _BASES + _HEADS)

@@ -23,12 +23,15 @@ class EViTConfig(JsonConfig):
 
     keep_rate: fraction of the live non-prefix tokens kept at each pruning layer, in (0, 1]; 1 = no-op.
     layers: 0-indexed layers that prune and fuse; None = 3, 6, 9 of 12 scaled to the model's depth.
-    fuse: 'average' (the paper's weighted average) or 'sum' (the official code's weighted sum).
+    fuse: how the inattentive tokens become one. 'sum' (default): their sum weighted by their class
+        attention, unnormalised, as EViT's official code computes it (so the fused token is scaled by the
+        share of class attention they had); 'average': the same weights normalised to sum to 1, the weighted
+        average that the paper's description reads as (trimformer's earlier default).
     """
 
     keep_rate: float = 0.7
     layers: list[int] | None = None
-    fuse: str = "average"
+    fuse: str = "sum"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.keep_rate <= 1.0:

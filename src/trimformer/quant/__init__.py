@@ -2,16 +2,21 @@
 
 Typical use::
 
-    cfg = QuantConfig(scheme="pwlq", wbits=4, abits=8, breakpoint="gaussian", bias_correction=True)
+    cfg = PWLQConfig(wbits=4, act=ActSpec(bits=8), breakpoint="gaussian", bias_correction=True)
     quantize_(model, cfg)              # weights quantized once, input quantizers installed
     calibrate(model, batches)          # activation ranges (median of top-10 per batch, averaged)
     save_packed(model, "model.qsafetensors")  # bit-packed codes + per-channel params
+
+One config dataclass per weight scheme (``PWLQConfig``, ``UniformConfig``; shared fields in ``BaseQuantConfig``,
+activations in ``ActSpec``); ``HANDLERS`` maps each config type to the code that quantizes with it, and
+``config_from_dict`` reads any saved recipe back (``"scheme"`` picks the type).
 """
 
 from .api import is_quantized, load_quantized_, quantize_, select_layers
 from .bn_fold import find_conv_bn_pairs, fold_batchnorm_, fold_bn_into
 from .calibrate import ActQuantizer, calibrate, calibration
-from .config import ActSpec, QuantConfig, WeightSpec
+from .config import ActSpec, BaseQuantConfig, PWLQConfig, UniformConfig
+from .handlers import HANDLERS, Encoded, WeightHandler, config_from_dict, config_type, handler_for
 from .modules import QuantConv2d, QuantLinear
 from .packing import (
     load_packed,
@@ -50,16 +55,22 @@ from .weights import QuantizedWeight, bias_correction_params, fake_quantize_weig
 __all__ = [
     "ActQuantizer",
     "ActSpec",
-    "QuantConfig",
+    "BaseQuantConfig",
+    "Encoded",
+    "HANDLERS",
+    "PWLQConfig",
     "QuantConv2d",
     "QuantLinear",
     "QuantizedWeight",
-    "WeightSpec",
+    "UniformConfig",
+    "WeightHandler",
     "asymmetric_qparams",
     "bias_correction_params",
     "calibrate",
     "calibration",
     "code_bits",
+    "config_from_dict",
+    "config_type",
     "dequantize_symmetric",
     "fake_quant_asymmetric",
     "fake_quant_pwlq",
@@ -68,6 +79,7 @@ __all__ = [
     "find_conv_bn_pairs",
     "fold_batchnorm_",
     "fold_bn_into",
+    "handler_for",
     "is_quantized",
     "load_quantized_",
     "gaussian_breakpoint",

@@ -1,4 +1,8 @@
-"""``quantize_(model, config)``: swap selected nn.Linear / nn.Conv2d layers for fake-quant layers in place."""
+"""``quantize_(model, config)``: swap selected nn.Linear / nn.Conv2d layers for fake-quant layers in place.
+
+``config`` is any config type registered in :data:`trimformer.quant.handlers.HANDLERS` (``PWLQConfig``,
+``UniformConfig``); its handler quantizes each layer's weight, everything else here is scheme-agnostic.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import QuantConfig
+from .config import BaseQuantConfig
+from .handlers import handler_for
 from .modules import QUANT_MODULES
 from .packing import split_packed, unpack_weight
 
 FilterFn = Callable[[nn.Module, str], bool]
 
 
-def select_layers(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None = None) -> list[str]:
+def select_layers(model: nn.Module, config: BaseQuantConfig, filter_fn: FilterFn | None = None) -> list[str]:
     """Names of the layers ``quantize_`` would replace.
 
     Only exact nn.Linear / nn.Conv2d types are taken (subclasses such as the out-projection of
@@ -31,18 +36,17 @@ def select_layers(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | N
     return names
 
 
-def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None = None) -> nn.Module:
+def quantize_(model: nn.Module, config: BaseQuantConfig, filter_fn: FilterFn | None = None) -> nn.Module:
     """Quantize ``model`` in place and return it.
 
-    Weights are quantized once (``config.wbits``, per-layer overrides); when ``config.abits`` is set each
-    replaced layer gets an input activation quantizer that must be calibrated with ``calibrate``.
+    Weights are quantized once by the handler of ``type(config)`` (``config.wbits``, per-layer overrides); when
+    ``config.act`` is set each replaced layer gets an input activation quantizer that must be calibrated with
+    ``calibrate``.
     ``filter_fn(module, name)`` can veto layers in addition to the include/exclude globs. A module
     reachable under several names is replaced everywhere by one quantized copy. The config is recorded as
     ``model.trimformer_quant_config`` (a dict) so that saved artefacts can carry the recipe.
     """
-    if not isinstance(config, QuantConfig):
-        raise ValueError(f"config must be a QuantConfig, got {type(config).__name__}")
-    config.validate()
+    handler_for(config)  # a registered config type, or a clear ValueError
     if is_quantized(model):
         raise ValueError("model is already quantized; quantize the float model (quantizing twice compounds error)")
     chosen = select_layers(model, config, filter_fn)
@@ -50,7 +54,7 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: FilterFn | None 
     for name in tqdm(chosen, desc=f"quantize {config.scheme} W{config.wbits}", disable=len(chosen) < 20):
         mod = model.get_submodule(name)
         qcls = QUANT_MODULES[type(mod)]
-        new_of[id(mod)] = qcls.from_float(mod, config.weight_spec(name), config.act_spec(name), name)
+        new_of[id(mod)] = qcls.from_float(mod, config.weight_config(name), config.act_spec(name), name)
     _replace_modules(model, new_of)
     model.trimformer_quant_config = config.to_dict()
     return model
@@ -70,16 +74,16 @@ def _replace_modules(model: nn.Module, new_of: dict[int, nn.Module]) -> None:
 
 
 def load_quantized_(
-    model: nn.Module, config: QuantConfig, tensors: dict[str, torch.Tensor], name_prefix: str = ""
+    model: nn.Module, config: BaseQuantConfig, tensors: dict[str, torch.Tensor], name_prefix: str = ""
 ) -> nn.Module:
     """Rebuild a quantized model in place from a float skeleton and :func:`pack_model` tensors.
 
     The stored codes are used as they are (nothing is re-quantized), so dequantized weights are bit-identical
     to the saved model's; activation ranges and every other tensor come from ``tensors`` too. Layer names
     are matched to ``config``'s globs after removing ``name_prefix`` (e.g. ``"model."`` for a wrapper).
+    ``config`` is the saved recipe, e.g. ``config_from_dict(meta["quant_config"])``.
     """
-    if not isinstance(config, QuantConfig):
-        raise ValueError(f"config must be a QuantConfig, got {type(config).__name__}")
+    handler_for(config)
     groups, rest = split_packed(tensors)
     new_of: dict[int, nn.Module] = {}
     for wkey, fields in groups.items():
@@ -93,7 +97,7 @@ def load_quantized_(
         short = name.removeprefix(name_prefix)
         qcls = QUANT_MODULES[type(mod)]
         new_of[id(mod)] = qcls.from_float(
-            mod, config.weight_spec(short), config.act_spec(short), short, qweight=unpack_weight(fields)
+            mod, config.weight_config(short), config.act_spec(short), short, qweight=unpack_weight(fields)
         )
     _replace_modules(model, new_of)
     missing, unexpected = model.load_state_dict(rest, strict=False)

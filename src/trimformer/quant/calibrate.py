@@ -105,7 +105,7 @@ class ActQuantizer(nn.Module):
         if not bool(self.calibrated):
             raise RuntimeError(
                 f"activation quantizer of {self.name or 'a layer'} is not calibrated; run "
-                "calibrate(model, batches) first, or quantize with abits=None for weights only"
+                "calibrate(model, batches) first, or quantize with act=None for weights only"
             )
         if self.spec.scheme == "pwlq":
             lo, hi, levels, one_sided = self._pwlq_layout()
@@ -143,7 +143,7 @@ def calibration(model: nn.Module) -> Iterator[list[str]]:
     """
     quantizers = [(n, m) for n, m in model.named_modules() if isinstance(m, ActQuantizer)]
     if not quantizers:
-        raise ValueError("model has no activation quantizers; call quantize_ with abits set first")
+        raise ValueError("model has no activation quantizers; call quantize_ with a config whose act is set")
     modes = {m: m.training for m in model.modules()}
     for i, (_, q) in enumerate(quantizers):
         q.observer = RangeObserver(q.spec, seed=i)

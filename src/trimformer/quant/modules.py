@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .calibrate import ActQuantizer
-from .config import ActSpec, WeightSpec
+from .config import ActSpec, BaseQuantConfig
 from .weights import QuantizedWeight, quantize_weight
 
 
@@ -16,7 +16,7 @@ class _QuantMixin:
     """Shared construction and forward of the fake-quant layers; subclasses say how to build an empty one."""
 
     qweight: QuantizedWeight
-    wspec: WeightSpec
+    wconfig: BaseQuantConfig  # the layer's config (``wbits`` resolved for it)
     input_quant: ActQuantizer | None
 
     @classmethod
@@ -28,30 +28,35 @@ class _QuantMixin:
     def from_float(
         cls,
         mod: nn.Module,
-        wspec: WeightSpec,
+        wconfig: BaseQuantConfig,
         aspec: ActSpec | None,
         name: str = "",
         qweight: QuantizedWeight | None = None,
     ) -> _QuantMixin:
         """Quantized copy of ``mod`` (``qweight``: use these codes instead of quantizing ``mod.weight``)."""
         new = cls._empty_like(mod)
-        new._install(mod, wspec, aspec, name, qweight)
+        new._install(mod, wconfig, aspec, name, qweight)
         new.train(mod.training)  # type: ignore[attr-defined]
         return new
 
     def _install(
-        self, src: nn.Module, wspec: WeightSpec, aspec: ActSpec | None, name: str, qweight: QuantizedWeight | None
+        self,
+        src: nn.Module,
+        wconfig: BaseQuantConfig,
+        aspec: ActSpec | None,
+        name: str,
+        qweight: QuantizedWeight | None,
     ) -> None:
         assert isinstance(self, nn.Module)
         with torch.no_grad():
-            self.qweight = quantize_weight(src.weight, wspec) if qweight is None else qweight
+            self.qweight = quantize_weight(src.weight, wconfig) if qweight is None else qweight
             if tuple(self.qweight.shape) != tuple(src.weight.shape):
                 raise ValueError(
                     f"quantized weight of {name or 'a layer'} has shape {tuple(self.qweight.shape)}, the layer "
                     f"expects {tuple(src.weight.shape)}: the checkpoint does not belong to this model"
                 )
             deq = self.qweight.dequantize().to(src.weight.device)
-        self.wspec = wspec
+        self.wconfig = wconfig
         self.weight = nn.Parameter(deq, requires_grad=False)
         self.bias = src.bias
         self.input_quant = ActQuantizer(aspec, name) if aspec is not None else None
@@ -64,7 +69,7 @@ class _QuantMixin:
         return super().forward(x)  # type: ignore[misc]  # the float module's forward, on the quantized weight
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, w={self.wspec.scheme}{self.wspec.bits}"  # type: ignore[misc]
+        return f"{super().extra_repr()}, w={self.wconfig.scheme}{self.wconfig.wbits}"  # type: ignore[misc]
 
 
 class QuantLinear(_QuantMixin, nn.Linear):

@@ -17,11 +17,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._checks import check_bits
+from .handlers import handler_for_format_id, handler_for_scheme
 from .weights import QuantizedWeight
 
 FORMAT = "trimformer.quant.packed/1"
 QSEP = ".qpack."  # "<layer>.weight.qpack.<field>"
-SCHEME_IDS = {"uniform": 0, "pwlq": 1}
 DTYPE_IDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 _CHUNK = 1 << 20  # codes per chunk (a multiple of 8, so chunks end on byte boundaries)
 
@@ -63,13 +63,18 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.int32)
 
 
+_COMMON_FIELDS = ("codes", "meta", "shape", "gain", "shift")  # every other field is the scheme's (its handler's)
+
+
 def pack_weight(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     """Flat dict of CPU tensors: packed codes, ``meta``/``shape`` ints and per-channel parameters.
 
-    ``gain``/``shift`` are omitted when bias correction is the identity (they are rebuilt as 1 / 0).
+    ``meta`` is [scheme id, code bits, region bits, dtype id, rows, cols]; the scheme's parameters are written
+    by its handler. ``gain``/``shift`` are omitted when bias correction is the identity (rebuilt as 1 / 0).
     """
+    handler = handler_for_scheme(qw.scheme)
     rows, cols = qw.codes.shape
-    meta = [SCHEME_IDS[qw.scheme], qw.bits, qw.region_bits, DTYPE_IDS[qw.dtype], rows, cols]
+    meta = [handler.format_id, qw.bits, qw.region_bits, DTYPE_IDS[qw.dtype], rows, cols]
     d = {
         "codes": pack_bits(qw.codes, qw.bits),
         "meta": torch.tensor(meta, dtype=torch.int64),
@@ -77,22 +82,20 @@ def pack_weight(qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     }
     if not (bool((qw.gain == 1).all()) and bool((qw.shift == 0).all())):
         d["gain"], d["shift"] = qw.gain, qw.shift
-    if qw.scheme == "uniform":
-        d["scale"] = qw.scale
-    else:
-        d["offsets"], d["steps"] = qw.offsets[:, 1:], qw.steps  # offsets[:, 0] is always 0
+    params = handler.pack_params(qw.params)
+    if clash := set(params) & set(_COMMON_FIELDS):
+        raise ValueError(f"{qw.scheme} handler stores parameters named like common fields: {sorted(clash)}")
+    d.update(params)
     return {k: v.detach().cpu().contiguous() for k, v in d.items()}
 
 
 def unpack_weight(d: dict[str, torch.Tensor]) -> QuantizedWeight:
     """Rebuild a :class:`QuantizedWeight` from :func:`pack_weight` output."""
     scheme_id, bits, region_bits, dtype_id, rows, cols = (int(x) for x in d["meta"])
-    scheme = {v: k for k, v in SCHEME_IDS.items()}[scheme_id]
+    scheme, handler = handler_for_format_id(scheme_id)
     dtype = {v: k for k, v in DTYPE_IDS.items()}[dtype_id]
     codes = unpack_bits(d["codes"], bits, rows * cols).reshape(rows, cols)
-    offsets = d.get("offsets")
-    if offsets is not None:
-        offsets = torch.cat([torch.zeros(rows, 1, dtype=offsets.dtype), offsets], dim=1)
+    params = handler.unpack_params({k: v for k, v in d.items() if k not in _COMMON_FIELDS}, rows)
     gain = d.get("gain", torch.ones(rows))
     shift = d.get("shift", torch.zeros(rows))
     return QuantizedWeight(
@@ -103,9 +106,7 @@ def unpack_weight(d: dict[str, torch.Tensor]) -> QuantizedWeight:
         codes=codes,
         gain=gain,
         shift=shift,
-        scale=d.get("scale"),
-        offsets=offsets,
-        steps=d.get("steps"),
+        params=params,
         region_bits=region_bits,
     )
 

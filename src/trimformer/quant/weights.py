@@ -1,15 +1,18 @@
-"""Weight quantization: codes plus per-channel parameters, with exact dequantization and bias correction."""
+"""Weight quantization: codes plus per-channel parameters, with exact dequantization and bias correction.
+
+The scheme-specific part (codes and their parameters) comes from the config type's handler in
+:mod:`trimformer.quant.handlers`; granularity and bias correction are the same for every scheme.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ._checks import as_channels, check_finite
-from .config import WeightSpec
-from .pwlq import code_bits, pwlq_decode, pwlq_encode, pwlq_params
-from .uniform import dequantize_symmetric, mse_clip_absmax, quantize_symmetric, symmetric_scale
+from .config import BaseQuantConfig
+from .handlers import handler_for, handler_for_scheme
 
 
 def bias_correction_params(w2d: torch.Tensor, q2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +32,10 @@ def bias_correction_params(w2d: torch.Tensor, q2d: torch.Tensor) -> tuple[torch.
 class QuantizedWeight:
     """Integer codes [C, N] with what is needed to rebuild the float weight bit-exactly.
 
-    ``bits`` is the stored code width (for PWLQ with ``region_bit="extra"`` the nominal bits plus the region
-    bits). uniform: value = (code - qmax) * scale[c]; pwlq: see :mod:`trimformer.quant.pwlq` (offsets/steps per
-    piece). Then value * gain[c] + shift[c] (bias correction; gain 1, shift 0 when off), cast to ``dtype``.
+    ``scheme`` names the handler that decodes the codes with ``params`` (uniform: ``scale``; pwlq: ``offsets`` /
+    ``steps`` per piece, see :mod:`trimformer.quant.pwlq`). ``bits`` is the stored code width (for PWLQ with
+    ``region_bit="extra"`` the nominal bits plus the region bits). The grid value is then multiplied by
+    ``gain[c]`` and shifted by ``shift[c]`` (bias correction; gain 1, shift 0 when off) and cast to ``dtype``.
     """
 
     scheme: str
@@ -41,18 +45,12 @@ class QuantizedWeight:
     codes: torch.Tensor
     gain: torch.Tensor
     shift: torch.Tensor
-    scale: torch.Tensor | None = None
-    offsets: torch.Tensor | None = None
-    steps: torch.Tensor | None = None
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
     region_bits: int = 0
 
     def grid_values(self) -> torch.Tensor:
         """Dequantized values before bias correction, float32 [C, N]."""
-        if self.scheme == "uniform":
-            assert self.scale is not None
-            return dequantize_symmetric(self.codes, self.scale, self.bits)
-        assert self.offsets is not None and self.steps is not None
-        return pwlq_decode(self.codes, self.offsets, self.steps, self.bits, self.region_bits)
+        return handler_for_scheme(self.scheme).decode(self.codes, self.params, self.bits, self.region_bits)
 
     def dequantize(self) -> torch.Tensor:
         """Float weight of the original shape and dtype."""
@@ -60,42 +58,30 @@ class QuantizedWeight:
         return q.reshape(self.shape).to(self.dtype)
 
 
-def quantize_weight(w: torch.Tensor, spec: WeightSpec) -> QuantizedWeight:
-    """Quantize a weight tensor ([C_out, ...]) following ``spec``; raises ValueError on NaN/inf."""
+def quantize_weight(w: torch.Tensor, config: BaseQuantConfig) -> QuantizedWeight:
+    """Quantize a weight tensor ([C_out, ...]) with ``config`` at ``config.wbits`` (use
+    ``config.weight_config(name)`` for a layer's own bits); raises ValueError on NaN/inf."""
+    handler = handler_for(config)
     check_finite(w, "weight")
-    w2d = as_channels(w, spec.per_channel)
-    scale = offsets = steps = None
-    region_bits = 0
-    bits = spec.bits
-    if spec.scheme == "uniform":
-        absmax = mse_clip_absmax(w2d, spec.bits, spec.pow2_scale) if spec.clip == "mse" else w2d.abs().amax(1)
-        scale = symmetric_scale(absmax, spec.bits, spec.pow2_scale)
-        codes = quantize_symmetric(w2d, scale, spec.bits)
-        q2d = dequantize_symmetric(codes, scale, spec.bits)
-    else:
-        bits = code_bits(spec.bits, spec.num_breakpoints, spec.region_bit)
-        offsets, steps, region_bits = pwlq_params(w2d, bits, spec.breakpoint, spec.num_breakpoints, spec.pow2_scale)
-        codes = pwlq_encode(w2d, offsets, steps, bits, region_bits)
-        q2d = pwlq_decode(codes, offsets, steps, bits, region_bits)
-    if spec.bias_correction:
-        gain, shift = bias_correction_params(w2d, q2d)
+    w2d = as_channels(w, config.per_channel)
+    enc = handler.encode(w2d, config)
+    if config.bias_correction:
+        gain, shift = bias_correction_params(w2d, handler.decode(enc.codes, enc.params, enc.bits, enc.region_bits))
     else:
         gain, shift = torch.ones(w2d.shape[0]), torch.zeros(w2d.shape[0])
     return QuantizedWeight(
-        scheme=spec.scheme,
-        bits=bits,
+        scheme=config.scheme,
+        bits=enc.bits,
         shape=tuple(w.shape),
         dtype=w.dtype,
-        codes=codes,
+        codes=enc.codes,
         gain=gain.to(w2d.device),
         shift=shift.to(w2d.device),
-        scale=scale,
-        offsets=offsets,
-        steps=steps,
-        region_bits=region_bits,
+        params=enc.params,
+        region_bits=enc.region_bits,
     )
 
 
-def fake_quantize_weight(w: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
-    """Quantize-dequantize ``w`` following ``spec`` (same shape and dtype)."""
-    return quantize_weight(w, spec).dequantize()
+def fake_quantize_weight(w: torch.Tensor, config: BaseQuantConfig) -> torch.Tensor:
+    """Quantize-dequantize ``w`` with ``config`` (same shape and dtype)."""
+    return quantize_weight(w, config).dequantize()
