@@ -21,20 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from trimformer import __version__
 from trimformer.io_utils import atomic_write_dir, atomic_write_json
-from trimformer.methods import (
-    ASViTConfig,
-    ASViTPolicy,
-    EViTConfig,
-    EViTPolicy,
-    LTPConfig,
-    LTPPolicy,
-    SaiTConfig,
-    SaiTPolicy,
-    ToMeConfig,
-    ToMePolicy,
-    TopKConfig,
-    TopKPolicy,
-)
+from trimformer.methods import method_named
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import config_from_dict, load_quantized_, pack_model
 
@@ -47,8 +34,6 @@ VISION_MODEL_CLASSES = ("ViTForImageClassification", "DeiTForImageClassification
                         "DeiTForImageClassificationWithTeacher", "Dinov2ForImageClassification", "ViTModel",
                         "DeiTModel", "Dinov2Model")
 _MODEL_CLASSES = TEXT_MODEL_CLASSES + VISION_MODEL_CLASSES
-METHODS = {"ltp": (LTPConfig, LTPPolicy), "topk": (TopKConfig, TopKPolicy), "sait": (SaiTConfig, SaiTPolicy),
-           "asvit": (ASViTConfig, ASViTPolicy), "evit": (EViTConfig, EViTPolicy), "tome": (ToMeConfig, ToMePolicy)}
 
 
 class CheckpointError(ValueError):
@@ -66,16 +51,14 @@ def is_pruned_checkpoint(path: str | Path) -> bool:
 
 
 def build_policy(method: str, method_config: dict[str, Any], num_layers: int):
-    """The inference policy of a saved method (LTP in its hard stage), or None for a dense model."""
+    """The inference policy of a saved method (from the method registry), or None for a dense model."""
     if method == "dense":
         return None
-    if method not in METHODS:
-        raise CheckpointError(f"unknown pruning method {method!r} in checkpoint")
-    config_cls, policy_cls = METHODS[method]
-    config = config_cls.from_dict(method_config)
-    if method == "ltp":
-        return LTPPolicy(num_layers, config, stage="hard")
-    return policy_cls(num_layers, config)
+    try:
+        spec = method_named(method)
+    except ValueError as err:
+        raise CheckpointError(f"checkpoint: {err}") from err
+    return spec.build_policy(spec.config_from_dict(method_config), num_layers)
 
 
 def save_pruned(model: TokenPrunedModel, path: str | Path, tokenizer=None,
@@ -97,7 +80,9 @@ def save_pruned(model: TokenPrunedModel, path: str | Path, tokenizer=None,
         "mode": model.mode,
         **(extra or {}),
     }
-    quant_config = getattr(model.model, "trimformer_quant_config", None)
+    # quantize_ records its recipe on the object it was given: the wrapper or the bare model
+    quant_config = getattr(model, "trimformer_quant_config", None) or getattr(model.model, "trimformer_quant_config",
+                                                                               None)
     if quant_config is not None:
         meta["quant_config"] = quant_config
         state = pack_model(model)
@@ -194,3 +179,19 @@ def save_dense(model: torch.nn.Module, tokenizer, path: str | Path, extra: dict[
 
     atomic_write_dir(path, write)
     return Path(path)
+
+
+def save(model: torch.nn.Module, path: str | Path, processor=None, extra: dict[str, Any] | None = None) -> Path:
+    """``trimformer.save``: a pruned wrapper (any method, quantized or not) or a bare transformers model, with its
+    tokenizer or image processor (``processor``), atomically to the folder ``path``."""
+    wrapped = model if isinstance(model, TokenPrunedModel) else TokenPrunedModel(model)
+    return save_pruned(wrapped, path, tokenizer=processor, extra=extra)
+
+
+def load(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``trimformer.load`` -> (model in eval mode, metadata): a pruned or quantized checkpoint as a
+    ``TokenPrunedModel``; a dense, unquantized one as the bare transformers model."""
+    pruned, meta = load_pruned(path)
+    if pruned.policy is None and not meta.get("quant_config"):
+        return pruned.model, meta
+    return pruned, meta

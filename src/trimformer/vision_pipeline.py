@@ -17,11 +17,11 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_pruned
-from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
+from trimformer.methods import registered_methods
 from trimformer.pruned import TokenPrunedModel
 from trimformer.vision.data import image_collate
 
-VISION_METHODS = ("sait", "asvit", "evit", "tome")
+VISION_METHODS = tuple(s.name for s in registered_methods() if "vision" in s.tasks)
 DEFAULT_RESOLUTION = 112
 
 
@@ -84,7 +84,6 @@ def pixel_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, to
 
 
 
-CONFIGS = {"sait": SaiTConfig, "asvit": ASViTConfig, "evit": EViTConfig, "tome": ToMeConfig}
 
 
 @dataclass
