@@ -13,7 +13,7 @@ def test_readme_api_flow(tokenizer, text_data, tmp_path):
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
     config = trimformer.LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=3, calibration_batches=2)
     pruned = trimformer.prune(model, config)
-    trimformer.fit(pruned, text_data, tokenizer, trimformer.TrainConfig(batch_size=16, max_length=32))
+    trimformer.fit(pruned, text_data, trimformer.TrainConfig(batch_size=16, max_length=32), tokenizer=tokenizer)
     texts = sorted(text_data.texts, key=len)[-2:]  # long texts: pruning shows at the calibrated thresholds
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     out = pruned(**batch)
@@ -29,7 +29,7 @@ def test_prune_rejects_unknown_config(tiny_bert):
     with pytest.raises(TypeError, match="not a pruning method config.*LTPConfig, TopKConfig, SaiTConfig"):
         trimformer.prune(tiny_bert, {"target_flops": 0.5})
     with pytest.raises(ValueError, match="no pruning policy"):
-        trimformer.fit(trimformer.TokenPrunedModel(tiny_bert), None, None)
+        trimformer.fit(trimformer.TokenPrunedModel(tiny_bert), None)
 
 
 def test_readme_quantization_flow(tokenizer, text_data, tmp_path):

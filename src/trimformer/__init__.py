@@ -22,7 +22,7 @@ _EXPORTS = {
     "load": "trimformer.checkpoint",
     "TrainConfig": "trimformer.training",
     "prune": "trimformer.pruning",
-    "fit": "trimformer.pipeline",
+    "fit": "trimformer.fitting",
     "finetune_dense": "trimformer.pipeline",
     "evaluate": "trimformer.evaluation",
     "save_pruned": "trimformer.checkpoint",
