@@ -3,7 +3,7 @@
 The backbone comes from :func:`trimformer.vision.dinov2_onnx.dinov2_classifier` (converted and cached on
 first use) with a fresh linear head on ``[CLS, mean(patches)]``. Images are resized from 28 px to
 ``--resolution`` (default 112 px = 8x8 patches of 14 px), grayscale replicated to 3 channels and
-ImageNet-normalised (:class:`trimformer.vision.data.FashionMNIST`). Full fine-tuning with AdamW, one
+ImageNet-normalised (:class:`trimformer.data.images.FashionMNIST`). Full fine-tuning with AdamW, one
 learning rate for the backbone and a higher one for the head, linear warmup then cosine decay.
 
 Time budget: with ``--train-size auto`` (default) the script first times a few training steps and
@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from trimformer.data.images import FASHION_MNIST_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST
 from trimformer.envinfo import device_label, run_record
 from trimformer.io_utils import atomic_write_json
 from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
-from trimformer.vision.data import FASHION_MNIST_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST
 from trimformer.vision.dinov2_onnx import dinov2_classifier, ensure_converted_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "rule": f"sorted(torch.randperm({n_train}, generator=torch.Generator().manual_seed({args.seed}))"
                                f"[-{len(test_indices)}:])",
                        "indices": test_indices}
-    preprocessing = {"dataset": f"trimformer.vision.data.FashionMNIST(resolution={args.resolution})",
+    preprocessing = {"dataset": f"trimformer.data.images.FashionMNIST(resolution={args.resolution})",
                      "resize": "bilinear, antialias, from 28 px", "channels": "grayscale replicated to 3",
                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_images": test["n"]}

@@ -67,9 +67,8 @@ class Task:
 
 def text_task(ckpt: Path, calib_texts: int, test_limit: int | None) -> Task:
     from trimformer.checkpoint import load_model
+    from trimformer.data.text import load_text_data, unlabelled_batches
     from trimformer.evaluation import evaluate
-    from trimformer.text_data import load_text_data
-    from trimformer.training import unlabelled_batches
 
     _, tokenizer, _ = load_model(str(ckpt))
     train = load_text_data("rotten_tomatoes", "train").subset(calib_texts, seed=0)
@@ -101,8 +100,8 @@ def image_accuracy(batches: list[torch.Tensor], labels: torch.Tensor, logits_of:
 
 
 def vit_task(ckpt: Path, calib_images: int, test_limit: int) -> Task:
+    from trimformer.data.images import FashionMNIST
     from trimformer.vision.checkpoint import load_image_classifier
-    from trimformer.vision.data import FashionMNIST
 
     _, meta = load_image_classifier(ckpt)
     res = int(meta["resolution"])
@@ -125,9 +124,9 @@ def vit_task(ckpt: Path, calib_images: int, test_limit: int) -> Task:
 
 
 def cnn_task(ckpt: Path, calib_images: int) -> Task:
+    from trimformer.data.images import load_fashion_mnist
     from trimformer.vision.checkpoint import load_image_classifier
     from trimformer.vision.cnn import prepare_images
-    from trimformer.vision.data import load_fashion_mnist
 
     model, _ = load_image_classifier(ckpt)
     cfg = model.config

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
+import trimformer
 from trimformer import plots
 from trimformer.checkpoint import is_pruned_checkpoint, load_model, load_pruned, save_pruned
+from trimformer.data.text import TextDataset, load_text_data
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import LTPConfig, TopKConfig
-from trimformer.pipeline import prune_ltp, prune_topk
 from trimformer.pruning import prune
-from trimformer.text_data import TextDataset, load_text_data
-from trimformer.training import TrainConfig
+from trimformer.train.loop import TrainConfig
 
 
 def train_method(method: str, target: float, args, train, tokenizer, folder: Path) -> dict:
@@ -37,11 +37,11 @@ def train_method(method: str, target: float, args, train, tokenizer, folder: Pat
     if method == "ltp":
         cfg = LTPConfig(target_flops=target, soft_steps=args.steps, hard_steps=args.steps)
         model = prune(dense.model, cfg)
-        history = prune_ltp(model, train, tokenizer, cfg, config)
+        history = trimformer.fit(model, train, config, tokenizer=tokenizer)
     else:
         cfg = TopKConfig(target_flops=target, hard_steps=args.steps)
         model = prune(dense.model, cfg)
-        history = prune_topk(model, train, tokenizer, cfg, config)
+        history = trimformer.fit(model, train, config, tokenizer=tokenizer)
     summary = {k: v for k, v in history.items() if k not in ("soft", "hard")}
     save_pruned(model, folder, tokenizer, extra={"recipe": {"base_model": args.dense, "data": args.data,
                                                             "train": config.to_dict(), **summary}})

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from trimformer.data.images import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist
 from trimformer.envinfo import run_record
 from trimformer.io_utils import atomic_write_json
 from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN, count_parameters, prepare_images
-from trimformer.vision.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "fmnist_cnn_train.json"

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from trimformer.vision import dinov2_onnx
-from trimformer.vision.data import (
+from trimformer.data.images import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
     load_fashion_mnist,
     to_model_input,
 )
+from trimformer.vision import dinov2_onnx
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dinov2_conversion.json"
 SIZE = dinov2_onnx.ONNX_IMAGE_SIZE

@@ -25,13 +25,14 @@ from typing import Any
 
 import torch
 
+import trimformer
 from trimformer.checkpoint import is_pruned_checkpoint, load_pruned, save_pruned
+from trimformer.data.images import FASHION_MNIST_ENV
 from trimformer.envinfo import device_label, machine_info
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruning import prune
-from trimformer.training import TrainConfig
-from trimformer.vision.data import FASHION_MNIST_ENV
+from trimformer.train.loop import TrainConfig
 from trimformer.vision_pipeline import (
     evaluate_vision,
     load_image_data,
@@ -40,7 +41,6 @@ from trimformer.vision_pipeline import (
     pixel_batches,
 )
 from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches
-from trimformer.vision_training import fit_vision
 
 ROOT = Path(__file__).resolve().parent.parent
 SAIT_TOPK_LEVELS = (0.7, 0.5, 0.4, 0.3)
@@ -59,7 +59,7 @@ def train_method(name: str, base: Path, out: Path, config: Any, data, train: Tra
     model, meta = load_vision_model(base)
     pruned = prune(model.model, config)
     t0 = time.perf_counter()
-    history = fit_vision(pruned, data, train)
+    history = trimformer.fit(pruned, data, train)
     secs = time.perf_counter() - t0
     pruned.cpu()
     summary = {k: v for k, v in history.items() if k != "train"}

@@ -15,7 +15,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from trimformer.text_data import TextDataset
+from trimformer.data.text import TextDataset
 
 # Tiny models: one thread avoids OpenMP start-up and contention costs that dwarf the work itself.
 torch.set_num_threads(1)

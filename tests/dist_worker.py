@@ -8,10 +8,10 @@ import torch
 from conftest import make_tokenizer, synthetic_text_data, tiny_bert_config
 from transformers import BertForSequenceClassification
 
+import trimformer
 from trimformer.methods import LTPConfig
-from trimformer.pipeline import prune_ltp
 from trimformer.pruning import prune
-from trimformer.training import TrainConfig, get_accelerator
+from trimformer.train.loop import TrainConfig, get_accelerator
 
 
 def main(out: Path) -> None:
@@ -20,8 +20,8 @@ def main(out: Path) -> None:
     torch.manual_seed(0)
     model = prune(BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32)),
                          LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=2, calibration_batches=2))
-    prune_ltp(model, synthetic_text_data(), tokenizer, model.policy.config(),
-              TrainConfig(batch_size=16, lr=1e-3, max_length=32))
+    trimformer.fit(model, synthetic_text_data(), TrainConfig(batch_size=16, lr=1e-3, max_length=32),
+                   tokenizer=tokenizer)
     acc = get_accelerator()
     checksum = sum(float(p.double().sum()) for p in model.parameters())
     (out / f"rank{acc.process_index}.json").write_text(json.dumps({

@@ -51,7 +51,6 @@ def test_readme_vision_flow():
     from transformers import Dinov2Config, Dinov2ForImageClassification
 
     from trimformer.methods import SaiTConfig
-    from trimformer.vision_training import fit_vision
 
     torch.manual_seed(0)
     vit = Dinov2ForImageClassification(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
@@ -59,7 +58,7 @@ def test_readme_vision_flow():
     images = torch.randn(8, 3, 32, 32)
     train_images = TensorDataset(images, torch.randint(0, 3, (8,)))
     sait = prune(vit, SaiTConfig(policy="topk", steps=2))
-    fit_vision(sait, train_images, trimformer.TrainConfig(batch_size=4, lr=2e-5))
+    trimformer.fit(sait, train_images, trimformer.TrainConfig(batch_size=4, lr=2e-5))
     with sait.policy.at_level(0.5):
         half = sait(pixel_values=images)
     with sait.policy.at_level(None):

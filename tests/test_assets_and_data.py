@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 
 from trimformer import assets
-from trimformer.text_data import TextDataset, load_text_data, load_text_file
+from trimformer.data.text import TextDataset, load_text_data, load_text_file
 
 
 def test_missing_asset_names_the_package(monkeypatch):

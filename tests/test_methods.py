@@ -5,8 +5,10 @@ import torch
 from conftest import random_batch
 
 from trimformer.methods import LTPConfig, LTPPolicy, TopKConfig, TopKPolicy
-from trimformer.pipeline import calibrate_ltp, calibrate_topk, flops_ratio_on
+from trimformer.methods.ltp import calibrate_ltp
+from trimformer.methods.topk import calibrate_topk
 from trimformer.pruned import TokenPrunedModel
+from trimformer.train.calibration import flops_ratio_on
 
 
 def test_configs_roundtrip_json():

@@ -171,8 +171,8 @@ ALLOWED_MUTABLE = {
     "trimformer.quant.modules.QUANT_MODULES": "the same table, where it is defined",
     "trimformer.quant.config._LEGACY_ACT": "old quantization field names -> new ones (loading old checkpoints)",
     "trimformer.quant.packing.DTYPE_IDS": "dtype codes of the packed format",
-    "trimformer.vision.data.FASHION_MNIST_FILES": "file names of the Debian data package",
-    "trimformer.vision.data._IDX_DTYPES": "idx format dtype codes",
+    "trimformer.data.images.FASHION_MNIST_FILES": "file names of the Debian data package",
+    "trimformer.data.images._IDX_DTYPES": "idx format dtype codes",
 }
 
 

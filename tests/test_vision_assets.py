@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from trimformer.vision import data, dinov2_onnx
-from trimformer.vision.data import (
+from trimformer.data import images as data
+from trimformer.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     FashionMNIST,
@@ -23,6 +23,7 @@ from trimformer.vision.data import (
     read_idx,
     to_model_input,
 )
+from trimformer.vision import dinov2_onnx
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -273,7 +274,7 @@ def test_real_conversion_matches_onnxruntime(tmp_path: Path, monkeypatch: pytest
 def test_batched_conversion_equals_per_image():
     import torch
 
-    from trimformer.vision.data import grayscale_batch_to_inputs, to_model_input
+    from trimformer.data.images import grayscale_batch_to_inputs, to_model_input
 
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     for res in (None, 28, 56):

@@ -16,21 +16,18 @@ from transformers import (
     ViTForImageClassification,
 )
 
+import trimformer
 from trimformer.core.selection import cumulative_mass_mask, mass_keep_counts
+from trimformer.data.batching import calibration_batches
+from trimformer.data.images import image_collate
 from trimformer.methods import ASViTConfig, ASViTPolicy, SaiTConfig, SaiTPolicy
 from trimformer.methods.asvit import ste_flops_ratio
-from trimformer.methods.sait import score_distillation_kl
+from trimformer.methods.sait import fit_sait, sait_level_for_step, score_distillation_kl
 from trimformer.methods.stages import scale_blocks
-from trimformer.pipeline import flops_ratio_on
 from trimformer.pruned import TokenPrunedModel
 from trimformer.pruning import prune
-from trimformer.training import TrainConfig
-from trimformer.vision_training import (
-    image_batches,
-    sait_level_for_step,
-    train_asvit,
-    train_sait,
-)
+from trimformer.train.calibration import flops_ratio_on
+from trimformer.train.loop import TrainConfig
 
 SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8, num_labels=5)
 PATCHES = 16  # (32 / 8)^2
@@ -238,8 +235,8 @@ def test_sait_level_schedule():
 def _train_sait(seed=0, steps=2, policy="topk", state_dir=None, model_seed=0):
     pruned = prune(_model("vit", model_seed),
                                  SaiTConfig(policy=policy, steps=steps, train_levels=(0.5,), default_level=0.7))
-    logs = train_sait(pruned, _data(), TrainConfig(batch_size=8, lr=1e-3, seed=seed, save_every=2),
-                      state_dir=state_dir)
+    logs = trimformer.fit(pruned, _data(), TrainConfig(batch_size=8, lr=1e-3, seed=seed, save_every=2),
+                          state_dir=state_dir)
     return pruned, logs
 
 
@@ -259,7 +256,7 @@ def test_sait_recipe_trains_and_is_deterministic(policy):
 
 
 def test_sait_recipe_resumes(tmp_path, monkeypatch):
-    import trimformer.training as training
+    import trimformer.train.loop as training
 
     full, _ = _train_sait(steps=4)
     original = training._save_state
@@ -335,9 +332,9 @@ def test_asvit_budget_moves_flops_towards_rho(init, rho):
                       steps=10)
     pruned = prune(_sharp_vit(), cfg)
     data = _data()
-    batches = image_batches(data, 8, 2)
+    batches = calibration_batches(data, image_collate, 8, 2)
     before = flops_ratio_on(pruned, batches)
-    history = train_asvit(pruned, data, TrainConfig(batch_size=8, lr=1e-6))  # weights barely move
+    history = trimformer.fit(pruned, data, TrainConfig(batch_size=8, lr=1e-6))  # weights barely move
     after = flops_ratio_on(pruned, batches)
     assert abs(after - rho) < abs(before - rho) - 0.1
     moved = torch.tensor(history["thresholds"]) - init
@@ -347,7 +344,7 @@ def test_asvit_budget_moves_flops_towards_rho(init, rho):
 def test_asvit_recipe_calibrates_trains_and_is_deterministic():
     def run(seed=0):
         pruned = prune(_model(), ASViTConfig(target_flops=0.6, steps=3, calibration_batches=2))
-        return pruned, train_asvit(pruned, _data(), TrainConfig(batch_size=8, lr=1e-3, seed=seed))
+        return pruned, trimformer.fit(pruned, _data(), TrainConfig(batch_size=8, lr=1e-3, seed=seed))
 
     initial = _state(prune(_model(), ASViTConfig()))
     a, history = run()
@@ -415,7 +412,9 @@ def test_bad_placements_raise():
     with pytest.raises(TypeError):
         prune(_model(), object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="expected SaiTPolicy"):
-        train_sait(prune(_model(), ASViTConfig()), _data(), TrainConfig(batch_size=8))
+        fit_sait(prune(_model(), ASViTConfig()), _data(), image_collate, TrainConfig(batch_size=8))
+    with pytest.raises(ValueError, match="training free"):
+        trimformer.fit(prune(_model(), trimformer.ToMeConfig(r=2)), _data(), TrainConfig(batch_size=8))
 
 
 @pytest.mark.parametrize("mode", ["masked", "packed"])

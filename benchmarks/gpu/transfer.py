@@ -4,7 +4,7 @@ The GPU machine used for the long training runs takes at most ~64 MiB of files p
 16 MiB per file, so:
 
 - ``pool``: write a seeded pool of the Fashion-MNIST training split (plus the whole test split) as idx
-  ``.gz`` files, readable by ``trimformer.vision.data`` through ``$TRIMFORMER_FASHION_MNIST``. The pool is
+  ``.gz`` files, readable by ``trimformer.data.images`` through ``$TRIMFORMER_FASHION_MNIST``. The pool is
   ``sorted(torch.randperm(60000, generator=seed)[:size])`` of the Debian package's training images.
 - ``pack SRC DST``: a checkpoint folder -> safetensors shards of at most ``--max-mb`` MB plus its JSON files
   and a manifest. Floating tensors are rounded to float16 by default (a transport choice: the weights the
@@ -31,8 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from trimformer.data.images import FASHION_MNIST_FILES, load_fashion_mnist
 from trimformer.io_utils import atomic_write_json, file_sha256
-from trimformer.vision.data import FASHION_MNIST_FILES, load_fashion_mnist
 
 MANIFEST = "transfer_manifest.json"
 

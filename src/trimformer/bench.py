@@ -11,11 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from trimformer.checkpoint import label_names, load_model
+from trimformer.data.text import load_text_data, unlabelled_batches
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.pruned import TokenPrunedModel
-from trimformer.text_data import load_text_data
-from trimformer.training import unlabelled_batches
 
 
 @torch.inference_mode()

@@ -8,13 +8,14 @@ from pathlib import Path
 
 from trimformer.assets import minilm_path
 from trimformer.checkpoint import label_names, load_model, save_dense, save_pruned
+from trimformer.data.text import TextDataset, load_text_data, text_collate
 from trimformer.evaluation import evaluate
+from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import LTPConfig, TopKConfig
-from trimformer.pipeline import finetune_dense, is_main_process, prune_ltp, prune_topk
 from trimformer.pruning import prune
-from trimformer.text_data import TextDataset, load_text_data
-from trimformer.training import TrainConfig, epochs_to_steps
+from trimformer.train.finetune import finetune_dense
+from trimformer.train.loop import TrainConfig, epochs_to_steps, is_main_process
 
 
 def resolve_model_name(name: str) -> str:
@@ -43,7 +44,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     config = train_config(args)
     steps = epochs_to_steps(len(train), config.batch_size, args.epochs)
     state_dir = Path(args.out + ".state") if args.resume else None
-    logs = finetune_dense(model, train, tokenizer, config, steps, state_dir)
+    logs = finetune_dense(model, train, text_collate(tokenizer, config.max_length), config, steps, state_dir)
     if is_main_process():
         recipe = {"stage": "finetune", "model": args.model, "data": args.data, "epochs": args.epochs,
                   "steps": steps, "train_examples": len(train), "train": config.to_dict(),
@@ -77,8 +78,7 @@ def run_prune(args: argparse.Namespace) -> int:
     model = prune(pruned.model, method_config)
     config = train_config(args)
     state_dir = Path(args.out + ".state") if args.resume else None
-    recipe_fn = prune_ltp if args.method == "ltp" else prune_topk
-    history = recipe_fn(model, train, tokenizer, method_config, config, state_dir)
+    history = fit(model, train, config, tokenizer=tokenizer, state_dir=state_dir)
     if is_main_process():
         summary = {k: v for k, v in history.items() if k not in ("soft", "hard")}
         save_pruned(model, args.out, tokenizer, extra={

@@ -13,14 +13,15 @@ from trimformer import plots
 from trimformer.assets import minilm_path
 from trimformer.bench import speed_variants, speedups, time_variants
 from trimformer.checkpoint import load_model, load_pruned, save_dense, save_pruned
+from trimformer.data.text import load_text_data, text_collate, unlabelled_batches
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
+from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import LTPConfig, TopKConfig
-from trimformer.pipeline import finetune_dense, prune_ltp, prune_topk
 from trimformer.pruning import prune
-from trimformer.text_data import load_text_data
-from trimformer.training import TrainConfig, epochs_to_steps, unlabelled_batches
+from trimformer.train.finetune import finetune_dense
+from trimformer.train.loop import TrainConfig, epochs_to_steps
 
 
 @dataclass
@@ -50,7 +51,8 @@ def _finetuned(out: Path, settings: DemoSettings, train, config: TrainConfig):
     print(f"[demo] fine-tuning MiniLM on {len(train)} Rotten Tomatoes snippets")
     base, tokenizer, _ = load_model(str(minilm_path()), label_names=train.label_names)
     steps = epochs_to_steps(len(train), config.batch_size, settings.finetune_epochs)
-    finetune_dense(base.model, train, tokenizer, TrainConfig(**{**config.to_dict(), "lr": 1e-4}), steps)
+    dense_config = TrainConfig(**{**config.to_dict(), "lr": 1e-4})
+    finetune_dense(base.model, train, text_collate(tokenizer, dense_config.max_length), dense_config, steps)
     save_dense(base.model, tokenizer, folder, extra={"stage": "finetune", "data": "rotten_tomatoes",
                                                      "train_examples": len(train), "steps": steps})
     return load_model(folder)
@@ -70,7 +72,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
                         hard_steps=settings.prune_steps, calibration_batches=settings.calibration_batches)
     print(f"[demo] LTP to {target_flops:.2f} of dense FLOPs")
     ltp = prune(dense_model.model, ltp_cfg)
-    history = prune_ltp(ltp, train, tokenizer, ltp_cfg, config)
+    history = fit(ltp, train, config, tokenizer=tokenizer)
     save_pruned(ltp, out / "model", tokenizer, extra={"recipe": {
         "base_model": "all-MiniLM-L6-v2 fine-tuned on rotten_tomatoes", "data": "rotten_tomatoes",
         "train_examples": len(train), "train": config.to_dict(),
@@ -82,7 +84,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
     topk_cfg = TopKConfig(target_flops=target_flops, hard_steps=settings.prune_steps,
                           calibration_batches=settings.calibration_batches)
     topk = prune(dense_again.model, topk_cfg)
-    prune_topk(topk, train, tokenizer, topk_cfg, config)
+    fit(topk, train, config, tokenizer=tokenizer)
 
     print("[demo] evaluating")
     res_ltp = evaluate(ltp, test, tokenizer, settings.max_length)

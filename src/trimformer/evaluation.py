@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from trimformer.data.text import TextDataset, text_collate
 from trimformer.pruned import TokenPrunedModel
-from trimformer.text_data import TextDataset
-from trimformer.training import make_collate
 
 
 @dataclass
@@ -37,7 +36,7 @@ def evaluate(model: TokenPrunedModel, data: TextDataset, tokenizer, max_length: 
              batch_size: int = 64, progress: bool = True) -> EvalResult:
     """Run ``model`` in its current mode over ``data``; FLOPs are the analytic counts per sample."""
     model.eval()
-    collate = make_collate(tokenizer, max_length)
+    collate = text_collate(tokenizer, max_length)
     correct, preds = 0, []
     flops = dense = 0.0
     kept_sum = in_sum = None

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trimformer.data.images import image_collate
+from trimformer.data.text import text_collate
 from trimformer.methods import method_of
 from trimformer.pruned import TokenPrunedModel
-from trimformer.training import TrainConfig
+from trimformer.train.loop import TrainConfig
 
 
-def fit(model: TokenPrunedModel, data: Any, config: TrainConfig | None = None, *, tokenizer: Any = None,
+def fit(model: TokenPrunedModel, data: Sequence, config: TrainConfig | None = None, *, tokenizer: Any = None,
         state_dir: str | Path | None = None) -> dict:
     """Learn the pruning of ``model`` on ``data`` with its method's recipe (LTP: soft then hard stage; top-k:
     hard stage; SaiT: dense/sparse passes with distillation; AS-ViT: thresholds under a FLOPs budget).
@@ -22,15 +25,13 @@ def fit(model: TokenPrunedModel, data: Any, config: TrainConfig | None = None, *
     if not isinstance(model, TokenPrunedModel) or model.policy is None:
         raise ValueError("model has no pruning policy to train: create it with trimformer.prune(model, config)")
     spec = method_of(model.policy.config())
-    if not spec.trainable:
+    if spec.fit is None:
         raise ValueError(f"{spec.name} is training free: use the pruned model as it is")
     config = config or TrainConfig()
     if model.adapter.task == "text":
         if tokenizer is None:
             raise ValueError(f"{spec.name} trains on texts: pass tokenizer=the model's tokenizer")
-        from trimformer.pipeline import fit as fit_text
-
-        return fit_text(model, data, tokenizer, config, state_dir)
-    from trimformer.vision_training import fit_vision
-
-    return fit_vision(model, data, config, state_dir)
+        collate = text_collate(tokenizer, config.max_length)
+    else:
+        collate = image_collate
+    return spec.fit(model, data, collate, config, state_dir)

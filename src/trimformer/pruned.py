@@ -15,8 +15,8 @@ from torch import nn
 from trimformer.adapters import adapter_for
 from trimformer.core.flops import dense_encoder_flops, encoder_flops
 from trimformer.engine import NO_HOOKS, BlockView, ExecutionOptions, ForwardHooks, StepSettings, TokenState, WeightCache
+from trimformer.engine.policy import PruningPolicy
 from trimformer.engine.runner import RECORDS, BlockRun
-from trimformer.methods.base import PruningPolicy
 
 
 @dataclass

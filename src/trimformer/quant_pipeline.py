@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from trimformer.checkpoint import WEIGHTS_FILE, save_pruned
+from trimformer.data.text import TextDataset, unlabelled_batches
 from trimformer.evaluation import evaluate
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import BaseQuantConfig, UniformConfig, calibrate, is_quantized, quantize_, quantize_weight
-from trimformer.text_data import TextDataset
-from trimformer.training import unlabelled_batches
 
 
 def fp32_nbytes(model: nn.Module) -> int:

@@ -9,11 +9,12 @@ from typing import Any
 import torch
 
 from trimformer.checkpoint import label_names, save_pruned
+from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
 from trimformer.pruning import prune
-from trimformer.training import TrainConfig
+from trimformer.train.loop import TrainConfig
 from trimformer.vision_pipeline import (
     VISION_METHODS,
     evaluate_vision,
@@ -53,11 +54,10 @@ def run_prune_vision(args: argparse.Namespace) -> int:
     resolution = model_resolution(base, meta)
     recipe: dict[str, Any] = {"base_model": args.model, "data": vision_data_name(args)}
     if args.method in ("sait", "asvit"):
-        from trimformer.vision_training import fit_vision
 
         train = load_image_data(vision_data_name(args), "train", resolution, args.train_subset, seed=args.seed)
         train_config = TrainConfig(batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-        history = fit_vision(model, train, train_config)
+        history = fit(model, train, train_config)
         recipe.update(train=train_config.to_dict(), train_images=len(train),
                       **{k: v for k, v in history.items() if k != "train"})
     labels = meta.get("label_names") or label_names(base)

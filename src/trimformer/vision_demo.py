@@ -20,15 +20,15 @@ from transformers import ViTConfig, ViTForImageClassification, get_cosine_schedu
 
 from trimformer.bench import speed_variants, speedups, time_variants
 from trimformer.checkpoint import load_pruned, save_pruned
+from trimformer.data.images import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
 from trimformer.envinfo import machine_info
+from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import SaiTConfig
 from trimformer.pruning import prune
-from trimformer.training import TrainConfig
-from trimformer.vision.data import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
+from trimformer.train.loop import TrainConfig
 from trimformer.vision_pipeline import evaluate_vision, pixel_batches
 from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches, sparsity_dial
-from trimformer.vision_training import fit_vision
 
 RESOLUTION = 28
 TOPK_LEVELS = (None, 0.7, 0.5, 0.35)
@@ -104,7 +104,7 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
     train_from_scratch(vit, train, settings.epochs, seed)
     print(f"[demo] training SaiT ({settings.sait_steps} steps of dense and sparse passes, shared weights)")
     sait = prune(vit, SaiTConfig(policy="topk", steps=settings.sait_steps))
-    fit_vision(sait, train, TrainConfig(batch_size=64, lr=5e-4, seed=seed))
+    fit(sait, train, TrainConfig(batch_size=64, lr=5e-4, seed=seed))
     save_pruned(sait, out / "model", extra={"resolution": RESOLUTION, "label_names": list(FASHION_MNIST_CLASSES)})
     sait, _ = load_pruned(out / "model")
 

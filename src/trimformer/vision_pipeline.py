@@ -17,9 +17,9 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_pruned
+from trimformer.data.images import image_collate
 from trimformer.methods import registered_methods
 from trimformer.pruned import TokenPrunedModel
-from trimformer.vision.data import image_collate
 
 VISION_METHODS = tuple(s.name for s in registered_methods() if "vision" in s.tasks)
 DEFAULT_RESOLUTION = 112
@@ -58,11 +58,11 @@ def model_resolution(model: TokenPrunedModel, meta: dict[str, Any]) -> int:
 def load_image_data(data: str, split: str, resolution: int, limit: int | None = None, seed: int = 0) -> Dataset:
     """``fashion_mnist`` (train/test) or an ImageFolder directory; ``limit``: a seeded subset."""
     if data == "fashion_mnist":
-        from trimformer.vision.data import FashionMNIST
+        from trimformer.data.images import FashionMNIST
 
         dataset: Dataset = FashionMNIST(split, resolution)
     elif Path(data).is_dir():
-        from trimformer.vision.data import ImageFolderDataset
+        from trimformer.data.images import ImageFolderDataset
 
         dataset = ImageFolderDataset(data, resolution)
     else:

@@ -8,22 +8,31 @@ backward (straight-through estimator): the kept tokens' outputs are multiplied b
 and whose gradient is that of sigmoid((s - theta) / T), so the task loss reaches the thresholds, and
 :func:`ste_flops_ratio` gives FLOPs whose value is the hard count's and whose gradient is the soft mask's.
 The training forward therefore computes exactly what inference computes. Recipe:
-:func:`trimformer.vision_training.train_asvit` (loss = CE + 2.0 |FLOPs fraction - rho| + 0.5 KL).
+:func:`fit_asvit` (loss = CE + 2.0 |FLOPs fraction - rho| + 0.5 KL).
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trimformer.config import JsonConfig
 from trimformer.core.flops import encoder_flops
 from trimformer.core.scoring import head_weighted_class_attention
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
+from trimformer.data.batching import Collate, calibration_batches
 from trimformer.engine.hooks import Decision, StraightThroughKeep
-from trimformer.methods.stages import Capture, CapturingPolicy, StageRecord, check_stage_list, stage_blocks
+from trimformer.methods.stages import Capture, CapturingPolicy, StageRecord, check_stage_list, policy_of, stage_blocks
+from trimformer.pruned import TokenPrunedModel
+from trimformer.train.calibration import calibrate_knob
+from trimformer.train.loop import TrainConfig, get_accelerator, param_groups, train_steps
+from trimformer.train.losses import distillation_kl
 
 ASVIT_DEFAULT_STAGES = (4, 7, 10)
 
@@ -155,3 +164,69 @@ def ste_flops_ratio(n_in: torch.Tensor, n_out: torch.Tensor, dense_flops: torch.
         outs.append(n_out[:, layer] * factor)
     flops = encoder_flops(hidden_size, mlp_size, torch.stack(ins, dim=1), torch.stack(outs, dim=1))  # [B]
     return flops.sum() / dense_flops.sum()
+
+
+def calibrate_asvit(model: TokenPrunedModel, batches: list[dict[str, torch.Tensor]], target: float,
+                    ) -> tuple[float, float]:
+    """Set every stage's threshold to one value that reaches ``target`` FLOPs on ``batches`` (hard masks)."""
+    policy: ASViTPolicy = policy_of(model, ASViTPolicy)
+
+    def set_threshold(value: float) -> None:
+        with torch.no_grad():
+            policy.thresholds.fill_(value)
+
+    # the upper end doubles until the target is reached (relative scores go up to the token count)
+    return calibrate_knob(model, batches, target, set_threshold, decreasing=True,
+                          grow_limit=policy.config().max_threshold, iterations=20)
+
+
+def frozen_teacher(model: nn.Module) -> nn.Module:
+    """A gradient-free copy of ``model`` in eval mode (the dense teacher of AS-ViT)."""
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def fit_asvit(model: TokenPrunedModel, data: Sequence, collate: Collate, config: TrainConfig,
+              state_dir: str | Path | None = None, teacher: nn.Module | None = None) -> dict:
+    """AS-ViT: (calibrate the thresholds to rho) -> train weights and thresholds with
+    CE + budget_weight |FLOPs fraction - rho| + kd_weight KL(dense teacher || student).
+
+    ``teacher`` (a transformers classifier): default a frozen copy of ``model.model`` taken now. The FLOPs
+    fraction is the batch's, straight-through (hard value, soft-mask gradient). Trains in masked mode; leaves the model
+    in eval mode and its previous execution mode. Returns the calibration, per-step logs and final thresholds.
+    """
+    policy: ASViTPolicy = policy_of(model, ASViTPolicy)
+    cfg = policy.config()
+    history: dict = {}
+    if cfg.init_threshold is None:
+        batches = calibration_batches(data, collate, config.batch_size, cfg.calibration_batches, seed=config.seed)
+        history["initial_threshold"], history["initial_ratio"] = calibrate_asvit(model, batches, cfg.target_flops)
+    teacher = (teacher if teacher is not None else frozen_teacher(model.model)).to(get_accelerator().device)
+    blocks = model.adapter.blocks(model.model)
+    hidden, mlp = blocks[0].hidden_size, blocks[0].mlp_size
+    mode_before, model.mode = model.mode, "masked"
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor], step: int):
+        pixels, labels = batch["pixel_values"], batch["labels"]
+        with torch.no_grad():
+            teacher_logits = teacher(pixel_values=pixels).logits  # [B, C]
+        with policy.capture() as cap:
+            out = m(pixel_values=pixels)
+        ce = F.cross_entropy(out.logits, labels)
+        ratio = ste_flops_ratio(out.n_in, out.n_out, out.dense_flops, cap, hidden, mlp)
+        budget = (ratio - cfg.target_flops).abs()
+        kd = distillation_kl(out.logits, teacher_logits)
+        loss = ce + cfg.budget_weight * budget + cfg.kd_weight * kd
+        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "flops": float(ratio.detach())}
+
+    threshold_ids = {id(policy.thresholds)}
+    groups = param_groups(model, config.lr, config.weight_decay, threshold_ids)
+    groups.append({"params": [policy.thresholds], "lr": cfg.threshold_lr, "weight_decay": 0.0})
+    try:
+        history["train"] = train_steps(model, loss_fn, groups, data, collate, config, cfg.steps, "asvit", state_dir)
+    finally:
+        model.mode = mode_before
+    history["thresholds"] = policy.thresholds.detach().tolist()
+    model.eval()
+    return history

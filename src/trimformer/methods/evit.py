@@ -14,7 +14,7 @@ from trimformer.config import JsonConfig
 from trimformer.core.merging import FUSE_MODES, MergePlan, evit_layers, fuse_inattentive
 from trimformer.core.scoring import class_attention
 from trimformer.engine.hooks import AttentionState, MergeHook
-from trimformer.methods.base import PruningPolicy
+from trimformer.engine.policy import PruningPolicy
 
 
 @dataclass

@@ -1,8 +1,11 @@
-"""Learned Token Pruning (Kim et al., KDD 2022): per-layer learned thresholds on attention importance."""
+"""Learned Token Pruning (Kim et al., KDD 2022): per-layer learned thresholds on attention importance; the config,
+the policy and the training recipe (:func:`fit_ltp`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,9 +13,14 @@ from torch import nn
 from trimformer.config import JsonConfig
 from trimformer.core.scoring import ltp_importance
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
+from trimformer.data.batching import Collate, calibration_batches
 from trimformer.engine.hooks import Decision
 from trimformer.engine.linears import tensor_stamp
-from trimformer.methods.base import PruningPolicy
+from trimformer.engine.policy import PruningPolicy
+from trimformer.pruned import TokenPrunedModel
+from trimformer.train.calibration import calibrate_knob
+from trimformer.train.finetune import finetune_under_pruning
+from trimformer.train.loop import TrainConfig, param_groups, train_steps
 
 
 @dataclass
@@ -110,3 +118,56 @@ class LTPPolicy(PruningPolicy):
         if self._frozen is None or self._frozen[0] != stamp:
             self._frozen = (stamp, self.thresholds().tolist())
         return self._frozen[1]
+
+
+def calibrate_ltp(model: TokenPrunedModel, batches: list[dict[str, torch.Tensor]], target: float,
+                  ) -> tuple[float, float]:
+    """Scale the base thresholds so that hard LTP reaches ``target`` FLOPs on ``batches`` -> (scale, ratio)."""
+    policy: LTPPolicy = model.policy  # type: ignore[assignment]
+    stage, policy.stage = policy.stage, "hard"
+    try:
+        return calibrate_knob(model, batches, target, policy.thresholds.scale.fill_, decreasing=True,
+                              grow_limit=2**12)
+    finally:
+        policy.stage = stage
+
+
+def fit_ltp(model: TokenPrunedModel, data: Sequence, collate: Collate, config: TrainConfig,
+            state_dir: str | Path | None = None) -> dict:
+    """LTP's recipe: (calibrate to the FLOPs target) -> soft stage (thresholds learned with the weights, masked
+    execution) -> (recalibrate) -> hard stage (thresholds frozen, weights fine-tuned). Returns the history and
+    leaves the model packed, in eval mode."""
+    policy: LTPPolicy = model.policy  # type: ignore[assignment]
+    ltp = policy.config()
+    calib = calibration_batches(data, collate, config.batch_size, ltp.calibration_batches, seed=config.seed)
+    history: dict = {}
+    if ltp.target_flops is not None:
+        history["initial_scale"], history["initial_ratio"] = calibrate_ltp(model, calib, ltp.target_flops)
+    policy.stage = "soft"
+    model.mode = "masked"
+    model.train()
+
+    def soft_loss(m: nn.Module, batch: dict[str, torch.Tensor], step: int):
+        out = m(**batch)
+        lengths = batch["attention_mask"].sum(1, keepdim=True).to(out.n_out.dtype)  # [B, 1]
+        mean_mask = (out.n_out / lengths).mean(0)  # [L]
+        if ltp.target_flops is None:
+            reg = ltp.lambda_ * mean_mask.sum()
+        else:
+            reg = ltp.budget_weight * (out.flops_ratio - ltp.target_flops).abs()
+        return out.loss + reg, {"ce": float(out.loss.detach()), "flops": float(out.flops_ratio.detach())}
+
+    learned = policy.thresholds.learned
+    learned.requires_grad_(True)
+    groups = param_groups(model, config.lr, config.weight_decay, {id(learned)})
+    groups.append({"params": [learned], "lr": ltp.threshold_lr, "weight_decay": 0.0})
+    history["soft"] = train_steps(model, soft_loss, groups, data, collate, config, ltp.soft_steps, "ltp-soft",
+                                  state_dir)
+    policy.stage = "hard"
+    if ltp.target_flops is not None:
+        history["final_scale"], history["calibrated_ratio"] = calibrate_ltp(model, calib, ltp.target_flops)
+    history["hard"] = finetune_under_pruning(model, data, collate, config, ltp.hard_steps, "ltp-hard", state_dir)
+    history["thresholds"] = policy.thresholds().tolist()
+    model.mode = "packed"
+    model.eval()
+    return history

@@ -4,10 +4,11 @@ and how a checkpoint's method name is read back. A new method is one module plus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from trimformer.methods.base import PruningPolicy
+from trimformer.engine.policy import PruningPolicy
 
 TASKS = ("text", "vision")
 
@@ -18,14 +19,15 @@ class MethodSpec:
 
     name: the name saved in checkpoints and used by the CLI. config_type: its JSON-round-tripping config dataclass.
     policy_type: built as ``policy_type(num_layers, config)``. tasks: the model families it is made for.
-    trainable: whether it has a training recipe (``trimformer.fit``); ToMe and EViT are training free.
+    fit: its training recipe, ``fit(model, data, collate, train_config, state_dir) -> history``
+    (``trimformer.fit`` calls it); None for the training-free methods (ToMe, EViT).
     """
 
     name: str
     config_type: type
     policy_type: type[PruningPolicy]
     tasks: tuple[str, ...]
-    trainable: bool = True
+    fit: Callable[..., dict] | None = None
 
     def build_policy(self, config: Any, num_layers: int) -> PruningPolicy:
         """The inference policy of ``config`` for a model of ``num_layers`` blocks."""

@@ -11,22 +11,30 @@ in AS-ViT), and either
 Prefix tokens ([CLS], DeiT's distillation token) are always kept and never counted. The level is not part of
 the weights: ``policy.set_level(x)`` or ``with policy.at_level(x):`` switch one trained model between
 sparsities; ``None`` (or 1.0) runs the dense model exactly. The training recipe (dense/sparse passes with
-shared weights, logit and token-selection distillation) is :func:`trimformer.vision_training.train_sait`.
+shared weights, logit and token-selection distillation) is :func:`fit_sait`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from trimformer.config import JsonConfig
 from trimformer.core.scoring import class_attention, head_weighted_class_attention
 from trimformer.core.selection import keep_counts_from_rate, mass_keep_counts, protect_prefix, topk_mask
+from trimformer.data.batching import Collate
 from trimformer.engine.hooks import Decision
-from trimformer.methods.stages import CapturingPolicy, StageRecord, check_stage_list, stage_blocks
+from trimformer.methods.stages import CapturingPolicy, StageRecord, check_stage_list, policy_of, stage_blocks
+from trimformer.pruned import TokenPrunedModel
+from trimformer.train.loop import TrainConfig, param_groups, train_steps
+from trimformer.train.losses import distillation_kl
 
 SAIT_POLICIES = ("topk", "mass")
 SAIT_SCORES = ("cls_attention", "head_weighted")
@@ -188,3 +196,65 @@ def score_distillation_kl(student: torch.Tensor, target: torch.Tensor, candidate
     t = t / t.sum(dim=1, keepdim=True).clamp_min(tiny)
     kl = torch.xlogy(t, t) - t * torch.log(s.clamp_min(tiny))  # [B, N]; 0 where t == 0
     return kl.sum(dim=1).mean()
+
+
+def sait_level_for_step(config: SaiTConfig, seed: int, step: int) -> float | None:
+    """The level of training step ``step``: None on dense steps, else drawn from ``train_levels`` by (seed, step)."""
+    if config.dense_every and step % config.dense_every == 0:
+        return None
+    return random.Random(seed * 7919 + step).choice(config.train_levels)
+
+
+def fit_sait(model: TokenPrunedModel, data: Sequence, collate: Collate, config: TrainConfig,
+             state_dir: str | Path | None = None) -> dict:
+    """SaiT: dense and sparse passes with shared weights, logit and token-selection distillation.
+
+    Dense step: CE + token distillation within the pass. Sparse step at a sampled level: a gradient-free dense
+    pass gives the teacher logits and the target attention; loss = (1 - a) CE + a KD + w token distillation.
+    Runs in masked mode (scores of every stage stay at original positions); leaves the model packed, in eval
+    mode, at its previous level. Returns the per-step logs.
+    """
+    policy: SaiTPolicy = policy_of(model, SaiTPolicy)
+    cfg = policy.config()
+    num_prefix = model.adapter.num_prefix_tokens(model.model)
+    level_before, mode_before = policy.level, model.mode
+    model.mode = "masked"
+
+    def token_loss(student, target: torch.Tensor) -> torch.Tensor:
+        losses = []
+        for layer in policy.stages:
+            record = student.at(layer)
+            candidates = record.alive.clone()
+            candidates[:, :num_prefix] = False
+            losses.append(score_distillation_kl(record.scores, target.detach(), candidates))
+        return torch.stack(losses).mean()
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor], step: int):
+        pixels, labels = batch["pixel_values"], batch["labels"]
+        level = sait_level_for_step(cfg, config.seed, step)
+        if level is None:
+            with policy.at_level(None), policy.capture() as cap:
+                out = m(pixel_values=pixels)
+            ce = F.cross_entropy(out.logits, labels)
+            tok = token_loss(cap, cap.at(policy.distill_layer).scores)
+            loss = ce + cfg.token_distill_weight * tok
+            return loss, {"ce": float(ce.detach()), "tok": float(tok.detach()), "level": 1.0, "flops": 1.0}
+        with torch.no_grad(), policy.at_level(None), policy.capture() as teacher_cap:
+            teacher = m(pixel_values=pixels)
+        with policy.at_level(level), policy.capture() as cap:
+            out = m(pixel_values=pixels)
+        ce = F.cross_entropy(out.logits, labels)
+        kd = distillation_kl(out.logits, teacher.logits, cfg.kd_temperature)
+        tok = token_loss(cap, teacher_cap.at(policy.distill_layer).scores)
+        loss = (1.0 - cfg.kd_weight) * ce + cfg.kd_weight * kd + cfg.token_distill_weight * tok
+        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "tok": float(tok.detach()),
+                      "level": float(level), "flops": float(out.flops_ratio.detach())}
+
+    groups = param_groups(model, config.lr, config.weight_decay)
+    try:
+        logs = train_steps(model, loss_fn, groups, data, collate, config, cfg.steps, "sait", state_dir)
+    finally:
+        policy.set_level(level_before)
+        model.mode = mode_before
+    model.eval()
+    return {"train": logs}

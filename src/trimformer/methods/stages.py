@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trimformer.methods.base import PruningPolicy
+from trimformer.engine.policy import PruningPolicy
 
 REFERENCE_DEPTH = 12
 
@@ -113,3 +113,11 @@ class CapturingPolicy(PruningPolicy):
     def _record(self, record: StageRecord) -> None:
         if self._capture is not None:
             self._capture.records.append(record)
+
+
+def policy_of(model, kind: type):
+    """``model.policy`` if it is a ``kind`` policy; otherwise a ValueError saying how to build one."""
+    if not isinstance(model.policy, kind):
+        raise ValueError(f"model's policy is {type(model.policy).__name__}, expected {kind.__name__}: "
+                         "build it with trimformer.prune(model, config)")
+    return model.policy

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from trimformer.config import JsonConfig
 from trimformer.core.merging import MergePlan, bipartite_soft_matching
 from trimformer.engine.hooks import AttentionState, MergeHook
-from trimformer.methods.base import PruningPolicy
+from trimformer.engine.policy import PruningPolicy
 
 
 @dataclass

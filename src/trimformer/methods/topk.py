@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from trimformer.config import JsonConfig
 from trimformer.core.scoring import class_attention, ltp_importance
 from trimformer.core.selection import keep_counts_from_rate, protect_prefix, topk_mask
+from trimformer.data.batching import Collate, calibration_batches
 from trimformer.engine.hooks import Decision
-from trimformer.methods.base import PruningPolicy
+from trimformer.engine.policy import PruningPolicy
+from trimformer.pruned import TokenPrunedModel
+from trimformer.train.calibration import calibrate_knob
+from trimformer.train.finetune import finetune_under_pruning
+from trimformer.train.loop import TrainConfig
 
 SCORES = {"ltp": ltp_importance, "cls_attention": class_attention}
 
@@ -68,3 +75,25 @@ class TopKPolicy(PruningPolicy):
 
         # class attention reads [CLS]'s row only
         return Decision(decide, query_rows=1 if self.topk_config.score == "cls_attention" else None)
+
+
+def calibrate_topk(model: TokenPrunedModel, batches: list[dict[str, torch.Tensor]], target: float,
+                   ) -> tuple[float, float]:
+    """Set the final keep rate of the cascade so that it reaches ``target`` FLOPs -> (keep rate, ratio)."""
+    policy: TopKPolicy = model.policy  # type: ignore[assignment]
+    return calibrate_knob(model, batches, target, policy.final_keep_rate.fill_, decreasing=False)
+
+
+def fit_topk(model: TokenPrunedModel, data: Sequence, collate: Collate, config: TrainConfig,
+             state_dir: str | Path | None = None) -> dict:
+    """The top-k baseline's recipe: (calibrate the keep rate to the FLOPs target) -> hard-mask fine-tuning."""
+    topk = model.policy.config()
+    history: dict = {}
+    if topk.target_flops is not None:
+        calib = calibration_batches(data, collate, config.batch_size, topk.calibration_batches, seed=config.seed)
+        history["final_keep_rate"], history["calibrated_ratio"] = calibrate_topk(model, calib, topk.target_flops)
+        topk.final_keep_rate = history["final_keep_rate"]
+    history["hard"] = finetune_under_pruning(model, data, collate, config, topk.hard_steps, "topk-hard", state_dir)
+    model.mode = "packed"
+    model.eval()
+    return history

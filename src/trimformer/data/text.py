@@ -6,13 +6,14 @@ import bz2
 import csv
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from trimformer.assets import newsgroups_file, rotten_tomatoes_file
+from trimformer.data.batching import fixed_batches
 
 BUILTIN_DATASETS = ("rotten_tomatoes", "20newsgroups")
 
@@ -38,6 +39,10 @@ class TextDataset:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        """Example ``index`` as a (text, label) pair: the item every data loader and collate here takes."""
+        return self.texts[index], self.labels[index]
 
     def subset(self, n: int | None, seed: int = 0) -> TextDataset:
         """A seeded random subset of ``n`` examples (all of them if ``n`` is None or too large)."""
@@ -119,16 +124,19 @@ def load_text_data(name: str, split: str, label_names: Sequence[str] | None = No
     raise ValueError(f"unknown dataset {name!r}: use one of {BUILTIN_DATASETS} or a .csv/.jsonl file")
 
 
-def batches(data: TextDataset, tokenizer, batch_size: int, max_length: int, shuffle: bool = False,
-            seed: int = 0, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Tokenised batches padded to the longest sequence in the batch (dynamic padding)."""
-    order = list(range(len(data)))
-    if shuffle:
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([data.texts[i] for i in idx], truncation=True, max_length=max_length,
-                        padding="longest", return_tensors="pt")
-        enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        enc["labels"] = torch.tensor([data.labels[i] for i in idx])
-        yield enc
+def text_collate(tokenizer, max_length: int) -> Callable[[list[tuple[str, int]]], dict[str, torch.Tensor]]:
+    """Tokenise a list of (text, label) pairs, padded to the longest in the batch (right padding)."""
+
+    def collate(items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        enc = tokenizer([t for t, _ in items], truncation=True, max_length=max_length, padding="longest",
+                        return_tensors="pt")
+        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+        batch["labels"] = torch.tensor([y for _, y in items])
+        return batch
+
+    return collate
+
+
+def unlabelled_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """``data`` tokenised into fixed batches, in order, without labels (timing, calibration)."""
+    return fixed_batches(data, text_collate(tokenizer, max_length), batch_size)

@@ -8,8 +8,7 @@ sharded by Accelerate, gradients all-reduced by DDP. Seeded, with a progress bar
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +17,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from trimformer.config import JsonConfig
+from trimformer.data.batching import Collate, epoch_loader
 from trimformer.io_utils import atomic_save_file, atomic_write_json
-from trimformer.text_data import TextDataset
 
 
 @dataclass
@@ -57,36 +55,6 @@ def get_accelerator() -> Accelerator:
     return _accelerator
 
 
-def make_collate(tokenizer, max_length: int) -> Callable[[list[tuple[str, int]]], dict[str, torch.Tensor]]:
-    """Tokenise a list of (text, label) pairs, padded to the longest in the batch (right padding)."""
-
-    def collate(items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        enc = tokenizer([t for t, _ in items], truncation=True, max_length=max_length, padding="longest",
-                        return_tensors="pt")
-        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        batch["labels"] = torch.tensor([y for _, y in items])
-        return batch
-
-    return collate
-
-
-def unlabelled_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
-    """``data`` tokenised into fixed batches, in order, without labels (timing, calibration)."""
-    collate = make_collate(tokenizer, max_length)
-    items = list(zip(data.texts, data.labels, strict=True))
-    batches = [collate(items[start:start + batch_size]) for start in range(0, len(items), batch_size)]
-    for batch in batches:
-        batch.pop("labels")
-    return batches
-
-
-def _epoch_loader(data: TextDataset, collate, batch_size: int, seed: int, epoch: int) -> DataLoader:
-    order = list(range(len(data)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    items = [(data.texts[i], data.labels[i]) for i in order]
-    return DataLoader(items, batch_size=batch_size, shuffle=False, collate_fn=collate, drop_last=True)
-
-
 def _state_files(state_dir: Path, stage: str) -> tuple[Path, Path, Path]:
     """Weights, optimizer and progress files of one stage (each stage keeps its own, so a run that died
     in a later stage resumes there and skips the finished ones)."""
@@ -115,52 +83,45 @@ def _load_state(state_dir: Path, module: nn.Module, optimizer, scheduler, stage:
     return step
 
 
-def train_loop(
-    module: nn.Module,
-    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
-    param_groups: list[dict],
-    data: TextDataset,
-    tokenizer,
-    config: TrainConfig,
-    steps: int,
-    stage: str,
-    state_dir: str | Path | None = None,
-) -> list[dict[str, float]]:
-    """Run ``steps`` optimiser steps of ``loss_fn(model, batch) -> (loss, logs)``; returns per-step logs."""
-    collate = make_collate(tokenizer, config.max_length)
-
-    def loader(epoch: int, batch_size: int) -> DataLoader:
-        return _epoch_loader(data, collate, batch_size, config.seed, epoch)
-
-    return run_steps(module, lambda model, batch, _step: loss_fn(model, batch), param_groups, loader, len(data),
-                     config, steps, stage, state_dir)
-
-
 StepLoss = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
 
 
-def run_steps(
+def param_groups(module: nn.Module, lr: float, weight_decay: float, exclude: set[int] | None = None) -> list[dict]:
+    """AdamW groups of ``module``'s trainable parameters: weight decay on matrices, none on biases and norms;
+    parameters whose id is in ``exclude`` are left out (a method adds them in its own group)."""
+    exclude = exclude or set()
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad or id(p) in exclude:
+            continue
+        (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
+    return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+
+
+def train_steps(
     module: nn.Module,
     loss_fn: StepLoss,
-    param_groups: list[dict],
-    epoch_loader: Callable[[int, int], DataLoader],
-    num_examples: int,
+    groups: list[dict],
+    data: Sequence,
+    collate: Collate,
     config: TrainConfig,
     steps: int,
     stage: str,
     state_dir: str | Path | None = None,
 ) -> list[dict[str, float]]:
-    """The loop behind :func:`train_loop`, for any data.
-
-    ``epoch_loader(epoch, per_process_batch_size)`` gives that epoch's DataLoader in its seeded order (drop
-    the last partial batch); ``loss_fn(model, batch, step) -> (loss, logs)`` also gets the 0-based step, so
-    that step-dependent recipes (SaiT's dense/sparse alternation) continue identically after a resume.
+    """Run ``steps`` optimiser steps of ``loss_fn(model, batch, step) -> (loss, logs)`` on ``data``; returns the
+    per-step logs. The same loop serves text and images: ``data`` is any map-style dataset of (input, label)
+    items and ``collate`` makes the batch (:mod:`trimformer.data.batching`). Epochs follow
+    :func:`~trimformer.data.batching.epoch_order`; ``loss_fn`` gets the 0-based step, so that step-dependent
+    recipes (SaiT's dense/sparse alternation) continue identically after a resume from ``state_dir``.
     """
+    num_examples = len(data)
     if steps <= 0:
         return []
     accelerator = get_accelerator()
     set_seed(config.seed)
-    optimizer = torch.optim.AdamW(param_groups)
+    optimizer = torch.optim.AdamW(groups)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     start = 0
     state_path = Path(state_dir) if state_dir is not None else None
@@ -180,7 +141,8 @@ def run_steps(
     step = start
     while step < steps:
         epoch, skip = divmod(step, per_epoch)
-        loader = accelerator.prepare(epoch_loader(epoch, global_batch // accelerator.num_processes))
+        loader = accelerator.prepare(epoch_loader(data, collate, global_batch // accelerator.num_processes,
+                                                  config.seed, epoch))
         if skip:
             loader = accelerator.skip_first_batches(loader, skip)
         for batch in loader:
@@ -210,3 +172,8 @@ def run_steps(
 def epochs_to_steps(num_examples: int, batch_size: int, epochs: float) -> int:
     """Optimiser steps for ``epochs`` passes over ``num_examples`` (global batch size)."""
     return max(1, int(epochs * (num_examples // batch_size)))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes files (the first of a data-parallel run, or the only one)."""
+    return get_accelerator().is_main_process

@@ -1,0 +1,1 @@
+"""Training: the shared loop on Accelerate, FLOPs calibration, losses and fine-tuning."""

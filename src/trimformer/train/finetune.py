@@ -1,0 +1,42 @@
+"""Fine-tuning with the shared loop: a dense classifier, and a pruned model's weights under fixed pruning."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from torch import nn
+
+from trimformer.data.batching import Collate
+from trimformer.pruned import TokenPrunedModel
+from trimformer.train.loop import TrainConfig, param_groups, train_steps
+
+
+def finetune_dense(model: nn.Module, data: Sequence, collate: Collate, config: TrainConfig, steps: int,
+                   state_dir: str | Path | None = None) -> list[dict[str, float]]:
+    """Plain fine-tuning of a transformers classifier on its own forward (``model(**batch).loss``)."""
+
+    def loss_fn(m: nn.Module, batch: dict, step: int):
+        return m(**batch).loss, {}
+
+    groups = param_groups(model, config.lr, config.weight_decay)
+    logs = train_steps(model, loss_fn, groups, data, collate, config, steps, "finetune", state_dir)
+    model.eval()
+    return logs
+
+
+def finetune_under_pruning(model: TokenPrunedModel, data: Sequence, collate: Collate, config: TrainConfig,
+                           steps: int, stage: str, state_dir: str | Path | None = None) -> list[dict[str, float]]:
+    """Fine-tune the weights with the policy frozen (hard masks, masked execution): LTP's hard stage and the
+    top-k baseline's recipe."""
+    model.mode = "masked"
+    policy_params = list(model.policy.parameters()) if model.policy is not None else []
+    for p in policy_params:
+        p.requires_grad_(False)
+
+    def loss_fn(m: nn.Module, batch: dict, step: int):
+        out = m(**batch)
+        return out.loss, {"flops": float(out.flops_ratio.detach())}
+
+    groups = param_groups(model, config.lr, config.weight_decay, {id(p) for p in policy_params})
+    return train_steps(model, loss_fn, groups, data, collate, config, steps, stage, state_dir)
