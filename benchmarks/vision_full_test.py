@@ -16,11 +16,11 @@ import torch
 
 from trimformer.checkpoint import load_pruned
 from trimformer.envinfo import machine_info
+from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import SaiTConfig
 from trimformer.pruning import prune
 from trimformer.vision_pipeline import (
-    evaluate_vision,
     load_image_data,
     load_vision_model,
     model_resolution,
@@ -54,7 +54,7 @@ def main() -> None:
     for method, setting, model, level in settings:
         t0 = time.perf_counter()
         with model.policy.at_level(level) if method != "plain" else contextlib.nullcontext():
-            ev = evaluate_vision(model, batches)
+            ev = evaluate(model, batches)
         result["rows"].append({"method": method, "setting": setting, **ev.summary(),
                                "seconds": round(time.perf_counter() - t0, 1)})
         result["created_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -29,12 +29,12 @@ import trimformer
 from trimformer.checkpoint import is_pruned_checkpoint, load_pruned, save_pruned
 from trimformer.data.images import FASHION_MNIST_ENV
 from trimformer.envinfo import device_label, machine_info
+from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruning import prune
 from trimformer.train.loop import TrainConfig
 from trimformer.vision_pipeline import (
-    evaluate_vision,
     load_image_data,
     load_vision_model,
     model_resolution,
@@ -170,37 +170,37 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = False
         for model in (plain, sait, asvit):
             model.to(args.eval_device)
-    plain_eval = evaluate_vision(plain, test_batches)
+    plain_eval = evaluate(plain, test_batches)
     dense_acc = plain_eval.accuracy
     print(f"plain fine-tuned: {dense_acc:.2f}% at {plain_eval.gflops_per_sample:.3f} GFLOPs", flush=True)
 
     rows = [row("plain", "fine-tuned", plain_eval, dense_acc)]
     with sait.policy.at_level(None):
-        sait_dense = evaluate_vision(sait, test_batches)
+        sait_dense = evaluate(sait, test_batches)
     rows.append(row("sait", "dense (level None)", sait_dense, dense_acc))
     for level in args.sait_levels:
         with sait.policy.at_level(level):
-            rows.append(row("sait-topk", f"keep {level}", evaluate_vision(sait, test_batches), dense_acc,
+            rows.append(row("sait-topk", f"keep {level}", evaluate(sait, test_batches), dense_acc,
                             level=level))
     mass_counts: dict[str, list[float]] = {}
     mass = prune(sait.model, SaiTConfig(policy="mass", steps=args.sait_steps,
                                                               stages=sait.policy.config().stages))
     for level in args.mass_levels:
         with mass.policy.at_level(level):
-            ev = evaluate_vision(mass, test_batches)
+            ev = evaluate(mass, test_batches)
         stage = mass.policy.stages[0]
-        per_image = [kept[stage] - 1 for kept in ev.kept_per_image]  # patch tokens (minus [CLS])
+        per_image = [kept[stage] - 1 for kept in ev.kept_per_example]  # patch tokens (minus [CLS])
         mass_counts[f"mass {level}"] = per_image
         rows.append(row("sait-mass", f"mass {level}", ev, dense_acc, level=level,
                         kept_at_stage_min=min(per_image), kept_at_stage_max=max(per_image)))
     rho = asvit.policy.config().target_flops  # the checkpoint's own budget (it may have been trained elsewhere)
-    rows.append(row("asvit", f"rho {rho}", evaluate_vision(asvit, test_batches), dense_acc))
+    rows.append(row("asvit", f"rho {rho}", evaluate(asvit, test_batches), dense_acc))
     for rate in args.evit_rates:
         m = prune(plain.model, EViTConfig(keep_rate=rate))
-        rows.append(row("evit", f"keep {rate}", evaluate_vision(m, test_batches), dense_acc, keep_rate=rate))
+        rows.append(row("evit", f"keep {rate}", evaluate(m, test_batches), dense_acc, keep_rate=rate))
     for r in args.tome_r:
         m = prune(plain.model, ToMeConfig(r=r))
-        rows.append(row("tome", f"r={r}", evaluate_vision(m, test_batches), dense_acc, r=r))
+        rows.append(row("tome", f"r={r}", evaluate(m, test_batches), dense_acc, r=r))
 
     pixels = test_batches[0][0][:8]
     labels = [meta["label_names"][int(y)] for y in test_batches[0][1][:8]]

@@ -24,11 +24,11 @@ import torch
 from trimformer.bench import speedups, time_variants
 from trimformer.checkpoint import load_pruned
 from trimformer.envinfo import device_label, machine_info
+from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruning import prune
 from trimformer.vision_pipeline import (
-    evaluate_vision,
     load_image_data,
     load_vision_model,
     model_resolution,
@@ -69,16 +69,16 @@ def main() -> None:
     sait.policy.set_level(args.sait_level)
     res = model_resolution(plain, meta)
     images = load_image_data("fashion_mnist", "test", res, limit=max(256, 4 * max(args.batch_sizes)), seed=3)
-    sait_eval = evaluate_vision(sait, pixel_batches(images, 64), progress=False)
+    sait_eval = evaluate(sait, pixel_batches(images, 64), progress=False)
     mass = prune(sait.model, SaiTConfig(policy="mass", default_level=args.mass_level))
     tome_row = closest(accuracy["rows"], "tome", sait_eval.flops_ratio)
     evit_row = closest(accuracy["rows"], "evit", sait_eval.flops_ratio)
     tome = prune(plain.model, ToMeConfig(r=tome_row["r"]))
     evit = prune(plain.model, EViTConfig(keep_rate=evit_row["keep_rate"]))
     flops = {"sait": sait_eval.flops_ratio,
-             "tome": evaluate_vision(tome, pixel_batches(images, 64), progress=False).flops_ratio,
-             "evit": evaluate_vision(evit, pixel_batches(images, 64), progress=False).flops_ratio,
-             "sait_mass": evaluate_vision(mass, pixel_batches(images, 64), progress=False).flops_ratio}
+             "tome": evaluate(tome, pixel_batches(images, 64), progress=False).flops_ratio,
+             "evit": evaluate(evit, pixel_batches(images, 64), progress=False).flops_ratio,
+             "sait_mass": evaluate(mass, pixel_batches(images, 64), progress=False).flops_ratio}
     flops["sait_mass_no_regroup"] = flops["sait_mass"]
     variants = {
         "dense_hf": lambda b: plain.model(**b).logits,

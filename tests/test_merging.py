@@ -369,3 +369,19 @@ def test_configs_json_round_trip():
         ToMeConfig.from_dict({"r": 2, "schedule": "decreasing"})
     assert ToMePolicy(12, ToMeConfig(r=4)).config() == ToMeConfig(r=4)
     assert EViTPolicy(12, EViTConfig()).layers == [3, 6, 9]
+
+
+@pytest.mark.parametrize("mode", ["packed", "masked"])
+def test_tome_official_order_keeps_each_token_at_its_original_position(mode):
+    """With one block, the official survivor order and the slot order merge the same tokens; a base model's
+    last_hidden_state (tokens back at their original positions) must then be the same for both."""
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(intermediate_size=64, **{**SMALL, "num_hidden_layers": 1}), add_pooling_layer=False)
+    pixels = _pixels(batch=2)
+    outs = []
+    for order in ("official", "slots"):
+        pruned = TokenPrunedModel(model.eval(), ToMePolicy(1, ToMeConfig(r=4, order=order)), mode=mode)
+        with torch.no_grad():
+            outs.append(pruned(pixel_values=pixels).last_hidden_state)
+    assert (outs[0].abs().sum(-1) == 0).any()  # tokens were merged away
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-6, rtol=1e-6)

@@ -137,7 +137,6 @@ def quantize_vision_checkpoint(
 ) -> dict[str, Any]:
     """Quantize a vision checkpoint (dense or SaiT/AS-ViT/EViT/ToMe-pruned) and save it to ``out``."""
     from trimformer.vision_pipeline import (
-        evaluate_vision,
         load_image_data,
         load_vision_model,
         model_resolution,
@@ -150,4 +149,4 @@ def quantize_vision_checkpoint(
     batches = [{"pixel_values": p} for p, _ in pixel_batches(calib, batch_size)]
     test = pixel_batches(load_image_data(eval_data or data, "test", res, test_limit), 64)
     meta = {**meta, "resolution": res}
-    return quantize_loaded(model, meta, config, batches, lambda m: evaluate_vision(m, test), out, str(checkpoint))
+    return quantize_loaded(model, meta, config, batches, lambda m: evaluate(m, test), out, str(checkpoint))

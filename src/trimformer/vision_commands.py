@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from trimformer.checkpoint import label_names, save_pruned
+from trimformer.evaluation import evaluate
 from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
@@ -17,7 +18,6 @@ from trimformer.pruning import prune
 from trimformer.train.loop import TrainConfig
 from trimformer.vision_pipeline import (
     VISION_METHODS,
-    evaluate_vision,
     load_image_data,
     load_vision_model,
     model_resolution,
@@ -82,7 +82,7 @@ def run_eval_vision(args: argparse.Namespace) -> int:
     model, meta = load_vision_model(args.checkpoint)
     _set_level(model, args.level)
     model.set_options(mode=args.mode, linear_kernel=args.linear_kernel)
-    result = evaluate_vision(model, _test_batches(args, model_resolution(model, meta), args.limit, args.batch_size))
+    result = evaluate(model, _test_batches(args, model_resolution(model, meta), args.limit, args.batch_size))
     summary = {"checkpoint": args.checkpoint, "method": meta.get("method"), "data": vision_data_name(args),
                "mode": args.mode, **result.summary()}
     if hasattr(model.policy, "level"):
@@ -107,7 +107,7 @@ def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
     timed = _test_batches(args, resolution, args.num_samples, args.batch_size)
     batches = [{"pixel_values": p} for p, _ in timed]
     speed = time_variants(speed_variants(model, masked=False), batches, args.repeats)
-    counts = evaluate_vision(model, timed, progress=False)
+    counts = evaluate(model, timed, progress=False)
     result: dict[str, Any] = {
         "method": meta["method"], "data": args.eval_data or vision_data_name(args), "checkpoint": args.checkpoint,
         "batch_size": args.batch_size, "num_samples_timed": sum(len(y) for _, y in timed), "repeats": args.repeats,
@@ -117,9 +117,9 @@ def bench_vision(args: argparse.Namespace) -> dict[str, Any]:
         result["level"] = model.policy.level
     if not args.no_accuracy:
         scored = _test_batches(args, resolution, args.accuracy_limit, 64)
-        pruned_eval = evaluate_vision(model, scored)
+        pruned_eval = evaluate(model, scored)
         with model.pruning_disabled():
-            dense_eval = evaluate_vision(model, scored)
+            dense_eval = evaluate(model, scored)
         result.update(accuracy_dense=dense_eval.accuracy, accuracy_pruned=pruned_eval.accuracy,
                       num_eval_examples=pruned_eval.num_examples)
     return result

@@ -22,12 +22,13 @@ from trimformer.bench import speed_variants, speedups, time_variants
 from trimformer.checkpoint import load_pruned, save_pruned
 from trimformer.data.images import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
 from trimformer.envinfo import machine_info
+from trimformer.evaluation import evaluate
 from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import SaiTConfig
 from trimformer.pruning import prune
 from trimformer.train.loop import TrainConfig
-from trimformer.vision_pipeline import evaluate_vision, pixel_batches
+from trimformer.vision_pipeline import pixel_batches
 from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches, sparsity_dial
 
 RESOLUTION = 28
@@ -112,7 +113,7 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
     dial = []
     for level in TOPK_LEVELS:
         sait.policy.set_level(level)
-        ev = evaluate_vision(sait, test, progress=False)
+        ev = evaluate(sait, test, progress=False)
         speed = time_variants(speed_variants(sait, masked=False), timed, settings.bench_repeats)
         ratios = speedups(speed)
         dial.append({"label": "dense" if level is None else f"keep {level}", "level": level, "accuracy": ev.accuracy,
@@ -124,9 +125,9 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
               f"speed-up {dial[-1]['speedup']:.2f}x")
     mass = prune(sait.model, SaiTConfig(policy="mass"))
     with mass.policy.at_level(MASS_LEVEL):
-        mass_eval = evaluate_vision(mass, test, progress=False)
+        mass_eval = evaluate(mass, test, progress=False)
     stage = mass.policy.stages[0]
-    per_image = [kept[stage] - 1 for kept in mass_eval.kept_per_image]
+    per_image = [kept[stage] - 1 for kept in mass_eval.kept_per_example]
     pixels = test[0][0][:8]
     kept_patches(pixels, kept_patch_masks(mass, pixels, MASS_LEVEL),
                  [FASHION_MNIST_CLASSES[int(y)] for y in test[0][1][:8]], out / "kept_patches.png",

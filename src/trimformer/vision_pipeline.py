@@ -8,13 +8,11 @@ classifier folder / hub name. Data: ``fashion_mnist`` (offline, Debian package) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Subset
-from tqdm.auto import tqdm
 
 from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_pruned
 from trimformer.data.images import image_collate
@@ -80,55 +78,3 @@ def pixel_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, to
     batches = (image_collate([data[i] for i in range(start, min(start + batch_size, n))])
                for start in range(0, n, batch_size))
     return [(b["pixel_values"], b["labels"]) for b in batches]
-
-
-
-
-
-
-@dataclass
-class VisionEval:
-    accuracy: float
-    gflops_per_sample: float
-    dense_gflops_per_sample: float
-    flops_ratio: float
-    kept_tokens_per_layer: list[float]
-    num_examples: int
-    kept_per_image: list[list[float]] = field(default_factory=list, repr=False)  # [images][layers] n_out
-    predictions: list[int] = field(default_factory=list, repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out.pop("kept_per_image")
-        out.pop("predictions")
-        return out
-
-
-@torch.no_grad()
-def evaluate_vision(model: TokenPrunedModel, batches: list[tuple[torch.Tensor, torch.Tensor]],
-                    progress: bool = True) -> VisionEval:
-    """Accuracy, analytic FLOPs and kept tokens of ``model`` (in its current mode and level) on ``batches``."""
-    model.eval()
-    correct = n = 0
-    flops = dense = 0.0
-    kept_sum: torch.Tensor | None = None
-    kept_per_image: list[list[float]] = []
-    preds: list[int] = []
-    for pixels, labels in tqdm(batches, desc="eval", disable=not progress, leave=False):
-        out = model(pixel_values=pixels)
-        pred = out.logits.argmax(-1).cpu()
-        correct += int((pred == labels).sum())
-        preds.extend(pred.tolist())
-        n += len(labels)
-        flops += float(out.flops.sum())
-        dense += float(out.dense_flops.sum())
-        kept = out.n_out.sum(0).cpu()
-        kept_sum = kept if kept_sum is None else kept_sum + kept
-        kept_per_image.extend(out.n_out.tolist())
-    if n == 0:
-        raise ValueError("no images to evaluate")
-    assert kept_sum is not None
-    return VisionEval(accuracy=100.0 * correct / n, gflops_per_sample=flops / n / 1e9,
-                      dense_gflops_per_sample=dense / n / 1e9, flops_ratio=flops / dense,
-                      kept_tokens_per_layer=(kept_sum / n).tolist(), num_examples=n, kept_per_image=kept_per_image,
-                      predictions=preds)

@@ -198,6 +198,8 @@ def _merge_step(block: BlockView, state: TokenState, h: torch.Tensor, merge: Mer
         out = mlp_residual(block, mid, linears)
         return BlockResult(TokenState(out, alive, positions, None, sizes, n_in, all_live), n_in, n_in)
     merged, sizes = merge_tokens(mid, sizes, plan)  # [B, N, D], [B, N]
+    if plan.source is not None:  # the plan moved survivors between slots: each slot keeps its token's position
+        positions = positions.gather(1, plan.source)
     keep = plan.keep & alive
     n_out = keep.sum(dim=1).to(x.dtype)
     if settings.packed:

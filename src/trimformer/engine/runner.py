@@ -69,7 +69,7 @@ class BlockRun:
                     return self._split(i + 1, state, counts, groups, records)
         head = self.head(state.x, state.alive)
         hidden = head.get("last_hidden_state")
-        if hidden is not None and hidden.shape[1] != self.length:
+        if hidden is not None and (hidden.shape[1] != self.length or _moved(state.positions)):
             head = {**head, "last_hidden_state": unpack(hidden, state.positions, state.alive, self.length)}
         return Outcome(records, head, state.sizes)
 
@@ -94,3 +94,8 @@ class BlockRun:
         head = {k: join([p.head[k] for p in parts]) for k, v in parts[0].head.items() if v is not None}
         sizes = None if parts[0].sizes is None else join([p.sizes for p in parts])
         return Outcome(records, head, sizes)
+
+
+def _moved(positions: torch.Tensor) -> bool:
+    """Whether the slots no longer hold their own positions (a merge reordered them): long [b, N]."""
+    return bool((positions != torch.arange(positions.shape[1], device=positions.device)).any())
