@@ -302,3 +302,11 @@ def test_defaults_are_official_and_survive_json():
         for field in ("split", "order") if isinstance(config, ToMeConfig) else ("fuse",):
             assert f'"{field}": "{getattr(config, field)}"' in text
     assert ToMePolicy(12, ToMeConfig(order="slots")).config().order == "slots"
+
+
+def test_tome_config_saved_before_split_and_order_keeps_its_behaviour():
+    from trimformer.methods import ToMeConfig
+
+    old = ToMeConfig.from_dict({"r": 4, "proportional_attention": True})  # as saved before the two options
+    assert (old.split, old.order) == ("mergeable", "slots")
+    assert ToMeConfig.from_dict(ToMeConfig(r=4).to_dict()) == ToMeConfig(r=4)  # new configs round-trip

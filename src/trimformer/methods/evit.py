@@ -2,8 +2,8 @@
 
 At a few layers (0-indexed 3, 6, 9 of 12 by default, scaled to other depths), between attention and MLP,
 the ceil(keep_rate * n) non-prefix tokens with the highest class attention (mean over heads of the [CLS]
-row) are kept and the others are fused into one token, their class-attention-weighted average. EViT's
-official code appends the unnormalised weighted sum instead (``fuse='sum'``); the paper describes an average.
+row) are kept and the others are fused into one token: by default (``fuse='sum'``) the official code's
+class-attention-weighted sum, not normalised; ``fuse='average'`` is the weighted average the paper describes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """ToMe, Token Merging (Bolya et al., ICLR 2023), training free, on the shared block runner.
 
-Written from the paper's description (not from its code). In every layer, between attention and MLP,
+Written here from the paper and from reading the official code (its code is not copied); the defaults reproduce
+the official code's merges and survivor order (tests/test_official_merging.py). In every layer, between attention
+and MLP,
 bipartite soft matching merges ``r`` tokens by the cosine similarity of their attention keys (mean over
 heads); merged tokens are size-weighted averages and, with proportional attention, a token of size s
 counts as s tokens in later softmaxes. Prefix tokens ([CLS], DeiT's distillation token) are never merged.
@@ -39,6 +41,11 @@ class ToMeConfig(JsonConfig):
     proportional_attention: bool = True
     split: str = "official"
     order: str = "official"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ToMeConfig:
+        """A saved config; one saved before ``split``/``order`` existed keeps the behaviour it was saved with."""
+        return super().from_dict({"split": "mergeable", "order": "slots", **data})
 
     def __post_init__(self) -> None:
         from trimformer.core.merging import TOME_ORDERS, TOME_SPLITS
