@@ -6,6 +6,7 @@ missing timm fails the run: scripts/test.sh runs this file that way in .venv-tim
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 
@@ -164,3 +165,113 @@ def test_wrong_image_size_and_saving_are_explained(tmp_path):
         pruned(pixel_values=torch.randn(1, 3, 40, 40))
     with pytest.raises(ValueError, match="state_dict"):
         save_pruned(pruned, tmp_path / "x")
+
+
+# --- the fused qkv projection (BlockView.qkv) ---------------------------------------------------------------------
+
+def _slice_path(monkeypatch, adapter) -> None:
+    """Make ``adapter`` build views without the fused projection: the engine then runs the three slice views."""
+    fused_blocks = type(adapter).blocks
+    monkeypatch.setattr(type(adapter), "blocks",
+                        lambda self, model: [dataclasses.replace(v, qkv=None) for v in fused_blocks(self, model)])
+
+
+def test_views_expose_the_fused_qkv_and_inference_caches_its_scaled_weight():
+    from trimformer.engine.attention import scaled_qkv
+    from trimformer.engine.linears import Linears, WeightCache
+
+    model = _timm()
+    pruned = TokenPrunedModel(model, None)
+    views = pruned.adapter.blocks(model)
+    assert [v.qkv for v in views] == [b.attn.qkv for b in model.blocks]
+    assert views[0].hidden_size == 32 and views[0].query_scale == 8 ** -0.5
+    calls = []
+    handles = [b.attn.qkv.register_forward_hook(lambda *_: calls.append(1)) for b in model.blocks]
+    with torch.no_grad():
+        pruned(pixel_values=_pixels())
+    for h in handles:
+        h.remove()
+    assert not calls  # at inference the module is not called: its cached pre-scaled weight is used
+    assert all(pruned._weights.holds(b.attn.qkv, "qkv") for b in model.blocks)
+
+    # the fused projection against the slice views, with the oneDNN packing forced where this build has it
+    view, h = views[0], torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(2))
+    linears = Linears("onednn", WeightCache())
+    with torch.no_grad():
+        fused = scaled_qkv(view, h, linears)
+        sliced = scaled_qkv(dataclasses.replace(view, qkv=None), h, Linears("torch", WeightCache()))
+    assert linears.cache.holds(view.qkv, "qkv") and not linears.cache.holds(view.query, "qkv")
+    for a, b in zip(fused, sliced, strict=True):
+        assert a.shape == (2, 4, 17, 8)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sait", [False, True], ids=["dense", "sait"])
+@pytest.mark.parametrize("qkv_bias", [True, False], ids=["bias", "no_bias"])
+def test_fused_qkv_equals_the_slice_path(monkeypatch, sait, qkv_bias):
+    model = _timm(qkv_bias=qkv_bias)
+    policy = SaiTPolicy(3, SaiTConfig(stages=(1,), default_level=0.5)) if sait else None
+    wrapper = TokenPrunedModel(model, policy)
+    _slice_path(monkeypatch, wrapper.adapter)
+    slices = TokenPrunedModel(model, policy)
+    assert wrapper._views[0].qkv is model.blocks[0].attn.qkv and slices._views[0].qkv is None
+    with torch.no_grad():
+        fused, sliced = wrapper(pixel_values=_pixels()), slices(pixel_values=_pixels())
+    torch.testing.assert_close(fused.logits, sliced.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.n_out, sliced.n_out)
+    if sait:
+        assert torch.all(fused.n_out[:, 1] == 1 + 8)  # pruning on: [CLS] + half of the 16 patches
+    else:
+        with torch.no_grad():
+            torch.testing.assert_close(fused.logits, model(_pixels()), atol=1e-5, rtol=1e-5)
+
+
+def test_in_place_change_of_the_fused_weight_is_picked_up():
+    model = _timm()
+    pruned = TokenPrunedModel(model, None)
+    with torch.no_grad():
+        before = pruned(pixel_values=_pixels()).logits
+        for block in model.blocks:
+            block.attn.qkv.weight.mul_(1.5)  # in place: the cached scaled copy must be rebuilt
+            block.attn.qkv.bias.add_(0.1)
+        after = pruned(pixel_values=_pixels()).logits
+        reference = model(_pixels())
+    assert not torch.allclose(after, before, atol=1e-3)
+    torch.testing.assert_close(after, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_the_fused_qkv_in_training():
+    model = _timm(attn_drop_rate=0.1).train()
+    pruned = TokenPrunedModel(model, SaiTPolicy(3, SaiTConfig(stages=(1,), default_level=0.5)), mode="masked")
+    assert all(v.training for v in pruned._views)
+    out = pruned(pixel_values=_pixels(), labels=torch.tensor([0, 1, 2]))
+    out.loss.backward()
+    for block in model.blocks:
+        assert block.attn.qkv.weight.grad is not None and block.attn.qkv.weight.grad.abs().sum() > 0
+    assert not pruned._weights.holds(model.blocks[0].attn.qkv, "qkv")  # training builds no inference copy
+
+
+def test_qkv_bias_false_runs_the_fused_path():
+    model = _timm(qkv_bias=False)
+    assert model.blocks[0].attn.qkv.bias is None
+    pruned = TokenPrunedModel(model, None)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(pixel_values=_pixels()).logits, model(_pixels()), atol=1e-5, rtol=1e-5)
+    assert pruned._weights.holds(model.blocks[0].attn.qkv, "qkv")
+
+
+def test_quantized_fused_qkv_is_called_as_a_module():
+    """A quantized qkv (not a plain nn.Linear) runs as itself, its input quantizer included: timm's own forward of
+    the quantized model is reproduced."""
+    from trimformer.quant import ActSpec, UniformConfig, calibrate, quantize_
+
+    model = _timm()
+    pruned = TokenPrunedModel(model, None)
+    quantize_(model, UniformConfig(wbits=8, act=ActSpec(bits=4, clip="minmax")))
+    calibrate(model, [_pixels(4)])
+    pruned.rebuild_views()
+    qkv = model.blocks[0].attn.qkv
+    assert type(qkv) is not nn.Linear and pruned._views[0].qkv is qkv
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(pixel_values=_pixels()).logits, model(_pixels()), atol=1e-5, rtol=1e-5)
+    assert not pruned._weights.holds(qkv, "qkv")

@@ -1,8 +1,10 @@
 """Adapter for timm's ``VisionTransformer`` (optional: ``pip install trimformer[timm]``).
 
 timm is never imported here: a model can only be a timm ``VisionTransformer`` if the user already imported
-timm, so :meth:`TimmViTAdapter.supports` looks the class up in ``sys.modules``. The fused ``qkv``
-projection is read through three weight-slice views, so the engine's one block step serves timm too.
+timm, so :meth:`TimmViTAdapter.supports` looks the class up in ``sys.modules``. The block views hand the
+engine the fused ``qkv`` projection itself (``BlockView.qkv``: one matmul, at inference on a cached weight with
+pre-scaled query rows, packed for oneDNN where that applies), with three weight-slice views of it as the
+per-projection ``query`` / ``key`` / ``value``.
 
 :meth:`TimmViTAdapter.validate` is an allow-list, checked against timm 1.0.31's ``vision_transformer.py``,
 ``layers/attention.py`` and ``layers/mlp.py``: it accepts only what the engine computes exactly and refuses
@@ -33,9 +35,8 @@ _VIT_MODULE = "timm.models.vision_transformer"
 class FusedQKVPart(nn.Module):
     """One of query / key / value of a fused ``qkv`` Linear [3D, D], as a Linear-like view (no copy).
 
-    Note for the ``BlockView`` owner: the engine's stacked q/k/v inference path takes plain ``nn.Linear`` parts
-    only, so timm's qkv runs as three slices; a ``BlockView`` field for one fused qkv Linear would let the engine
-    use ``attn.qkv`` as it is.
+    The engine runs ``qkv`` itself (``BlockView.qkv``); these views serve code that reads one projection. They
+    read the weight directly, so a quantized ``qkv``'s input quantizer is not applied through them.
     """
 
     def __init__(self, qkv: nn.Linear, part: int) -> None:
@@ -236,6 +237,7 @@ class TimmViTAdapter(Adapter):
                 norm_attn=block.norm1, norm_mlp=block.norm2, num_heads=attn.num_heads, pre_norm=True,
                 attn_dropout=attn.attn_drop, attn_out_dropout=attn.proj_drop, hidden_dropout=mlp.drop2,
                 layer_scale_attn=block.ls1, layer_scale_mlp=block.ls2, residual_drop=block.drop_path1,
+                qkv=attn.qkv,
             ))
         return views
 

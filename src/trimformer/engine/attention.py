@@ -34,7 +34,7 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 def attn_dropout_p(block: BlockView) -> float:
     """Probability of the attention-probability dropout now (0 in eval mode)."""
-    if not block.query.training or block.attn_dropout is None:
+    if not block.training or block.attn_dropout is None:
         return 0.0
     if isinstance(block.attn_dropout, float):
         return block.attn_dropout
@@ -78,23 +78,73 @@ def _stacked_qkv_weights(block: BlockView, linears: Linears) -> tuple[torch.Tens
     return weight, bias, stamp
 
 
+def _fused_qkv_weights(block: BlockView, qkv: nn.Linear,
+                       linears: Linears) -> tuple[torch.Tensor, torch.Tensor | None, tuple] | None:
+    """([3D, D], [3D] or None, stamp): the fused projection's weight and bias with the query rows pre-scaled,
+    cached under ``qkv`` while its tensors are unchanged; None where that cannot be told (inference tensors).
+
+    The stamp returned (for the oneDNN packing, also kept under ``qkv``) is marked as the scaled copy's, so a
+    packing of the module's own weight (same tensors, same stamp) is never taken for it.
+    """
+    stamp = tensor_stamp(qkv.weight) if qkv.bias is None else tensor_stamp(qkv.weight, qkv.bias)
+    if stamp is None:
+        return None
+
+    def scaled() -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows = qkv.out_features // 3  # the query rows
+        with torch.no_grad():
+            weight = qkv.weight.detach().clone()  # [3D, D]
+            weight[:rows] *= block.query_scale
+            bias = None if qkv.bias is None else qkv.bias.detach().clone()  # [3D]
+            if bias is not None:
+                bias[:rows] *= block.query_scale
+        return weight, bias
+
+    weight, bias = linears.cache.get(qkv, stamp, scaled, kind="qkv")
+    return weight, bias, (*stamp, "q-scaled")
+
+
+def _split_qkv(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[B, N, 3D] ([q | k | v] along the last dim) -> q, k, v [B, H, N, Dh] each (views, no copy)."""
+    batch, n, d3 = qkv.shape
+    parts = qkv.view(batch, n, 3, heads, d3 // (3 * heads))  # [B, N, 3, H, Dh]
+    q, k, v = parts.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, Dh] each
+    return q, k, v
+
+
+def _fused_scaled_qkv(block: BlockView, qkv: nn.Module, h: torch.Tensor,
+                      linears: Linears) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`scaled_qkv` of a block with a fused ``qkv`` projection: one matmul in every case.
+
+    Without gradients, for a plain ``nn.Linear``, over the cached copy with pre-scaled query rows (through
+    ``linears``: the oneDNN packing where it applies); otherwise (gradients, quantized or other layers) the module
+    itself, then the queries scaled.
+    """
+    fused = None if torch.is_grad_enabled() or type(qkv) is not nn.Linear else _fused_qkv_weights(block, qkv, linears)
+    if fused is None:
+        q, k, v = _split_qkv(qkv(h), block.num_heads)  # [B, H, N, Dh] each
+        return q * block.query_scale, k, v
+    weight, bias, stamp = fused
+    return _split_qkv(linears.stacked(h, weight, bias, qkv, stamp), block.num_heads)  # [B, H, N, Dh] each
+
+
 def scaled_qkv(block: BlockView, h: torch.Tensor, linears: Linears) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Query (scaled by 1/sqrt(Dh)), key and value heads of ``h``: [B, N, D] -> [B, H, N, Dh] each.
 
-    Without gradients the three projections run as one matmul over cached stacked weights (fewer, larger
-    operations: it matters at batch 1); with gradients, or for layers that cannot be stacked, one by one.
+    A block with a fused ``qkv`` projection runs it (:func:`_fused_scaled_qkv`). Otherwise, without gradients
+    the three projections run as one matmul over cached stacked weights (fewer, larger operations: it matters at
+    batch 1); with gradients, or for layers that cannot be stacked, one by one.
     """
+    if block.qkv is not None:
+        return _fused_scaled_qkv(block, block.qkv, h, linears)
     heads = block.num_heads
     stacked = None if torch.is_grad_enabled() else _stacked_qkv_weights(block, linears)
     if stacked is None:
         q = block.query(h) * block.query_scale
         return split_heads(q, heads), split_heads(block.key(h), heads), split_heads(block.value(h), heads)
-    batch, n, d = h.shape
     weight, bias, stamp = stacked
     # the stacked weight's packing is cached under the query module (which never runs alone at inference)
-    qkv = linears.stacked(h, weight, bias, block.query, stamp).view(batch, n, 3, heads, d // heads)  # [B,N,3,H,Dh]
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # [B, H, N, Dh] each
-    return q, k, v
+    return _split_qkv(linears.stacked(h, weight, bias, block.query, stamp), heads)  # [B, H, N, Dh] each
 
 
 def softmax_probs(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, key_bias: torch.Tensor | None,

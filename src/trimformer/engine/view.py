@@ -15,6 +15,13 @@ class BlockView:
 
     ``pre_norm`` False is BERT's order (x = LN(x + Attn(x)); x = LN(x + MLP(x))); True is ViT's
     (x = x + Attn(LN(x)); x = x + MLP(LN(x))), with optional LayerScale modules.
+
+    ``qkv``: a fused projection [B, N, D] -> [B, N, 3D] whose output is [q | k | v] along the last dimension
+    (timm's ``attn.qkv``), or None where the model has three separate projections. When it is set, the engine
+    computes queries, keys and values with it alone (one matmul; at inference over a cached copy of its weight
+    with the query rows pre-scaled, packed for oneDNN where that applies), and ``query`` / ``key`` / ``value``
+    are Linear-like views of its three output slices, kept for code that reads one projection (``hidden_size``,
+    inspection, the per-projection path in tests): they must compute exactly what the slices of ``qkv`` do.
     """
 
     query: nn.Linear
@@ -34,10 +41,16 @@ class BlockView:
     layer_scale_attn: nn.Module | None = None
     layer_scale_mlp: nn.Module | None = None
     residual_drop: nn.Module | None = None  # stochastic depth on each residual branch (pre-norm blocks)
+    qkv: nn.Module | None = None  # a fused [q | k | v] projection that the engine runs instead of the three views
 
     @property
     def hidden_size(self) -> int:
         return self.query.in_features
+
+    @property
+    def training(self) -> bool:
+        """Whether the attention projections that run (``qkv``, else ``query``) are in training mode."""
+        return (self.query if self.qkv is None else self.qkv).training
 
     @property
     def mlp_size(self) -> int:
