@@ -27,14 +27,15 @@ import torch
 
 from trimformer.bench import time_variants
 from trimformer.checkpoint import load_model, load_pruned
+from trimformer.data.images import load_image_data, pixel_batches
 from trimformer.data.text import load_text_data, unlabelled_batches
 from trimformer.engine.attention import scaled_qkv
 from trimformer.engine.block import attention_branch, mlp_residual
 from trimformer.engine.linears import Linears, WeightCache
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
+from trimformer.loading import model_resolution
 from trimformer.pruned import TokenPrunedModel
-from trimformer.vision_pipeline import load_image_data, model_resolution, pixel_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 _ORACLE_WEIGHTS = WeightCache()  # the oracle's own packed weights, built on its first call

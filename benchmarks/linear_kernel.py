@@ -87,7 +87,7 @@ def main() -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    from trimformer.plots import plt, save_figure
+    from trimformer.report.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, len(MODELS), figsize=(5 * len(MODELS), 3.8), squeeze=False)
     for ax, model in zip(axes[0], MODELS, strict=True):

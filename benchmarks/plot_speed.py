@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from trimformer import plots
+from trimformer.report import plots
 
 
 def main() -> None:

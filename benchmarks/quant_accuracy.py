@@ -241,7 +241,7 @@ def table(tasks: list[dict]) -> str:
 
 
 def plot(tasks: list[dict], path: Path) -> None:
-    from trimformer.plots import plt, save_figure
+    from trimformer.report.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.2), squeeze=False)
     names = [f"W{w}A{a}" for w, a in BITS]

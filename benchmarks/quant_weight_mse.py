@@ -143,7 +143,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def plot(records: list[dict], layers: list[str], path: Path, title: str) -> None:
-    from trimformer.plots import plt, save_figure
+    from trimformer.report.plots import plt, save_figure
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     styles = {"minmax": "C0", "mse": "C1", "gaussian": "C2", "laplace": "C3", "search": "C4", "search3": "C5"}

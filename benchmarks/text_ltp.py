@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 import trimformer
-from trimformer import plots
 from trimformer.checkpoint import is_pruned_checkpoint, load_model, load_pruned, save_pruned
 from trimformer.data.text import TextDataset, load_text_data
 from trimformer.envinfo import machine_info
@@ -28,6 +27,7 @@ from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
 from trimformer.methods import LTPConfig, TopKConfig
 from trimformer.pruning import prune
+from trimformer.report import plots
 from trimformer.train.loop import TrainConfig
 
 

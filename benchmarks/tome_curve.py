@@ -17,17 +17,13 @@ from pathlib import Path
 import torch
 
 from trimformer.bench import time_variants
+from trimformer.data.images import load_image_data, pixel_batches
 from trimformer.envinfo import machine_info
 from trimformer.io_utils import atomic_write_json
+from trimformer.loading import load_vision_model, model_resolution
 from trimformer.methods import ToMeConfig
-from trimformer.plots import plt, save_figure
 from trimformer.pruning import prune
-from trimformer.vision_pipeline import (
-    load_image_data,
-    load_vision_model,
-    model_resolution,
-    pixel_batches,
-)
+from trimformer.report.plots import plt, save_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
-from trimformer.data.images import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
+from trimformer.data.images import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist, pixel_batches
 from trimformer.envinfo import device_label, run_record
 from trimformer.io_utils import atomic_write_json
+from trimformer.report.vision_demo import RESOLUTION, tiny_vit, train_from_scratch
 from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
-from trimformer.vision_demo import RESOLUTION, tiny_vit, train_from_scratch
-from trimformer.vision_pipeline import pixel_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 

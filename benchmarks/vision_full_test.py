@@ -15,17 +15,13 @@ from pathlib import Path
 import torch
 
 from trimformer.checkpoint import load_pruned
+from trimformer.data.images import load_image_data, pixel_batches
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
+from trimformer.loading import load_vision_model, model_resolution
 from trimformer.methods import SaiTConfig
 from trimformer.pruning import prune
-from trimformer.vision_pipeline import (
-    load_image_data,
-    load_vision_model,
-    model_resolution,
-    pixel_batches,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 

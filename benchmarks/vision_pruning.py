@@ -27,20 +27,15 @@ import torch
 
 import trimformer
 from trimformer.checkpoint import is_pruned_checkpoint, load_pruned, save_pruned
-from trimformer.data.images import FASHION_MNIST_ENV
+from trimformer.data.images import FASHION_MNIST_ENV, load_image_data, pixel_batches
 from trimformer.envinfo import device_label, machine_info
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
+from trimformer.loading import load_vision_model, model_resolution
 from trimformer.methods import ASViTConfig, EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruning import prune
+from trimformer.report.plots import kept_histogram, kept_patch_masks, kept_patches
 from trimformer.train.loop import TrainConfig
-from trimformer.vision_pipeline import (
-    load_image_data,
-    load_vision_model,
-    model_resolution,
-    pixel_batches,
-)
-from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches
 
 ROOT = Path(__file__).resolve().parent.parent
 SAIT_TOPK_LEVELS = (0.7, 0.5, 0.4, 0.3)
@@ -97,7 +92,7 @@ def row(method: str, setting: str, ev, dense_acc: float, **extra: Any) -> dict[s
 
 
 def plot_curves(rows: list[dict], dense_acc: float, dense_gflops: float, path: Path, title: str) -> None:
-    from trimformer.plots import plt, save_figure
+    from trimformer.report.plots import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.6))
     styles = {"sait-topk": ("C0", "o"), "sait-mass": ("C1", "s"), "asvit": ("C2", "^"), "evit": ("C3", "v"),

@@ -23,17 +23,13 @@ import torch
 
 from trimformer.bench import speedups, time_variants
 from trimformer.checkpoint import load_pruned
+from trimformer.data.images import load_image_data, pixel_batches
 from trimformer.envinfo import device_label, machine_info
 from trimformer.evaluation import evaluate
 from trimformer.io_utils import atomic_write_json
+from trimformer.loading import load_vision_model, model_resolution
 from trimformer.methods import EViTConfig, SaiTConfig, ToMeConfig
 from trimformer.pruning import prune
-from trimformer.vision_pipeline import (
-    load_image_data,
-    load_vision_model,
-    model_resolution,
-    pixel_batches,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,7 +131,7 @@ def _engine_dense(model, batch):
 
 
 def plot(results: dict, path: Path) -> None:
-    from trimformer.plots import plt, save_figure
+    from trimformer.report.plots import plt, save_figure
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), squeeze=False)
     for ax, (bs, res) in zip(axes[0], results.items(), strict=True):

@@ -3,7 +3,7 @@
 import pytest
 
 from trimformer.cli import build_parser, main
-from trimformer.commands import quant_config_from_args
+from trimformer.cli.commands import quant_config_from_args
 from trimformer.quant import ActSpec, PWLQConfig, UniformConfig
 
 

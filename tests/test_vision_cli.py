@@ -66,8 +66,11 @@ def test_vision_errors_are_clear(vision_setup, capsys):
     assert main(["prune", "--model", str(root / "base"), "--method", "ltp", *_args(root), "--out",
                  str(root / "x")]) == 2
     assert "--task vision takes" in capsys.readouterr().err
-    assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--out", str(root / "x")]) == 2
-    assert "vision method" in capsys.readouterr().err
+    # the task comes from the model folder's config: no --task needed
+    assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--out", str(root / "t")]) == 0
+    assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--task", "text",
+                 "--out", str(root / "x")]) == 2
+    assert "holds a vision model (dinov2); drop --task text" in capsys.readouterr().err
     assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--task", "vision", "--data",
                  "cifar", "--out", str(root / "x")]) == 0  # ToMe is training-free: no data needed to build it
     assert main(["eval", str(root / "x"), "--task", "vision", "--data", "cifar"]) == 2

@@ -194,7 +194,7 @@ def test_cnn_weights_not_matching_config(tmp_path: Path) -> None:
 
 
 def test_tiny_vit_patch_size_sets_the_token_count() -> None:
-    from trimformer.vision_demo import tiny_vit
+    from trimformer.report.vision_demo import tiny_vit
 
     torch.manual_seed(0)
     pixels = torch.randn(2, 3, 28, 28)

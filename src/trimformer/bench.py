@@ -1,19 +1,22 @@
-"""Measured speed: dense vs pruned (packed) vs masked-only, timed in the same run, interleaved."""
+"""``trimformer.benchmark``, the one benchmark driver: dense vs pruned (packed) vs masked-only, timed in the same
+run, interleaved, for text and images."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from trimformer.checkpoint import label_names, load_model
-from trimformer.data.text import load_text_data, unlabelled_batches
+from trimformer.data.batching import fixed_batches, sample_indices
+from trimformer.data.images import image_collate
+from trimformer.data.text import text_collate
 from trimformer.envinfo import machine_info
-from trimformer.evaluation import evaluate
+from trimformer.evaluation import EvalResult, evaluate
 from trimformer.pruned import TokenPrunedModel
 
 
@@ -72,17 +75,16 @@ def speed_variants(model: TokenPrunedModel, masked: bool = True) -> dict[str, Ca
         return model.model(**batch).logits
 
     def engine_dense(batch: dict) -> object:
-        model.mode = "packed"
-        with model.pruning_disabled():
+        with model.options(mode="packed", pruning=False):
             return model(**batch).logits
 
     def packed(batch: dict) -> object:
-        model.mode = "packed"
-        return model(**batch).logits
+        with model.options(mode="packed"):
+            return model(**batch).logits
 
     def masked_run(batch: dict) -> object:
-        model.mode = "masked"
-        return model(**batch).logits
+        with model.options(mode="masked"):
+            return model(**batch).logits
 
     variants = {"dense": dense, "engine_dense": engine_dense, "packed": packed}
     if masked:
@@ -117,60 +119,77 @@ def speedups(speed: dict[str, dict[str, float]], name: str = "packed",
             "speedup_vs_transformers": speed[name]["samples_per_s"] / speed[dense[0]]["samples_per_s"]}
 
 
-def speed_record(meta: dict, speed: dict[str, dict[str, float]], counts, model: TokenPrunedModel) -> dict:
-    """The keys every ``bench`` JSON shares, from timed variants and an evaluation of the pruned model.
+def _method_meta(model: TokenPrunedModel) -> dict[str, Any]:
+    """The method, its config and any quantization recipe of ``model`` (what a record must name)."""
+    meta: dict[str, Any] = {"method": model.policy.method if model.policy is not None else "dense",
+                            "method_config": model.policy.config().to_dict() if model.policy is not None else None}
+    quant = getattr(model, "trimformer_quant_config", None) or getattr(model.model, "trimformer_quant_config", None)
+    if quant:  # both variants run the same fake-quant weights; the ratio is pruning's
+        meta["quant_config"] = quant
+    return meta
+
+
+def speed_record(speed: dict[str, dict[str, float]], counts: EvalResult, model: TokenPrunedModel) -> dict:
+    """The keys every benchmark record shares, from timed variants and an evaluation of the pruned model.
     ``dense_samples_per_s`` and ``speedup`` refer to the fastest dense variant (:func:`fastest_dense`); every
     execution option that changes timing is recorded, with the thread count."""
     ratios = speedups(speed)
     record = {
+        **_method_meta(model),
         "pruned_samples_per_s": speed["packed"]["samples_per_s"], **ratios,
         "transformers_dense_samples_per_s": speed["dense"]["samples_per_s"],
         "engine_dense_samples_per_s": speed["engine_dense"]["samples_per_s"],
         "linear_kernel": model.execution.effective_linear_kernel,
         "execution": model.execution.to_dict(), "threads": torch.get_num_threads(),
         "latency_ms": {k: v["latency_ms_median"] for k, v in speed.items()},
+        "latency_ms_p90": {k: v["latency_ms_p90"] for k, v in speed.items()},
         "gflops_dense": counts.dense_gflops_per_sample, "gflops_pruned": counts.gflops_per_sample,
         "flops_ratio": counts.flops_ratio, "kept_tokens_per_layer": counts.kept_tokens_per_layer,
-        "machine": machine_info(), "method_config": meta.get("method_config"),
+        "mean_length": counts.mean_length, "machine": machine_info(),
         "speedup_over_flops_reduction": ratios["speedup"] * counts.flops_ratio,
     }
-    if meta.get("quant_config"):  # both variants run the same fake-quant weights; the ratio is pruning's
-        record["quant_config"] = meta["quant_config"]
+    if "masked" in speed:
+        record.update(masked_samples_per_s=speed["masked"]["samples_per_s"],
+                      masked_speedup=speedups(speed, "masked")["speedup"])
     return record
 
 
-def bench_checkpoint(checkpoint: str | Path, data: str, eval_data: str | None = None, batch_size: int = 32,
-                     max_length: int = 128, num_samples: int = 256, repeats: int = 3, threads: int | None = None,
-                     accuracy: bool = True, accuracy_limit: int | None = None,
-                     seed: int = 0, regroup: bool = True, linear_kernel: str = "auto") -> dict:
-    """The JSON record of ``trimformer bench``; ``regroup`` False runs packed batches in one piece."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    model, tokenizer, meta = load_model(str(checkpoint))
-    check_benchable(checkpoint, meta)
+def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, tokenizer: Any = None,
+              max_length: int = 128, num_samples: int = 256, repeats: int = 3, accuracy: bool = True,
+              accuracy_limit: int | None = None, seed: int = 0, masked: bool | None = None) -> dict:
+    """``trimformer.benchmark``: the pruned model against its dense self, timed in the same run, interleaved.
+
+    Times transformers' own forward, the engine with pruning off, the pruned model packed (and masked: default for
+    text) on a seeded sample of ``num_samples`` examples of ``data`` (a ``TextDataset`` with its ``tokenizer``, or
+    an image dataset) at ``batch_size``, in the model's execution options; counts FLOPs and kept tokens on the same
+    sample; with ``accuracy``, scores pruned and dense on ``accuracy_limit`` examples (all by default). Returns the
+    record (the keys of ``trimformer bench --json``).
+    """
+    if model.policy is None:
+        raise ValueError("benchmark compares a token-pruned model with its dense self: prune the model first "
+                         "(trimformer.prune), or use trimformer.evaluate for a dense one")
+    text = model.adapter.task == "text"
+    if text and tokenizer is None:
+        raise ValueError("benchmarking a text model needs its tokenizer (tokenizer=...)")
+    if batch_size < 1 or num_samples < 1 or repeats < 1:
+        raise ValueError(f"batch_size, num_samples and repeats must be >= 1, got {batch_size}, {num_samples}, "
+                         f"{repeats}")
     model.eval()
-    model.set_options(regroup=regroup, linear_kernel=linear_kernel)
-    names = label_names(model) if eval_data or Path(data).suffix else None
-    test = load_text_data(eval_data or data, "test", names)
-    timed = test.subset(num_samples, seed=seed)
-    batches = unlabelled_batches(timed, tokenizer, batch_size, max_length)
-    speed = time_variants(speed_variants(model), batches, repeats)
-    model.mode = "packed"
-    counts = evaluate(model, timed, tokenizer, max_length, progress=False)
-    result = {
-        "method": meta["method"], "data": eval_data or data, "checkpoint": str(checkpoint),
-        "batch_size": batch_size, "max_length": max_length, "num_samples_timed": len(timed),
-        "repeats": repeats, **speed_record(meta, speed, counts, model),
-        "masked_samples_per_s": speed["masked"]["samples_per_s"],
-        "masked_speedup": speedups(speed, "masked")["speedup"],
-        "latency_ms_p90": {k: v["latency_ms_p90"] for k, v in speed.items()},
-        "mean_length": counts.mean_length, "regroup": regroup,
-    }
+    collate = text_collate(tokenizer, max_length) if text else image_collate
+    timed = sample_indices(len(data), num_samples, seed)
+    batches = fixed_batches(data, collate, batch_size, indices=timed)
+    speed = time_variants(speed_variants(model, masked=text if masked is None else masked), batches, repeats)
+    counts = evaluate(model, fixed_batches(data, collate, batch_size, labels=True, indices=timed), progress=False)
+    record = {"batch_size": batch_size, "num_samples_timed": len(timed), "repeats": repeats,
+              **({"max_length": max_length} if text else {}), **speed_record(speed, counts, model)}
+    if hasattr(model.policy, "level"):
+        record["level"] = model.policy.level
     if accuracy:
-        scored = test.subset(accuracy_limit, seed=seed)
-        full_pruned = evaluate(model, scored, tokenizer, max_length)
-        with model.pruning_disabled():
-            full_dense = evaluate(model, scored, tokenizer, max_length)
-        result.update(accuracy_dense=full_dense.accuracy, accuracy_pruned=full_pruned.accuracy,
-                      num_eval_examples=len(scored))
-    return result
+        scored = fixed_batches(data, collate, 64, labels=True,
+                               indices=sample_indices(len(data), accuracy_limit or len(data), seed))
+        pruned_eval = evaluate(model, scored)
+        with model.options(pruning=False):
+            dense_eval = evaluate(model, scored)
+        record.update(accuracy_dense=dense_eval.accuracy, accuracy_pruned=pruned_eval.accuracy,
+                      num_eval_examples=pruned_eval.num_examples)
+    return record

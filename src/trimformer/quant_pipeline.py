@@ -1,8 +1,9 @@
-"""Post-training quantization of a text checkpoint (dense or token-pruned): calibrate, evaluate, save, report."""
+"""Post-training quantization of a checkpoint (text or vision, dense or token-pruned): calibrate, evaluate, save,
+report."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,11 @@ import torch
 from torch import nn
 
 from trimformer.checkpoint import WEIGHTS_FILE, save_pruned
-from trimformer.data.text import TextDataset, unlabelled_batches
+from trimformer.data.batching import calibration_batches
+from trimformer.data.images import image_collate
+from trimformer.data.text import text_collate
 from trimformer.evaluation import evaluate
+from trimformer.loading import Loaded, model_resolution
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import BaseQuantConfig, UniformConfig, calibrate, is_quantized, quantize_, quantize_weight
 
@@ -102,51 +106,22 @@ def quantize_loaded(
     }
 
 
-def quantize_text_model(
-    model: TokenPrunedModel,
-    tokenizer: Any,
-    meta: dict[str, Any],
-    source: str,
-    config: BaseQuantConfig,
-    calib: TextDataset,
-    test: TextDataset,
-    out: str | Path,
-    max_length: int = 128,
-    calib_batches: int = 16,
-    batch_size: int = 32,
-) -> dict[str, Any]:
-    """Quantize a loaded text model (``load_model(source)``: dense or pruned) and save it to ``out``.
+def quantize_checkpoint(loaded: Loaded, source: str, config: BaseQuantConfig, calib: Sequence, test: Sequence,
+                        out: str | Path, max_length: int = 128, calib_batches: int = 16,
+                        batch_size: int = 32) -> dict[str, Any]:
+    """Quantize a loaded text or vision model (dense or pruned) and save it to ``out``.
 
-    Activation ranges come from ``calib_batches`` batches of ``calib`` texts (labels unused); accuracy is
-    measured on ``test`` before and after. Returns the report (the keys of ``trimformer quantize --json``).
+    Activation ranges come from a seeded sample of ``calib_batches`` batches of ``calib`` (labels unused);
+    accuracy is measured on ``test`` before and after. Returns the report (the keys of ``trimformer quantize
+    --json``).
     """
-    batches = unlabelled_batches(calib.subset(calib_batches * batch_size, seed=0), tokenizer, batch_size, max_length)
-    return quantize_loaded(model, meta, config, batches, lambda m: evaluate(m, test, tokenizer, max_length), out,
-                           source, tokenizer, {"max_length": max_length})
-
-
-def quantize_vision_checkpoint(
-    checkpoint: str | Path,
-    config: BaseQuantConfig,
-    data: str,
-    eval_data: str | None,
-    out: str | Path,
-    calib_batches: int = 16,
-    batch_size: int = 32,
-    test_limit: int | None = None,
-) -> dict[str, Any]:
-    """Quantize a vision checkpoint (dense or SaiT/AS-ViT/EViT/ToMe-pruned) and save it to ``out``."""
-    from trimformer.vision_pipeline import (
-        load_image_data,
-        load_vision_model,
-        model_resolution,
-        pixel_batches,
-    )
-
-    model, meta = load_vision_model(checkpoint)
-    res = model_resolution(model, meta)
-    calib = load_image_data(data, "train", res, calib_batches * batch_size, seed=0)
-    batches = [{"pixel_values": p} for p, _ in pixel_batches(calib, batch_size)]
-    test = pixel_batches(load_image_data(eval_data or data, "test", res, test_limit), 64)
-    meta = {**meta, "resolution": res}
-    return quantize_loaded(model, meta, config, batches, lambda m: evaluate(m, test), out, str(checkpoint))
+    text = loaded.task == "text"
+    collate = text_collate(loaded.tokenizer, max_length) if text else image_collate
+    batches = calibration_batches(calib, collate, batch_size, calib_batches, seed=0)
+    meta = dict(loaded.meta)
+    if not text:
+        meta["resolution"] = model_resolution(loaded.model, meta)
+    recipe = {"max_length": max_length} if text else {}
+    return quantize_loaded(loaded.model, meta, config, batches,
+                           lambda m: evaluate(m, test, loaded.tokenizer, max_length), out, source, loaded.tokenizer,
+                           recipe)

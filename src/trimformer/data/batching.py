@@ -49,3 +49,11 @@ def calibration_batches(data: Sequence, collate: Collate, batch_size: int, num_b
     order = list(range(len(data)))
     random.Random(seed + 17).shuffle(order)
     return fixed_batches(data, collate, batch_size, indices=order[:batch_size * num_batches])
+
+
+def sample_indices(num_examples: int, count: int, seed: int = 0) -> list[int]:
+    """A seeded random sample of ``count`` example indices in increasing order (all of them when ``count`` is
+    at least ``num_examples``): the evaluation and timing subsets."""
+    if count >= num_examples:
+        return list(range(num_examples))
+    return sorted(random.Random(seed).sample(range(num_examples), count))

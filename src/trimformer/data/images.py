@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_APT = "dataset-fashion-mnist"
@@ -293,3 +293,26 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
             raise ValueError(f"{path}: empty image {rgb.shape}")
         return torch.from_numpy(rgb.copy()).permute(2, 0, 1).to(torch.float32).div(255.0)
     raise ValueError(f"{path}: unsupported file type {suffix!r}")
+
+
+def load_image_data(data: str, split: str, resolution: int, limit: int | None = None, seed: int = 0) -> Dataset:
+    """``fashion_mnist`` (train/test) or an ImageFolder directory; ``limit``: a seeded subset."""
+    if data == "fashion_mnist":
+        dataset: Dataset = FashionMNIST(split, resolution)
+    elif Path(data).is_dir():
+        dataset = ImageFolderDataset(data, resolution)
+    else:
+        raise ValueError(f"unknown image data {data!r}: use 'fashion_mnist' or a folder root/<class>/<images>")
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is not None and limit < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        dataset = Subset(dataset, idx.tolist())
+    return dataset
+
+
+def pixel_batches(data: Dataset, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole dataset in order as (pixel_values [B, 3, H, W], labels [B]) batches."""
+    n = len(data)  # type: ignore[arg-type]
+    batches = (image_collate([data[i] for i in range(start, min(start + batch_size, n))])
+               for start in range(0, n, batch_size))
+    return [(b["pixel_values"], b["labels"]) for b in batches]

@@ -20,16 +20,15 @@ from transformers import ViTConfig, ViTForImageClassification, get_cosine_schedu
 
 from trimformer.bench import speed_variants, speedups, time_variants
 from trimformer.checkpoint import load_pruned, save_pruned
-from trimformer.data.images import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist
+from trimformer.data.images import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist, pixel_batches
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
 from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import SaiTConfig
 from trimformer.pruning import prune
+from trimformer.report.plots import kept_histogram, kept_patch_masks, kept_patches, sparsity_dial
 from trimformer.train.loop import TrainConfig
-from trimformer.vision_pipeline import pixel_batches
-from trimformer.vision_plots import kept_histogram, kept_patch_masks, kept_patches, sparsity_dial
 
 RESOLUTION = 28
 TOPK_LEVELS = (None, 0.7, 0.5, 0.35)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from trimformer import plots
 from trimformer.assets import minilm_path
 from trimformer.bench import speed_variants, speedups, time_variants
 from trimformer.checkpoint import load_model, load_pruned, save_dense, save_pruned
@@ -20,6 +19,7 @@ from trimformer.fitting import fit
 from trimformer.io_utils import atomic_write_json, atomic_write_text
 from trimformer.methods import LTPConfig, TopKConfig
 from trimformer.pruning import prune
+from trimformer.report import plots
 from trimformer.train.finetune import finetune_dense
 from trimformer.train.loop import TrainConfig, epochs_to_steps
 

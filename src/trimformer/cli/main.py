@@ -19,18 +19,18 @@ def _add_train_options(p: argparse.ArgumentParser, lr: float) -> None:
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="rotten_tomatoes",
-                   help="text: 'rotten_tomatoes', '20newsgroups' (built in, offline) or a .csv/.jsonl file with "
-                        "'text' and 'label' columns (default rotten_tomatoes); vision: 'fashion_mnist' (default, "
-                        "offline) or an image folder root/<class>/<images>")
+    p.add_argument("--data", default=None,
+                   help="text: 'rotten_tomatoes' (default), '20newsgroups' (built in, offline) or a .csv/.jsonl file "
+                        "with 'text' and 'label' columns; vision: 'fashion_mnist' (default, offline) or an image "
+                        "folder root/<class>/<images>")
     p.add_argument("--eval-data", default=None, help="evaluation file (text) or image folder (vision) when --data "
                                                     "is a file / folder")
 
 
 def _add_task_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=("text", "vision"), default="text",
-                   help="text: BERT-family classifiers (default); vision: ViT/DeiT/Dinov2 image classifiers "
-                        "(--data fashion_mnist or an image folder root/<class>/<images>)")
+    p.add_argument("--task", choices=("text", "vision"), default=None,
+                   help="text (BERT-family classifiers) or vision (ViT/DeiT/Dinov2): read from the checkpoint or the "
+                        "model folder's config; needed only for a hub name of a vision model (default text)")
 
 
 def _add_kernel_option(p: argparse.ArgumentParser) -> None:
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trimformer import commands
+    from trimformer.cli import commands
 
     try:
         return getattr(commands, f"run_{args.command}")(args)

@@ -1,0 +1,112 @@
+"""What the CLI commands share: the task of a model, its data, method configs and training settings from flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from trimformer.assets import minilm_path
+from trimformer.data.images import load_image_data
+from trimformer.data.text import load_text_data
+from trimformer.loading import Loaded, infer_task, load_any, model_resolution
+from trimformer.methods import (
+    ASViTConfig,
+    EViTConfig,
+    LTPConfig,
+    SaiTConfig,
+    ToMeConfig,
+    TopKConfig,
+    method_named,
+)
+from trimformer.train.loop import TrainConfig
+
+DEFAULT_DATA = MappingProxyType({"text": "rotten_tomatoes", "vision": "fashion_mnist"})
+DEFAULT_METHOD = MappingProxyType({"text": "ltp", "vision": "sait"})
+_HF_VISION_TYPES = ("vit", "deit", "dinov2")
+
+
+def resolve_model_name(name: str) -> str:
+    """'minilm' is the offline all-MiniLM-L6-v2; anything else is a folder or hub name."""
+    return str(minilm_path()) if name == "minilm" else name
+
+
+def task_of(path_or_name: str, task: str | None) -> str:
+    """The task of a model: from a trimformer checkpoint's metadata, from a transformers folder's config
+    (ViT/DeiT/Dinov2: vision), else ``--task`` (default text)."""
+    found = infer_task(path_or_name, task)
+    config = Path(path_or_name) / "config.json"
+    if not (Path(path_or_name) / "trimformer.json").is_file() and config.is_file():
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        from_config = "vision" if model_type in _HF_VISION_TYPES else "text"
+        if task is not None and task != from_config:
+            raise ValueError(f"{path_or_name} holds a {from_config} model ({model_type}); drop --task {task}")
+        return from_config
+    return found
+
+
+def load_model_for(args: argparse.Namespace, path: str, label_names: list[str] | None = None) -> Loaded:
+    """The model at ``path`` with its task settled (``args.task`` is set to it)."""
+    args.task = task_of(path, args.task)
+    return load_any(path, args.task, label_names)
+
+
+def data_name(args: argparse.Namespace) -> str:
+    """``--data``, or the task's default built-in data set."""
+    return args.data or DEFAULT_DATA[args.task]
+
+
+def split_data(args: argparse.Namespace, loaded: Loaded, split: str, limit: int | None = None, seed: int = 0):
+    """The ``split`` ('train' or 'test') of the command's data for ``loaded``'s task, optionally a seeded subset:
+    a built-in data set, or ``--data`` (training; evaluation too without ``--eval-data``) and ``--eval-data``
+    files or image folders."""
+    data = data_name(args)
+    if loaded.task == "vision":
+        source = args.eval_data if split == "test" and args.eval_data else data
+        return load_image_data(source, split, model_resolution(loaded.model, loaded.meta), limit, seed=seed)
+    names = _label_names(loaded) if Path(data).suffix or args.eval_data else None
+    if split == "train":
+        texts = load_text_data(data, "train", names)
+    else:  # --eval-data, or a --data file itself, or the built-in test split
+        texts = load_text_data(args.eval_data or data, "test", names)
+    return texts.subset(limit, seed=seed)
+
+
+def _label_names(loaded: Loaded) -> list[str]:
+    config = loaded.model.model.config
+    return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed)
+
+
+def method_config(args: argparse.Namespace) -> Any:
+    """The config of ``--method`` from its flags (each method reads only its own)."""
+    target = args.target_flops if args.target_flops > 0 else None
+    if args.method == "ltp":
+        return LTPConfig(final_threshold=args.final_threshold, temperature=args.temperature, lambda_=args.lambda_,
+                         target_flops=target, soft_steps=args.soft_steps, hard_steps=args.hard_steps,
+                         threshold_lr=args.threshold_lr)
+    if args.method == "topk":
+        return TopKConfig(target_flops=target, hard_steps=args.hard_steps)
+    if args.method == "sait":
+        return SaiTConfig(policy=args.sait_policy, default_level=args.level, steps=args.steps)
+    if args.method == "asvit":
+        return ASViTConfig(target_flops=args.target_flops, steps=args.steps)
+    if args.method == "evit":
+        return EViTConfig(keep_rate=args.keep_rate)
+    if args.method == "tome":
+        return ToMeConfig(r=args.r)
+    method_named(args.method)  # raises with the known names
+    raise AssertionError(args.method)
+
+
+def set_level(loaded: Loaded, level: float | None) -> None:
+    """``--level``: run a SaiT checkpoint at another sparsity."""
+    if level is not None:
+        if not hasattr(loaded.model.policy, "set_level"):
+            raise ValueError("--level applies to SaiT checkpoints only")
+        loaded.model.policy.set_level(level)

@@ -1,0 +1,84 @@
+"""Loading any model trimformer runs, with its task (text or vision) read from the checkpoint where it can be."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_model, load_pruned
+from trimformer.pruned import TokenPrunedModel
+
+TASKS = ("text", "vision")
+
+
+@dataclass
+class Loaded:
+    """A model ready to run: the wrapper, its tokenizer (text) and the checkpoint's metadata."""
+
+    model: TokenPrunedModel
+    tokenizer: Any
+    meta: dict[str, Any]
+
+    @property
+    def task(self) -> str:
+        return self.model.adapter.task
+
+
+def infer_task(path_or_name: str | Path, task: str | None = None) -> str:
+    """The task of a checkpoint (its metadata says), else ``task`` (default text: hub names and plain folders of
+    transformers models carry no trimformer metadata). An explicit ``task`` that contradicts the checkpoint is an
+    error."""
+    if task is not None and task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    path = Path(str(path_or_name))
+    found = None
+    if is_pruned_checkpoint(path):
+        import json
+
+        model_class = json.loads((path / "trimformer.json").read_text(encoding="utf-8")).get("model_class")
+        found = "vision" if model_class in VISION_MODEL_CLASSES else "text"
+    elif (path / "image_classifier.json").is_file():
+        found = "vision"
+    if found is not None and task is not None and task != found:
+        raise ValueError(f"{path} holds a {found} model; drop --task {task} (the task is read from the checkpoint)")
+    return found or task or "text"
+
+
+def load_any(path_or_name: str | Path, task: str | None = None, label_names: list[str] | None = None) -> Loaded:
+    """Any model trimformer can run, text or vision (see :func:`infer_task`), in eval mode."""
+    if infer_task(path_or_name, task) == "text":
+        model, tokenizer, meta = load_model(path_or_name, label_names=label_names)
+        return Loaded(model, tokenizer, meta)
+    model, meta = load_vision_model(path_or_name)
+    return Loaded(model, None, meta)
+
+
+def load_vision_model(path: str | Path) -> tuple[TokenPrunedModel, dict[str, Any]]:
+    """Any image classifier trimformer can run -> (TokenPrunedModel in eval mode, metadata with resolution)."""
+    path_s = str(path)
+    if is_pruned_checkpoint(path_s):
+        model, meta = load_pruned(path_s)
+        if meta["model_class"] not in VISION_MODEL_CLASSES:
+            raise ValueError(f"{path_s} holds a text model ({meta['model_class']}); use the text commands")
+        return model, meta
+    if (Path(path_s) / "image_classifier.json").is_file():
+        from trimformer.vision.checkpoint import load_image_classifier
+
+        model, meta = load_image_classifier(path_s)
+        if meta.get("kind") != "hf":
+            raise ValueError(f"{path_s} is a {meta.get('kind')} model; token pruning needs a vision transformer")
+        return TokenPrunedModel(model, None).eval(), {**meta, "method": "dense"}
+    from transformers import AutoModelForImageClassification
+
+    try:
+        model = AutoModelForImageClassification.from_pretrained(path_s, attn_implementation="sdpa")
+    except OSError as err:
+        raise ValueError(f"cannot load image model {path_s!r}: {err}") from err
+    return TokenPrunedModel(model, None).eval(), {"method": "dense"}
+
+
+def model_resolution(model: TokenPrunedModel, meta: dict[str, Any]) -> int:
+    """Input resolution recorded with the model (trimformer/vision checkpoints), else the model config's."""
+    res = meta.get("resolution") or meta.get("recipe", {}).get("resolution")
+    return int(res) if res else int(model.model.config.image_size)

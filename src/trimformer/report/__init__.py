@@ -1,0 +1,1 @@
+"""Reports: plots and pictures, and the offline demos that write a report."""
