@@ -8,14 +8,9 @@ from conftest import random_batch, tiny_bert_config
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     BertForSequenceClassification,
-    DeiTConfig,
-    DeiTForImageClassification,
-    DeiTForImageClassificationWithTeacher,
     Dinov2Config,
-    Dinov2ForImageClassification,
     Dinov2Model,
     ViTConfig,
-    ViTForImageClassification,
     ViTModel,
 )
 
@@ -32,30 +27,26 @@ from trimformer.engine.attention import attention_parts
 from trimformer.engine.linears import Linears, WeightCache
 from trimformer.methods import EViTConfig, EViTPolicy, ToMeConfig, ToMePolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import tiny_vision_model
 
 SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=4, num_labels=5)
 TOKENS = (32 // 4) ** 2  # 64 patches
 
 
 def _vit(**kw):
-    return ViTForImageClassification(ViTConfig(intermediate_size=64, **{**SMALL, **kw}))
+    return tiny_vision_model("vit", seed=None, **{**SMALL, **kw})
 
 
 def _deit(**kw):
-    return DeiTForImageClassification(DeiTConfig(intermediate_size=64, **{**SMALL, **kw}))
+    return tiny_vision_model("deit", seed=None, **{**SMALL, **kw})
 
 
 def _deit_teacher(**kw):
-    return DeiTForImageClassificationWithTeacher(DeiTConfig(intermediate_size=64, **{**SMALL, **kw}))
+    return tiny_vision_model("deit_teacher", seed=None, **{**SMALL, **kw})
 
 
 def _dinov2(**kw):
-    model = Dinov2ForImageClassification(Dinov2Config(mlp_ratio=2, layerscale_value=0.5, **{**SMALL, **kw}))
-    with torch.no_grad():  # non-trivial LayerScale so that a missing one would show
-        for layer in model.dinov2.encoder.layer:
-            layer.layer_scale1.lambda1.uniform_(0.2, 1.5)
-            layer.layer_scale2.lambda1.uniform_(0.2, 1.5)
-    return model
+    return tiny_vision_model("dinov2", seed=None, **{**SMALL, **kw})
 
 
 BUILDERS = {"vit": _vit, "deit": _deit, "deit_teacher": _deit_teacher, "dinov2": _dinov2}

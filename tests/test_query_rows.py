@@ -7,10 +7,6 @@ import torch
 from conftest import random_batch, tiny_bert_config
 from transformers import (
     BertForSequenceClassification,
-    Dinov2Config,
-    Dinov2ForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
 )
 
 from trimformer.core.scoring import ltp_importance
@@ -27,18 +23,17 @@ from trimformer.methods import (
     TopKPolicy,
 )
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import tiny_vision_model
 
 SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=4, num_labels=5)
 
 
-def _vit(seed: int = 0) -> ViTForImageClassification:
-    torch.manual_seed(seed)
-    return ViTForImageClassification(ViTConfig(intermediate_size=64, **SMALL)).eval()
+def _vit(seed: int = 0):
+    return tiny_vision_model("vit", seed=seed, **SMALL)
 
 
-def _dinov2(seed: int = 0) -> Dinov2ForImageClassification:
-    torch.manual_seed(seed)
-    return Dinov2ForImageClassification(Dinov2Config(mlp_ratio=2, layerscale_value=0.5, **SMALL)).eval()
+def _dinov2(seed: int = 0):
+    return tiny_vision_model("dinov2", seed=seed, **SMALL)
 
 
 def _pixels(batch: int = 3) -> torch.Tensor:

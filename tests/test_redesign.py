@@ -8,35 +8,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
-from transformers import (
-    BertForSequenceClassification,
-    Dinov2Config,
-    Dinov2ForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from conftest import random_batch
 
 import trimformer
 from trimformer.methods import registered_methods
+from trimformer.testing import tiny_bert, tiny_vision_model
 
 PACKAGE = Path(trimformer.__file__).parent
 SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8, num_labels=3)
 
 
 def _bert():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
+    return tiny_bert()
 
 
 def _vit():
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(intermediate_size=64, **SMALL)).eval()
+    return tiny_vision_model("vit", **SMALL)
 
 
 def _dinov2():
-    torch.manual_seed(0)
-    return Dinov2ForImageClassification(Dinov2Config(mlp_ratio=2, layerscale_value=0.5, **SMALL)).eval()
+    return tiny_vision_model("dinov2", **SMALL)
 
 
 def _inputs(task: str) -> dict:

@@ -3,13 +3,13 @@
 import pytest
 import torch
 from conftest import random_batch
-from transformers import ViTConfig, ViTForImageClassification
 
 import trimformer.engine.runner as runner_module
 from trimformer.core.packing import plan_row_groups
 from trimformer.methods import LTPConfig, LTPPolicy, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
 from trimformer.pruning import prune
+from trimformer.testing import tiny_vision_model
 
 
 def test_plan_splits_only_where_padding_falls_enough():
@@ -79,10 +79,7 @@ def test_base_model_hidden_states_regrouped(tiny_bert_base, monkeypatch):
 
 
 def _vit():
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                                               image_size=32, patch_size=8, num_labels=5,
-                                               intermediate_size=64)).eval()
+    return tiny_vision_model("vit")
 
 
 @pytest.mark.parametrize("method,config", [("sait", SaiTConfig(policy="mass", stages=(1, 2), default_level=0.6)),

@@ -8,12 +8,6 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
-    DeiTConfig,
-    DeiTForImageClassification,
-    Dinov2Config,
-    Dinov2ForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
 )
 
 import trimformer
@@ -26,6 +20,7 @@ from trimformer.methods.sait import fit_sait, sait_level_for_step, score_distill
 from trimformer.methods.stages import scale_blocks
 from trimformer.pruned import TokenPrunedModel
 from trimformer.pruning import prune
+from trimformer.testing import tiny_vision_model
 from trimformer.train.calibration import flops_ratio_on
 from trimformer.train.loop import TrainConfig
 
@@ -34,20 +29,15 @@ PATCHES = 16  # (32 / 8)^2
 
 
 def _vit():
-    return ViTForImageClassification(ViTConfig(intermediate_size=64, **SMALL))
+    return tiny_vision_model("vit", seed=None, **SMALL)
 
 
 def _deit():
-    return DeiTForImageClassification(DeiTConfig(intermediate_size=64, **SMALL))
+    return tiny_vision_model("deit", seed=None, **SMALL)
 
 
 def _dinov2():
-    model = Dinov2ForImageClassification(Dinov2Config(mlp_ratio=2, layerscale_value=0.5, **SMALL))
-    with torch.no_grad():
-        for layer in model.dinov2.encoder.layer:
-            layer.layer_scale1.lambda1.uniform_(0.2, 1.5)
-            layer.layer_scale2.lambda1.uniform_(0.2, 1.5)
-    return model
+    return tiny_vision_model("dinov2", seed=None, **SMALL)
 
 
 BUILDERS = {"vit": _vit, "deit": _deit, "dinov2": _dinov2}

@@ -25,6 +25,7 @@ _EXPORTS = {
     "fit": "trimformer.fitting",
     "finetune_dense": "trimformer.train.finetune",
     "evaluate": "trimformer.evaluation",
+    "benchmark": "trimformer.bench",
     "save_pruned": "trimformer.checkpoint",
     "load_pruned": "trimformer.checkpoint",
     "load_model": "trimformer.checkpoint",
