@@ -37,10 +37,10 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from trimformer.checkpoint import load, save
 from trimformer.data.images import FASHION_MNIST_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST
 from trimformer.envinfo import device_label, run_record
 from trimformer.io_utils import atomic_write_json
-from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 from trimformer.vision.dinov2_onnx import dinov2_classifier, ensure_converted_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,10 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_images": test["n"]}
     t0 = time.perf_counter()
-    out = save_image_classifier(model, args.out, {
-        "resolution": args.resolution, "label_names": list(FASHION_MNIST_CLASSES), "recipe": recipe,
-        "preprocessing": preprocessing, "test_subset": test_subset, "metrics": metrics})
-    reloaded, _ = load_image_classifier(out)
+    out = save(model, args.out, resolution=args.resolution, label_names=list(FASHION_MNIST_CLASSES),
+               extra={"recipe": recipe, "preprocessing": preprocessing, "test_subset": test_subset, "metrics": metrics})
+    reloaded, _ = load(out)
     first = next(iter(test_loader))[0]
     with torch.inference_mode():
         again = reloaded.to(device)(pixel_values=first.to(device)).logits.argmax(-1).cpu()

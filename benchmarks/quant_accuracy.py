@@ -100,10 +100,10 @@ def image_accuracy(batches: list[torch.Tensor], labels: torch.Tensor, logits_of:
 
 
 def vit_task(ckpt: Path, calib_images: int, test_limit: int) -> Task:
+    from trimformer.checkpoint import load as load_checkpoint
     from trimformer.data.images import FashionMNIST
-    from trimformer.vision.checkpoint import load_image_classifier
 
-    _, meta = load_image_classifier(ckpt)
+    _, meta = load_checkpoint(ckpt)
     res = int(meta["resolution"])
     test_set, train_set = FashionMNIST("test", res), FashionMNIST("train", res)
     g = torch.Generator().manual_seed(0)
@@ -116,7 +116,7 @@ def vit_task(ckpt: Path, calib_images: int, test_limit: int) -> Task:
     def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(pixel_values=x).logits
 
-    return Task("vit_fmnist", f"DINOv2 ViT-S/14 / Fashion-MNIST {res}px", lambda: load_image_classifier(ckpt)[0],
+    return Task("vit_fmnist", f"DINOv2 ViT-S/14 / Fashion-MNIST {res}px", lambda: load_checkpoint(ckpt)[0],
                 [{"pixel_values": b} for b in image_batches(x_cal, 32)],
                 image_accuracy(image_batches(x_test, 100), y_test, logits), {"classifier": 8},
                 {"checkpoint": str(ckpt), "resolution": res, "test_examples": len(y_test),
@@ -124,11 +124,11 @@ def vit_task(ckpt: Path, calib_images: int, test_limit: int) -> Task:
 
 
 def cnn_task(ckpt: Path, calib_images: int) -> Task:
+    from trimformer.checkpoint import load as load_checkpoint
     from trimformer.data.images import load_fashion_mnist
-    from trimformer.vision.checkpoint import load_image_classifier
     from trimformer.vision.cnn import prepare_images
 
-    model, _ = load_image_classifier(ckpt)
+    model, _ = load_checkpoint(ckpt)
     cfg = model.config
     x_train, _ = load_fashion_mnist("train")
     x_test, y_test = load_fashion_mnist("test")
@@ -136,7 +136,7 @@ def cnn_task(ckpt: Path, calib_images: int) -> Task:
     calib = prepare_images(x_train[torch.randperm(len(x_train), generator=g)[:calib_images]], cfg)
 
     def load() -> nn.Module:
-        m = load_image_classifier(ckpt)[0].eval()
+        m = load_checkpoint(ckpt)[0].eval()
         fold_batchnorm_(m)
         return m
 

@@ -1,7 +1,7 @@
 """Train the small MobileNet-style CNN on the full Fashion-MNIST training set (60k images, 28 px).
 
 Seeded; AdamW with a one-cycle (warmup + cosine) schedule; random horizontal flips. Evaluates on the
-full 10k test set, saves the model with :func:`trimformer.vision.checkpoint.save_image_classifier`
+full 10k test set, saves the model with :func:`trimformer.save` (``trimformer.json`` + ``model.safetensors``)
 (default ``runs/fmnist_cnn/``) and writes ``benchmarks/results/fmnist_cnn_train.json``. The test set is
 evaluated after each epoch for monitoring only (no model selection: the last epoch is saved).
 Needs the Debian package dataset-fashion-mnist.
@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from trimformer.checkpoint import load, save
 from trimformer.data.images import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist
 from trimformer.envinfo import run_record
 from trimformer.io_utils import atomic_write_json
-from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN, count_parameters, prepare_images
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,13 +167,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     preprocessing = {"channels": 1, "resolution": 28, "formula": "(x / 255 - input_mean) / input_std",
                      "input_mean": config.input_mean, "input_std": config.input_std}
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_images": test["n"]}
-    out = save_image_classifier(
+    out = save(
         model.to(memory_format=torch.contiguous_format),
         args.out,
-        {"resolution": 28, "label_names": list(FASHION_MNIST_CLASSES), "recipe": recipe,
-         "preprocessing": preprocessing, "metrics": metrics},
+        resolution=28,
+        label_names=list(FASHION_MNIST_CLASSES),
+        extra={"recipe": recipe, "preprocessing": preprocessing, "metrics": metrics},
     )
-    reloaded, _ = load_image_classifier(out)  # the saved checkpoint reproduces the accuracy
+    reloaded, _ = load(out)  # the saved checkpoint reproduces the accuracy
     reloaded_accuracy = evaluate(reloaded, x_test, y_test)["accuracy"]
     if reloaded_accuracy != test["accuracy"]:
         raise RuntimeError(f"reloaded checkpoint accuracy {reloaded_accuracy} != {test['accuracy']}")

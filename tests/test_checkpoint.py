@@ -1,4 +1,4 @@
-"""Save / load round trip, corrupt checkpoints, atomic writes."""
+"""Save / load round trip, corrupt checkpoints, atomic writes (the format itself: test_checkpoint_format.py)."""
 
 import json
 
@@ -6,7 +6,16 @@ import pytest
 import torch
 from conftest import random_batch
 
-from trimformer.checkpoint import CheckpointError, load_model, load_pruned, save_pruned
+from trimformer.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    is_checkpoint,
+    load,
+    load_model,
+    load_pruned,
+    save,
+    save_pruned,
+)
 from trimformer.io_utils import atomic_write_dir, atomic_write_json
 from trimformer.methods import LTPConfig, LTPPolicy, TopKConfig, TopKPolicy
 from trimformer.pruned import TokenPrunedModel
@@ -31,6 +40,28 @@ def test_save_load_roundtrip_identical_predictions(tiny_bert, tokenizer, tmp_pat
     assert torch.equal(a.logits, b.logits) and torch.equal(a.n_out, b.n_out)
     again, tok, _ = load_model(tmp_path / "ckpt")
     assert tok.vocab_size == tokenizer.vocab_size
+    assert meta["format_version"] == FORMAT_VERSION and set(meta["files"]) == {"model.safetensors"}
+    same, _ = load(tmp_path / "ckpt")  # trimformer.load reads what save_pruned wrote: one format
+    assert torch.equal(same(ids, mask).logits, a.logits)
+
+
+def test_save_and_load_dense_text_model_with_its_tokenizer(tiny_bert, tokenizer, tmp_path):
+    save(tiny_bert, tmp_path / "d", processor=tokenizer, label_names=["x", "y", "z"])
+    assert is_checkpoint(tmp_path / "d") and not (tmp_path / "d" / "config.json").exists()
+    bare, meta = load(tmp_path / "d")
+    assert type(bare) is type(tiny_bert) and meta["method"] == "dense" and meta["label_names"] == ["x", "y", "z"]
+    wrapped, tok, _ = load_model(tmp_path / "d")
+    assert isinstance(wrapped, TokenPrunedModel) and tok.vocab_size == tokenizer.vocab_size
+    with pytest.raises(ValueError, match="label_names must name the model's 3 outputs"):
+        save(tiny_bert, tmp_path / "e", label_names=["x"])
+
+
+def test_load_model_refuses_image_checkpoints(tmp_path):
+    from trimformer.vision.cnn import CNNConfig, MobileNetCNN
+
+    save(MobileNetCNN(CNNConfig(stem_channels=4, blocks=((8, 1),))).eval(), tmp_path / "cnn")
+    with pytest.raises(CheckpointError, match="holds an image model \\(MobileNetCNN\\)"):
+        load_model(tmp_path / "cnn")
 
 
 def test_corrupt_checkpoint_gets_clear_error(tiny_bert, tmp_path):
@@ -39,6 +70,8 @@ def test_corrupt_checkpoint_gets_clear_error(tiny_bert, tmp_path):
     (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_pruned(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_pruned(tmp_path / "ckpt", verify=False)  # the hash check off: safetensors itself refuses the file
     (tmp_path / "ckpt" / "trimformer.json").write_text("{broken")
     with pytest.raises(CheckpointError, match="unreadable"):
         load_pruned(tmp_path / "ckpt")

@@ -5,7 +5,7 @@ import torch
 from conftest import random_batch, tiny_bert_config
 from transformers import BertForSequenceClassification
 
-from trimformer.checkpoint import CheckpointError, load_pruned, save_pruned
+from trimformer.checkpoint import CheckpointError, load, load_pruned, save, save_pruned
 from trimformer.methods import LTPConfig, LTPPolicy
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import (
@@ -59,6 +59,24 @@ def test_pruned_quantized_round_trip_is_bit_identical(tmp_path, config):
     assert int(a.n_out[:, -1].min()) < batch["input_ids"].shape[1]  # pruning still happens after quantizing
     codes = [m.qweight for m in loaded.model.modules() if isinstance(getattr(m, "qweight", None), QuantizedWeight)]
     assert codes and all(c.codes.dtype == torch.int32 for c in codes)
+
+
+def test_quantized_bare_model_saves_with_trimformer_save_and_loads_wrapped(tmp_path):
+    """A quantized dense model (quantize_ on the bare transformers model) goes through trimformer.save / load too."""
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    config = UniformConfig(wbits=4, act=ActSpec(bits=8))
+    quantize_(model, config)
+    ids, mask = random_batch()
+    calibrate(model, [{"input_ids": ids, "attention_mask": mask}])
+    save(model, tmp_path / "q")
+    loaded, meta = load(tmp_path / "q")
+    assert isinstance(loaded, TokenPrunedModel) and loaded.policy is None and meta["method"] == "dense"
+    assert config_from_dict(meta["quant_config"]) == config and is_quantized(loaded.model)
+    saved_sd, loaded_sd = model.state_dict(), loaded.model.state_dict()
+    assert saved_sd.keys() == loaded_sd.keys() and all(torch.equal(v, loaded_sd[k]) for k, v in saved_sd.items())
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, mask).logits, TokenPrunedModel(model).eval()(ids, mask).logits)
 
 
 def test_quantized_checkpoint_is_smaller(tmp_path):

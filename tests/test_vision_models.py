@@ -1,4 +1,4 @@
-"""Image classifiers: the MobileNet-style CNN and the image-classifier checkpoint (tiny, random weights)."""
+"""Image classifiers: the MobileNet-style CNN and its checkpoints in trimformer's one format (tiny, random weights)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ import torch
 from torch import nn
 from transformers import Dinov2Config, Dinov2ForImageClassification
 
-from trimformer.vision.checkpoint import (
-    META_FILE,
-    WEIGHTS_FILE,
-    load_image_classifier,
-    save_image_classifier,
-)
+from trimformer.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointError, load, save
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN, count_parameters, prepare_images
 
 TINY_CNN = CNNConfig(stem_channels=8, blocks=((16, 1), (32, 2), (32, 2)), dropout=0.0)
@@ -40,8 +35,8 @@ def _tiny_dinov2(seed: int = 0) -> Dinov2ForImageClassification:
     return Dinov2ForImageClassification(config).eval()
 
 
-def _meta(resolution: int = 28) -> dict:
-    return {"resolution": resolution, "label_names": LABELS, "recipe": {"lr": 1e-3, "epochs": 1}}
+def _meta() -> dict:
+    return {"resolution": 28, "label_names": LABELS, "extra": {"recipe": {"lr": 1e-3, "epochs": 1}}}
 
 
 def test_cnn_forward_shapes_and_layers() -> None:
@@ -97,13 +92,13 @@ def test_cnn_checkpoint_roundtrip(tmp_path: Path) -> None:
     model = _tiny_cnn()
     x = torch.randn(4, 1, 28, 28)
     expected = model(x)
-    out = save_image_classifier(model, tmp_path / "cnn", _meta())
-    assert sorted(p.name for p in out.iterdir()) == [META_FILE, WEIGHTS_FILE]
-    loaded, meta = load_image_classifier(out)
+    out = save(model, tmp_path / "cnn", **_meta())
+    assert sorted(p.name for p in out.iterdir()) == sorted([META_FILE, WEIGHTS_FILE])
+    loaded, meta = load(out)
     assert isinstance(loaded, MobileNetCNN) and not loaded.training
     assert loaded.config == TINY_CNN
     assert torch.equal(loaded(x), expected)
-    assert meta["kind"] == "cnn" and meta["resolution"] == 28 and meta["label_names"] == LABELS
+    assert meta["model_class"] == "MobileNetCNN" and meta["resolution"] == 28 and meta["label_names"] == LABELS
     assert meta["recipe"] == {"lr": 1e-3, "epochs": 1}
 
 
@@ -112,12 +107,12 @@ def test_hf_dinov2_checkpoint_roundtrip(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         expected = model(pixel_values=x).logits
-    save_image_classifier(model, tmp_path / "vit", _meta())
-    loaded, meta = load_image_classifier(tmp_path / "vit")
+    save(model, tmp_path / "vit", **_meta())
+    loaded, meta = load(tmp_path / "vit")
     assert isinstance(loaded, Dinov2ForImageClassification) and not loaded.training
     with torch.no_grad():
         assert torch.equal(loaded(pixel_values=x).logits, expected)
-    assert meta["kind"] == "hf" and meta["model_class"] == "Dinov2ForImageClassification"
+    assert meta["method"] == "dense" and meta["model_class"] == "Dinov2ForImageClassification"
     assert loaded.config.id2label[3] == "class3"
 
 
@@ -125,72 +120,72 @@ def test_save_replaces_previous_and_interrupted_save_keeps_it(tmp_path: Path, mo
     target = tmp_path / "ckpt"
     first, second = _tiny_cnn(0), _tiny_cnn(1)
     x = torch.randn(2, 1, 28, 28)
-    save_image_classifier(first, target, _meta())
-    save_image_classifier(second, target, _meta())
-    assert torch.equal(load_image_classifier(target)[0](x), second(x))
+    save(first, target, **_meta())
+    save(second, target, **_meta())
+    assert torch.equal(load(target)[0](x), second(x))
 
-    import trimformer.vision.checkpoint as ckpt
+    import trimformer.checkpoint as ckpt
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ckpt, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
-        save_image_classifier(first, target, _meta())
-    assert torch.equal(load_image_classifier(target)[0](x), second(x))
+        save(first, target, **_meta())
+    assert torch.equal(load(target)[0](x), second(x))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
 
 
 def test_bad_meta_is_refused(tmp_path: Path) -> None:
     model = _tiny_cnn()
-    with pytest.raises(ValueError, match="missing"):
-        save_image_classifier(model, tmp_path / "a", {"resolution": 28})
     with pytest.raises(ValueError, match="label_names"):
-        save_image_classifier(model, tmp_path / "a", {"resolution": 28, "label_names": ["x"]})
-    with pytest.raises(ValueError, match="JSON"):
-        save_image_classifier(model, tmp_path / "a", {**_meta(), "recipe": {"lr": float("nan")}})
+        save(model, tmp_path / "a", resolution=28, label_names=["x"])
+    with pytest.raises(ValueError, match="label_names must be a list of strings"):
+        save(model, tmp_path / "a", label_names="x" * 10)
+    with pytest.raises(ValueError, match="resolution"):
+        save(model, tmp_path / "a", resolution=28.0)
     with pytest.raises(TypeError, match="MobileNetCNN"):
-        save_image_classifier(nn.Linear(2, 2), tmp_path / "a", _meta())
+        save(nn.Linear(2, 2), tmp_path / "a", **_meta())
     assert not (tmp_path / "a").exists()
 
 
 @pytest.mark.parametrize("kind", ["cnn", "hf"])
 def test_corrupt_checkpoint_gives_clear_error(tmp_path: Path, kind: str) -> None:
     model = _tiny_cnn() if kind == "cnn" else _tiny_dinov2()
-    path = save_image_classifier(model, tmp_path / kind, _meta())
+    path = save(model, tmp_path / kind, **_meta())
     weights = path / WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF  # flip bits inside the tensor data
     weights.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match=r"corrupt.*re-run benchmarks/"):
-        load_image_classifier(path)
+    with pytest.raises(CheckpointError, match=r"corrupt.*re-create the checkpoint"):
+        load(path)
     weights.write_bytes(bytes(data[: len(data) // 2]))  # truncated: unreadable even without the hash check
-    with pytest.raises(ValueError, match="not a usable image-classifier checkpoint"):
-        load_image_classifier(path, verify=False)
+    with pytest.raises(CheckpointError, match="missing or corrupt"):
+        load(path, verify=False)
 
 
 def test_missing_or_broken_checkpoint_files(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"does not exist.*save_image_classifier"):
-        load_image_classifier(tmp_path / "nowhere")
-    path = save_image_classifier(_tiny_cnn(), tmp_path / "c", _meta())
+    with pytest.raises(CheckpointError, match="not found"):
+        load(tmp_path / "nowhere")
+    path = save(_tiny_cnn(), tmp_path / "c", **_meta())
     (path / WEIGHTS_FILE).unlink()
-    with pytest.raises(ValueError, match=f"{WEIGHTS_FILE} is missing"):
-        load_image_classifier(path)
+    with pytest.raises(CheckpointError, match=f"{WEIGHTS_FILE} is missing"):
+        load(path)
     (path / META_FILE).write_text("{not json")
-    with pytest.raises(ValueError, match=f"{META_FILE} cannot be read"):
-        load_image_classifier(path)
+    with pytest.raises(CheckpointError, match=f"{META_FILE} is unreadable"):
+        load(path)
     (path / META_FILE).unlink()
-    with pytest.raises(ValueError, match=f"{META_FILE} is missing"):
-        load_image_classifier(path)
+    with pytest.raises(CheckpointError, match=f"holds no {META_FILE}"):
+        load(path)
 
 
 def test_cnn_weights_not_matching_config(tmp_path: Path) -> None:
-    path = save_image_classifier(_tiny_cnn(), tmp_path / "c", _meta())
+    path = save(_tiny_cnn(), tmp_path / "c", **_meta())
     record = json.loads((path / META_FILE).read_text())
-    record["config"]["stem_channels"] = 12
+    record["model_config"]["stem_channels"] = 12
     (path / META_FILE).write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="do not fit the recorded config"):
-        load_image_classifier(path)
+    with pytest.raises(CheckpointError, match="do not match the model"):
+        load(path)
 
 
 def test_tiny_vit_patch_size_sets_the_token_count() -> None:

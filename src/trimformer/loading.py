@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trimformer.checkpoint import VISION_MODEL_CLASSES, is_pruned_checkpoint, load_model, load_pruned
+from trimformer.checkpoint import CNN_MODEL_CLASSES, checkpoint_task, is_checkpoint, load_model, load_pruned, read_meta
 from trimformer.pruned import TokenPrunedModel
 
 TASKS = ("text", "vision")
@@ -32,14 +32,7 @@ def infer_task(path_or_name: str | Path, task: str | None = None) -> str:
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     path = Path(str(path_or_name))
-    found = None
-    if is_pruned_checkpoint(path):
-        import json
-
-        model_class = json.loads((path / "trimformer.json").read_text(encoding="utf-8")).get("model_class")
-        found = "vision" if model_class in VISION_MODEL_CLASSES else "text"
-    elif (path / "image_classifier.json").is_file():
-        found = "vision"
+    found = checkpoint_task(path)  # trimformer.json or an old image_classifier.json
     if found is not None and task is not None and task != found:
         raise ValueError(f"{path} holds a {found} model; drop --task {task} (the task is read from the checkpoint)")
     return found or task or "text"
@@ -55,20 +48,19 @@ def load_any(path_or_name: str | Path, task: str | None = None, label_names: lis
 
 
 def load_vision_model(path: str | Path) -> tuple[TokenPrunedModel, dict[str, Any]]:
-    """Any image classifier trimformer can run -> (TokenPrunedModel in eval mode, metadata with resolution)."""
-    path_s = str(path)
-    if is_pruned_checkpoint(path_s):
-        model, meta = load_pruned(path_s)
-        if meta["model_class"] not in VISION_MODEL_CLASSES:
-            raise ValueError(f"{path_s} holds a text model ({meta['model_class']}); use the text commands")
-        return model, meta
-    if (Path(path_s) / "image_classifier.json").is_file():
-        from trimformer.vision.checkpoint import load_image_classifier
+    """Any vision transformer trimformer can run -> (TokenPrunedModel in eval mode, metadata with resolution).
 
-        model, meta = load_image_classifier(path_s)
-        if meta.get("kind") != "hf":
-            raise ValueError(f"{path_s} is a {meta.get('kind')} model; token pruning needs a vision transformer")
-        return TokenPrunedModel(model, None).eval(), {**meta, "method": "dense"}
+    A trimformer checkpoint (``trimformer.json``, or an old ``image_classifier.json`` folder), else a local folder
+    or hub name of a transformers image classifier."""
+    path_s = str(path)
+    if is_checkpoint(path_s):
+        model_class = read_meta(path_s)["model_class"]
+        if model_class in CNN_MODEL_CLASSES:
+            raise ValueError(f"{path_s} holds a {model_class} (a CNN); token pruning needs a vision transformer. "
+                             "Load the CNN with trimformer.load")
+        if checkpoint_task(path_s) != "vision":
+            raise ValueError(f"{path_s} holds a text model ({model_class}); use the text commands")
+        return load_pruned(path_s)
     from transformers import AutoModelForImageClassification
 
     try:
