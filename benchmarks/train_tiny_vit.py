@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from trimformer.checkpoint import load, save
 from trimformer.data.images import FASHION_MNIST_CLASSES, grayscale_batch_to_inputs, load_fashion_mnist, pixel_batches
 from trimformer.envinfo import device_label, run_record
 from trimformer.io_utils import atomic_write_json
 from trimformer.report.vision_demo import RESOLUTION, tiny_vit, train_from_scratch
-from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,10 +76,9 @@ def main() -> None:
               "schedule": "linear warm-up (10%) then cosine", "augmentation": None, "train_images": len(train),
               "seed": args.seed, "hidden_size": args.hidden, "layers": args.layers, "heads": args.heads,
               "patch_size": args.patch_size, "device": device_label(args.device)}
-    out = save_image_classifier(model, args.out, {
-        "resolution": RESOLUTION, "label_names": list(FASHION_MNIST_CLASSES), "recipe": recipe,
-        "metrics": {"test_accuracy": accuracy, "test_images": len(test)}})
-    reloaded, _ = load_image_classifier(out)
+    out = save(model, args.out, resolution=RESOLUTION, label_names=list(FASHION_MNIST_CLASSES),
+               extra={"recipe": recipe, "metrics": {"test_accuracy": accuracy, "test_images": len(test)}})
+    reloaded, _ = load(out)
     if not torch.equal(predictions(reloaded, test), predicted):
         raise RuntimeError("the reloaded checkpoint predicts differently from the trained model")
     parameters = sum(p.numel() for p in model.parameters())

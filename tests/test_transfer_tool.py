@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from trimformer.vision.checkpoint import load_image_classifier, save_image_classifier
+from trimformer.checkpoint import load, save
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,16 +49,16 @@ def test_image_classifier_round_trip_loads_with_new_digest(tmp_path: Path) -> No
     config = ViTConfig(image_size=28, patch_size=14, num_channels=3, hidden_size=32, num_hidden_layers=2,
                        num_attention_heads=2, intermediate_size=64, num_labels=3)
     model = ViTForImageClassification(config).eval()
-    src = save_image_classifier(model, tmp_path / "clf", {"resolution": 28, "label_names": ["a", "b", "c"]})
+    src = save(model, tmp_path / "clf", resolution=28, label_names=["a", "b", "c"])
     transfer.pack(src, tmp_path / "packed", max_mb=1.0)
     transfer.unpack(tmp_path / "packed", tmp_path / "clf2")
-    loaded, meta = load_image_classifier(tmp_path / "clf2")
-    assert meta["transport"]["weights_rounded_to"] == "float16"
+    loaded, meta = load(tmp_path / "clf2")  # the digests were recomputed: the hash check passes
+    assert meta["recipe"]["transport"]["weights_rounded_to"] == "float16"
     x = torch.randn(2, 3, 28, 28)
     with torch.no_grad():
         assert torch.allclose(loaded(pixel_values=x).logits, model(pixel_values=x).logits, atol=1e-2)
-    record = json.loads((tmp_path / "clf2" / "image_classifier.json").read_text())
-    assert record["files"] != json.loads((src / "image_classifier.json").read_text())["files"]
+    record = json.loads((tmp_path / "clf2" / "trimformer.json").read_text())
+    assert record["files"] != json.loads((src / "trimformer.json").read_text())["files"]
 
 
 def test_pack_keep_dtype_travels_exactly(tmp_path: Path) -> None:

@@ -139,6 +139,8 @@ def unpack(src: Path, dst: Path) -> None:
     if pruned_file.exists():
         record = json.loads(pruned_file.read_text())
         record.setdefault("recipe", {})["transport"] = transport
+        if "files" in record:  # format 2 records the weights' digests: those of the rebuilt files
+            record["files"] = {name: file_sha256(tmp / name) for name in manifest["files"]}
         pruned_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     if dst.exists():
         shutil.rmtree(dst)

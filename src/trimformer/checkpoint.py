@@ -42,8 +42,7 @@ checkpoint names), read by ``from_pretrained`` restricted to local safetensors f
 ``local_files_only=True``, no remote code), which is what wrote it and what maps those names onto the modules.
 Refusing them would only have forced a conversion step running the same code. :func:`convert_image_classifier`
 rewrites one in format 2 for those who want one kind of folder on disk (the reader can then be dropped).
-``trimformer.vision.checkpoint`` is left as a deprecated shim only (see its docstring): nothing in the library writes
-the old format.
+Nothing writes the old format any more (``trimformer.vision.checkpoint`` is gone).
 """
 
 from __future__ import annotations
@@ -510,17 +509,3 @@ def load_model(path_or_name: str | Path, num_labels: int | None = None, label_na
     except OSError as err:
         raise CheckpointError(f"cannot load model {path_or_name!r}: {err}") from err
     return TokenPrunedModel(model, None).eval(), tokenizer, {"method": "dense"}
-
-
-def save_dense(model: torch.nn.Module, tokenizer, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Save a fine-tuned transformers model in transformers' own save_pretrained format, atomically (for tools
-    that read that format; :func:`save` writes trimformer's)."""
-
-    def write(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        if extra:
-            atomic_write_json(folder / "trimformer_recipe.json", extra)
-
-    atomic_write_dir(path, write)
-    return Path(path)

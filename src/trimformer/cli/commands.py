@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from trimformer.bench import benchmark
-from trimformer.checkpoint import label_names, load_model, save_dense, save_pruned
+from trimformer.checkpoint import label_names, load_model, save, save_pruned
 from trimformer.cli.inputs import (
     DEFAULT_METHOD,
     data_name,
@@ -53,7 +53,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         recipe = {"stage": "finetune", "model": args.model, "data": args.data, "epochs": args.epochs,
                   "steps": steps, "train_examples": len(train), "train": config.to_dict(),
                   "final_loss": logs[-1]["loss"] if logs else None}
-        save_dense(model, tokenizer, args.out, extra=recipe)
+        save(model.eval(), args.out, processor=tokenizer, extra={"recipe": recipe})
         print(f"saved fine-tuned model to {args.out} ({steps} steps)")
     return 0
 

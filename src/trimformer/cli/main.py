@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'minilm' (offline all-MiniLM-L6-v2), a local folder or a hub name (default minilm)")
     _add_data_options(p)
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training data (default 1)")
-    p.add_argument("--out", required=True, help="output folder (transformers save_pretrained format)")
+    p.add_argument("--out", required=True, help="output folder (a trimformer checkpoint of the dense model)")
     _add_train_options(p, lr=1e-4)
 
     p = sub.add_parser("prune", help="learn token pruning (text: LTP, top-k; vision: SaiT, AS-ViT, EViT, ToMe)")

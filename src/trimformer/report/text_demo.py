@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 
 from trimformer.assets import minilm_path
 from trimformer.bench import speed_variants, speedups, time_variants
-from trimformer.checkpoint import load_model, load_pruned, save_dense, save_pruned
+from trimformer.checkpoint import is_checkpoint, load_model, load_pruned, read_meta, save, save_pruned
 from trimformer.data.text import load_text_data, text_collate, unlabelled_batches
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import evaluate
@@ -43,8 +42,8 @@ class DemoSettings:
 
 def _finetuned(out: Path, settings: DemoSettings, train, config: TrainConfig):
     folder = out / "finetuned"
-    if (folder / "trimformer_recipe.json").is_file():
-        recipe = json.loads((folder / "trimformer_recipe.json").read_text())
+    if is_checkpoint(folder):
+        recipe = read_meta(folder).get("recipe", {})
         if recipe.get("train_examples") == len(train):
             print(f"[demo] reusing the fine-tuned model in {folder}")
             return load_model(folder)
@@ -53,8 +52,8 @@ def _finetuned(out: Path, settings: DemoSettings, train, config: TrainConfig):
     steps = epochs_to_steps(len(train), config.batch_size, settings.finetune_epochs)
     dense_config = TrainConfig(**{**config.to_dict(), "lr": 1e-4})
     finetune_dense(base.model, train, text_collate(tokenizer, dense_config.max_length), dense_config, steps)
-    save_dense(base.model, tokenizer, folder, extra={"stage": "finetune", "data": "rotten_tomatoes",
-                                                     "train_examples": len(train), "steps": steps})
+    save(base.model, folder, processor=tokenizer, extra={"recipe": {
+        "stage": "finetune", "data": "rotten_tomatoes", "train_examples": len(train), "steps": steps}})
     return load_model(folder)
 
 
