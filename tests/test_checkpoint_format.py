@@ -248,7 +248,7 @@ def test_save_refuses_what_it_cannot_load_back(tmp_path):
 
 
 def test_save_replaces_atomically(tmp_path, monkeypatch):
-    import trimformer.checkpoint as ckpt
+    import trimformer.checkpoint.store as ckpt
 
     x = torch.randn(2, 1, 28, 28)
     first, second = _cnn(0), _cnn(1)

@@ -124,7 +124,7 @@ def test_save_replaces_previous_and_interrupted_save_keeps_it(tmp_path: Path, mo
     save(second, target, **_meta())
     assert torch.equal(load(target)[0](x), second(x))
 
-    import trimformer.checkpoint as ckpt
+    import trimformer.checkpoint.store as ckpt
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt

@@ -1,53 +1,8 @@
-"""One checkpoint format for every model trimformer saves: text and vision transformers (pruned or dense,
-quantized or not) and trimformer's own MobileNet-style CNN (float or quantized).
-
-A checkpoint is a folder::
-
-    trimformer.json     the one metadata file (below)
-    model.safetensors   every tensor: the wrapper's state (``model.*`` weights, learned thresholds ``policy.*``)
-                        for a transformers model, the module's state for the CNN; quantized weights are
-                        bit-packed (``<layer>.weight.qpack.*``)
-    tokenizer files     only when a ``processor`` (tokenizer / image processor) is given to :func:`save`
-
-``trimformer.json``, format 2 (:data:`FORMAT_VERSION`)::
-
-    format_version          2
-    trimformer_version, transformers_version, torch_version     what wrote it
-    model_class             a transformers class (TEXT_MODEL_CLASSES, VISION_MODEL_CLASSES) or "MobileNetCNN"
-    model_config            the transformers ``config.to_dict()``, or the ``CNNConfig`` dict
-    method, method_config   the pruning method and its exact config ("dense", {} when not pruned; always for the CNN)
-    mode                    the wrapper's execution mode (transformers models only)
-    quant_config            the quantization recipe (``quantize_``), present only for quantized weights
-    batchnorm_folded        MobileNetCNN only: its batch norms were folded into the convolutions (``fold_batchnorm_``)
-    files                   {"model.safetensors": sha256}, checked on load unless ``verify=False``
-    resolution              optional: input side in pixels (a positive int)
-    label_names             optional: class names in label-id order, one per output
-    ...                     anything else the caller passed as ``extra`` (training recipe, metrics, ...)
-
-Format 1 ``trimformer.json`` files (transformers models only, written before this module read CNNs) differ only by
-their version number and the keys ``files``, ``torch_version`` and ``batchnorm_folded``, which they lack; they
-load unchanged (without a hash check: they recorded none).
-
-Writes are atomic (:func:`trimformer.io_utils.atomic_write_dir`: the folder is built next to the target, the
-JSON written last, and swapped in only once complete). Weights are read with safetensors only, never pickle; a
-format-1/2 model is built from the config in the JSON (no ``from_pretrained``, no remote code).
-
-Old ``image_classifier.json`` checkpoints (the former second format of ``trimformer.vision.checkpoint``, kinds
-"cnn" and "hf") are read by the same :func:`load`; ``_read_legacy_meta`` maps their record onto the format-2 keys
-(kind/config -> model_class/model_config, ``legacy_format`` set, everything else carried over). Decision: read them
-in place rather than refuse them, because doing so is as safe as reading format 2. The old format was JSON +
-safetensors too, with a sha256 per weight file (checked here as before); a "cnn" folder is loaded by the same code
-as a format-2 CNN; an "hf" folder is ``save_pretrained``'s (plain ``config.json``, tensors under transformers'
-checkpoint names), read by ``from_pretrained`` restricted to local safetensors files (``use_safetensors=True``,
-``local_files_only=True``, no remote code), which is what wrote it and what maps those names onto the modules.
-Refusing them would only have forced a conversion step running the same code. :func:`convert_image_classifier`
-rewrites one in format 2 for those who want one kind of folder on disk (the reader can then be dropped).
-Nothing writes the old format any more (``trimformer.vision.checkpoint`` is gone).
-"""
+"""Saving and loading checkpoints (:mod:`trimformer.checkpoint`): transformers models (pruned, quantized or
+dense), the CNN, and the old image-classifier folders."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,59 +15,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from trimformer import __version__
+from trimformer.checkpoint.meta import (
+    _MODEL_CLASSES,
+    _TRANSFORMERS_CLASSES,
+    CNN_MODEL_CLASSES,
+    LEGACY_META_FILE,
+    META_FILE,
+    RESERVED_KEYS,
+    WEIGHTS_FILE,
+    CheckpointError,
+    _common_meta,
+    _verify_files,
+    is_checkpoint,
+    model_task,
+    read_meta,
+)
 from trimformer.io_utils import atomic_write_dir, atomic_write_json, file_sha256
 from trimformer.methods import method_named
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import config_from_dict, fold_batchnorm_, load_quantized_, pack_model
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN
-
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
-META_FILE = "trimformer.json"
-WEIGHTS_FILE = "model.safetensors"
-LEGACY_META_FILE = "image_classifier.json"
-TEXT_MODEL_CLASSES = ("BertForSequenceClassification", "RobertaForSequenceClassification", "BertModel",
-                      "RobertaModel")
-VISION_MODEL_CLASSES = ("ViTForImageClassification", "DeiTForImageClassification",
-                        "DeiTForImageClassificationWithTeacher", "Dinov2ForImageClassification", "ViTModel",
-                        "DeiTModel", "Dinov2Model")
-CNN_MODEL_CLASSES = ("MobileNetCNN",)
-_TRANSFORMERS_CLASSES = TEXT_MODEL_CLASSES + VISION_MODEL_CLASSES
-_MODEL_CLASSES = _TRANSFORMERS_CLASSES + CNN_MODEL_CLASSES
-# keys save() writes itself; ``extra`` may not set them
-RESERVED_KEYS = ("format_version", "trimformer_version", "transformers_version", "torch_version", "model_class",
-                 "model_config", "method", "method_config", "mode", "quant_config", "batchnorm_folded", "files",
-                 "legacy_format")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder is missing, incomplete or corrupt."""
-
-
-def label_names(model: TokenPrunedModel) -> list[str]:
-    """Class names of a wrapped classifier, in label-id order."""
-    config = model.model.config
-    return [config.id2label[i] for i in range(config.num_labels)]
-
-
-def is_pruned_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` holds a ``trimformer.json`` checkpoint (any model, pruned or not)."""
-    return (Path(path) / META_FILE).is_file()
-
-
-def is_checkpoint(path: str | Path) -> bool:
-    """Whether :func:`load` reads ``path``: a ``trimformer.json`` folder or an old ``image_classifier.json`` one."""
-    return is_pruned_checkpoint(path) or (Path(path) / LEGACY_META_FILE).is_file()
-
-
-def model_task(model_class: str) -> str:
-    """"text" or "vision" for a supported model class."""
-    if model_class in TEXT_MODEL_CLASSES:
-        return "text"
-    if model_class in VISION_MODEL_CLASSES or model_class in CNN_MODEL_CLASSES:
-        return "vision"
-    raise ValueError(f"model class {model_class!r} is not supported (one of {', '.join(_MODEL_CLASSES)})")
 
 
 def build_policy(method: str, method_config: dict[str, Any], num_layers: int):
@@ -124,39 +46,6 @@ def build_policy(method: str, method_config: dict[str, Any], num_layers: int):
     except ValueError as err:
         raise CheckpointError(f"checkpoint: {err}") from err
     return spec.build_policy(spec.config_from_dict(method_config), num_layers)
-
-
-# --- writing ---------------------------------------------------------------------------------------------------------
-
-def _is_classifier(model_class: str) -> bool:
-    return model_class in CNN_MODEL_CLASSES or "For" in model_class
-
-
-def _common_meta(model_class: str, num_outputs: int, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """The version keys and the validated ``extra`` (resolution, label_names and the caller's own keys)."""
-    extra = dict(extra or {})
-    reserved = sorted(k for k in extra if k in RESERVED_KEYS)
-    if reserved:
-        raise ValueError(f"extra keys {reserved} are written by trimformer.save itself; remove them")
-    if "resolution" in extra:
-        res = extra["resolution"]
-        if isinstance(res, bool) or not isinstance(res, int) or res < 1:
-            raise ValueError(f"resolution must be a positive int (pixels), got {res!r}")
-    if "label_names" in extra:
-        names = extra["label_names"]
-        if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"label_names must be a list of strings, got {names!r}")
-        if _is_classifier(model_class) and len(names) != num_outputs:
-            raise ValueError(f"label_names must name the model's {num_outputs} outputs, got {len(names)}: {names}")
-        extra["label_names"] = list(names)
-    return {
-        "format_version": FORMAT_VERSION,
-        "trimformer_version": __version__,
-        "transformers_version": transformers.__version__,
-        "torch_version": torch.__version__,
-        "model_class": model_class,
-        **extra,
-    }
 
 
 def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], processor=None) -> Path:
@@ -262,98 +151,6 @@ def save(model: nn.Module, path: str | Path, processor=None, extra: dict[str, An
         return save_pruned(TokenPrunedModel(model), path, tokenizer=processor, extra=extra)
     raise TypeError(f"trimformer.save takes a TokenPrunedModel, a transformers model or a MobileNetCNN, "
                     f"got {type(model).__name__}")
-
-
-# --- reading ---------------------------------------------------------------------------------------------------------
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The validated metadata of a checkpoint folder (format 1 or 2, or an old ``image_classifier.json`` one,
-    given in the format-2 layout with ``legacy_format`` set); no weights are read."""
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint folder {path} not found")
-    if not (path / META_FILE).is_file():
-        if (path / LEGACY_META_FILE).is_file():
-            return _read_legacy_meta(path)
-        raise CheckpointError(f"{path} holds no {META_FILE} (nor an old {LEGACY_META_FILE}): not a trimformer "
-                              "checkpoint; write one with trimformer.save")
-    try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path / META_FILE} is unreadable ({err}); re-create the checkpoint") from err
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path / META_FILE} is unreadable (not a JSON object); re-create the checkpoint")
-    version = meta.get("format_version")
-    if version not in READABLE_FORMATS:
-        raise CheckpointError(f"{path}: checkpoint format {version!r} is not supported by trimformer {__version__} "
-                              f"(it reads formats {', '.join(map(str, READABLE_FORMATS))}); "
-                              + ("upgrade trimformer" if isinstance(version, int) and version > FORMAT_VERSION
-                                 else "re-create the checkpoint with trimformer.save"))
-    model_class = meta.get("model_class")
-    if model_class not in _MODEL_CLASSES or (version == 1 and model_class in CNN_MODEL_CLASSES):
-        raise CheckpointError(f"{path}: model class {model_class!r} is not supported")
-    if not isinstance(meta.get("model_config"), dict):
-        raise CheckpointError(f"{path / META_FILE} has no model_config; re-create the checkpoint")
-    _check_files(path, meta)
-    return meta
-
-
-def _read_legacy_meta(path: Path) -> dict[str, Any]:
-    """An old ``image_classifier.json`` record (format 1, kinds "cnn" and "hf") in the format-2 layout."""
-    where = path / LEGACY_META_FILE
-    try:
-        record = json.loads(where.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{where} is unreadable ({err}); re-create the checkpoint") from err
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{where} is unreadable (not a JSON object); re-create the checkpoint")
-    if record.get("format_version") != 1:
-        raise CheckpointError(f"{where}: image-classifier format {record.get('format_version')!r} is not supported "
-                              "(only its format 1 is read); re-create the checkpoint with trimformer.save")
-    kind = record.get("kind")
-    if kind == "cnn":
-        model_class, model_config = "MobileNetCNN", record.get("config")
-    elif kind == "hf":
-        model_class = record.get("model_class")
-        if model_class not in _TRANSFORMERS_CLASSES:
-            raise CheckpointError(f"{path}: model class {model_class!r} is not supported")
-        try:  # written by save_pretrained next to the weights; read as plain JSON
-            model_config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{path / 'config.json'} is missing or unreadable ({err}); re-create the "
-                                  "checkpoint") from err
-    else:
-        raise CheckpointError(f"{where}: kind {kind!r} is not one of 'cnn', 'hf'")
-    if not isinstance(model_config, dict):
-        raise CheckpointError(f"{where} has no model config; re-create the checkpoint")
-    meta = {k: v for k, v in record.items() if k not in ("format_version", "kind", "model_class", "config")}
-    meta.update(format_version=1, legacy_format=LEGACY_META_FILE, model_class=model_class, model_config=model_config,
-                method="dense", method_config={})
-    if not meta.get("files"):
-        raise CheckpointError(f"{where} lists no weight files; re-create the checkpoint")
-    _check_files(path, meta)
-    return meta
-
-
-def _check_files(path: Path, meta: dict[str, Any]) -> None:
-    files = meta.get("files")
-    if files is None:
-        return
-    if (not isinstance(files, dict) or not files
-            or not all(isinstance(n, str) and Path(n).name == n and n.endswith(".safetensors") for n in files)):
-        raise CheckpointError(f"{path}: the metadata's files record {files!r} is invalid; re-create the checkpoint")
-
-
-def _verify_files(path: Path, meta: dict[str, Any]) -> None:
-    for name, digest in (meta.get("files") or {}).items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{path}: weight file {name} is missing; re-create the checkpoint")
-        if file_sha256(file) != digest:
-            raise CheckpointError(
-                f"{path}: weight file {name} is corrupt (its sha256 differs from the one recorded at save); "
-                "re-create the checkpoint. If its weights were rewritten on purpose, record the new digest in "
-                f"the files entry of its metadata (or load with verify=False)")
 
 
 def _read_state(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -473,15 +270,6 @@ def convert_image_classifier(old: str | Path, new: str | Path, verify: bool = Tr
     extra["converted_from"] = f"{LEGACY_META_FILE} format {meta['format_version']}"
     return save(model, new, extra=extra)
 
-
-def checkpoint_task(path: str | Path) -> str | None:
-    """"text" or "vision" for a checkpoint folder (its metadata says), None for anything else."""
-    if not is_checkpoint(path):
-        return None
-    return model_task(read_meta(path)["model_class"])
-
-
-# --- transformers folders and hub names ------------------------------------------------------------------------------
 
 def load_model(path_or_name: str | Path, num_labels: int | None = None, label_names: list[str] | None = None):
     """Any text model trimformer can run -> (TokenPrunedModel, tokenizer, metadata).
