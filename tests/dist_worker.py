@@ -5,21 +5,19 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import make_tokenizer, synthetic_text_data, tiny_bert_config
-from transformers import BertForSequenceClassification
 
 import trimformer
 from trimformer.methods import LTPConfig
 from trimformer.pruning import prune
+from trimformer.testing import make_tokenizer, synthetic_text_data, tiny_bert
 from trimformer.train.loop import TrainConfig, get_accelerator
 
 
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    model = prune(BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32)),
-                         LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=2, calibration_batches=2))
+    model = prune(tiny_bert(num_labels=2, vocab_size=32),
+                  LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=2, calibration_batches=2))
     trimformer.fit(model, synthetic_text_data(), TrainConfig(batch_size=16, lr=1e-3, max_length=32),
                    tokenizer=tokenizer)
     acc = get_accelerator()

@@ -1,16 +1,14 @@
 """The public API in the README's few lines, on a tiny model."""
 
 import torch
-from conftest import tiny_bert_config
-from transformers import BertForSequenceClassification
 
 import trimformer
 from trimformer.pruning import prune
+from trimformer.testing import tiny_bert, tiny_vision_model
 
 
 def test_readme_api_flow(tokenizer, text_data, tmp_path):
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
+    model = tiny_bert(num_labels=2, vocab_size=32)
     config = trimformer.LTPConfig(target_flops=0.6, soft_steps=3, hard_steps=3, calibration_batches=2)
     pruned = trimformer.prune(model, config)
     trimformer.fit(pruned, text_data, trimformer.TrainConfig(batch_size=16, max_length=32), tokenizer=tokenizer)
@@ -33,8 +31,7 @@ def test_prune_rejects_unknown_config(tiny_bert):
 
 
 def test_readme_quantization_flow(tokenizer, text_data, tmp_path):
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
+    model = tiny_bert(num_labels=2, vocab_size=32)
     pruned = trimformer.prune(model, trimformer.LTPConfig(final_threshold=0.05)).eval()
     cfg = trimformer.PWLQConfig(wbits=4, layer_wbits={"classifier": 8})  # activations: 8-bit by default
     trimformer.quantize_(pruned.model, cfg)                  # in place: Linear -> fake-quant Linear
@@ -48,13 +45,11 @@ def test_readme_quantization_flow(tokenizer, text_data, tmp_path):
 
 def test_readme_vision_flow():
     from torch.utils.data import TensorDataset
-    from transformers import Dinov2Config, Dinov2ForImageClassification
 
     from trimformer.methods import SaiTConfig
 
     torch.manual_seed(0)
-    vit = Dinov2ForImageClassification(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                                                    image_size=32, patch_size=8, mlp_ratio=2, num_labels=3))
+    vit = tiny_vision_model("dinov2", seed=None, num_labels=3)
     images = torch.randn(8, 3, 32, 32)
     train_images = TensorDataset(images, torch.randint(0, 3, (8,)))
     sait = prune(vit, SaiTConfig(policy="topk", steps=2))

@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
 from safetensors.torch import load_file, save_file
-from transformers import (
-    BertForSequenceClassification,
-    Dinov2Config,
-    Dinov2ForImageClassification,
-    ViTConfig,
-    ViTForImageClassification,
-)
+from transformers import BertForSequenceClassification, Dinov2ForImageClassification, ViTForImageClassification
 
 import trimformer
 from trimformer.checkpoint import (
@@ -37,6 +30,7 @@ from trimformer.methods import LTPConfig, SaiTConfig, ToMeConfig
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import ActSpec, PWLQConfig, UniformConfig, calibrate, fold_batchnorm_, is_quantized, quantize_
 from trimformer.quant.modules import QuantConv2d
+from trimformer.testing import random_batch, tiny_bert, tiny_vision_model
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN
 
 LABELS = ["a", "b", "c"]
@@ -44,23 +38,17 @@ TINY_CNN = CNNConfig(stem_channels=8, blocks=((16, 1), (16, 2)), dropout=0.0, nu
 
 
 def _bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
+    return tiny_bert()
 
 
 def _dinov2() -> Dinov2ForImageClassification:
-    torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=8,
-                          mlp_ratio=2, layerscale_value=0.5, num_labels=3, id2label=dict(enumerate(LABELS)),
-                          label2id={n: i for i, n in enumerate(LABELS)})
-    return Dinov2ForImageClassification(config).eval()
+    return tiny_vision_model("dinov2", num_labels=3, id2label=dict(enumerate(LABELS)),
+                             label2id={n: i for i, n in enumerate(LABELS)})
 
 
 def _vit() -> ViTForImageClassification:
-    torch.manual_seed(0)
-    return ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=64, image_size=28, patch_size=14,
-                                               num_labels=3)).eval()
+    return tiny_vision_model("vit", num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14,
+                             num_labels=3)
 
 
 def _cnn(seed: int = 0) -> MobileNetCNN:

@@ -3,12 +3,12 @@
 import json
 
 import pytest
-import torch
 
 from trimformer.checkpoint import save_pruned
 from trimformer.cli import build_parser, main
 from trimformer.methods import LTPConfig, LTPPolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import tiny_bert
 
 
 @pytest.mark.parametrize("command", ["finetune", "prune", "eval", "bench", "quantize", "demo"])
@@ -27,13 +27,7 @@ def test_unknown_dataset_is_a_clear_error(tmp_path, capsys):
 
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tokenizer):
-    from conftest import tiny_bert_config
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32,
-                                                           id2label={0: "neg", 1: "pos"},
-                                                           label2id={"neg": 0, "pos": 1}))
+    model = tiny_bert(num_labels=2, vocab_size=32, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
     pruned = TokenPrunedModel(model, LTPPolicy(3, LTPConfig(final_threshold=0.05)))
     save_pruned(pruned, tmp_path / "ckpt", tokenizer)
     rows = [{"text": "good fun movie the plot", "label": "pos"}, {"text": "bad boring awful", "label": "neg"}] * 8

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
 from transformers import BertModel
 
 from trimformer.methods import LTPConfig, LTPPolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import random_batch, tiny_bert
 
 
 def _mlp_rows_seen(model: BertModel) -> list[tuple[int, int]]:
@@ -20,8 +20,7 @@ def _mlp_rows_seen(model: BertModel) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("policy", [None, "ltp"])
 def test_compacted_blocks_equal_padded_blocks(policy):
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
+    model = tiny_bert(base=True)
     pruned = TokenPrunedModel(model, LTPPolicy(3, LTPConfig(final_threshold=0.05)) if policy else None,
                               linear_kernel="torch")
     ids, mask = random_batch(batch=4, length=24)
@@ -47,8 +46,7 @@ def test_compacted_blocks_equal_padded_blocks(policy):
 
 
 def test_no_compaction_in_masked_mode_training_or_without_padding():
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
+    model = tiny_bert(base=True)
     ids, mask = random_batch(batch=4, length=24)
     seen = _mlp_rows_seen(model)
     with torch.no_grad():

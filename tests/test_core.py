@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import tiny_bert_config
 from torch.utils.flop_counter import FlopCounterMode
 
 from trimformer.core.flops import dense_encoder_flops, encoder_flops, layer_macs
@@ -15,6 +14,7 @@ from trimformer.core.selection import (
     soft_threshold_mask,
     topk_mask,
 )
+from trimformer.testing import tiny_bert
 
 
 def _probs(b, h, n, seed=0, key_mask=None):
@@ -113,11 +113,9 @@ def test_flops_formula_matches_ltp_paper_when_dense():
 
 
 def test_flops_formula_matches_torch_flop_counter():
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    cfg = tiny_bert_config()
-    model = BertModel(cfg, add_pooling_layer=False).eval()
+    model = tiny_bert(base=True)
+    model.pooler = None  # the encoder's FLOPs only (as add_pooling_layer=False)
+    cfg = model.config
     n = 17
     ids = torch.randint(5, 64, (1, n))
     counter = FlopCounterMode(display=False)

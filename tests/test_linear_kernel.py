@@ -4,14 +4,13 @@ fallback where the PyTorch build lacks it."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_batch, tiny_bert_config
 from torch import nn
-from transformers import BertForSequenceClassification
 
 from trimformer.engine import ExecutionOptions, onednn
 from trimformer.engine.linears import AUTO_MIN_WEIGHT_ELEMENTS, Linears, WeightCache
 from trimformer.methods import LTPConfig, LTPPolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import random_batch, tiny_bert
 
 needs_onednn = pytest.mark.skipif(not onednn.AVAILABLE, reason="this PyTorch build has no prepacked oneDNN linear")
 
@@ -85,8 +84,7 @@ def test_unknown_kernel_is_refused():
 
 @needs_onednn
 def test_pruned_model_same_predictions_with_either_kernel():
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    model = tiny_bert()
     pruned = TokenPrunedModel(model, LTPPolicy(model.config.num_hidden_layers, LTPConfig(final_threshold=0.2)))
     ids, mask = random_batch(batch=4, length=12)
     batch = {"input_ids": ids, "attention_mask": mask}

@@ -4,15 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import (
-    BertForSequenceClassification,
-    Dinov2Config,
-    Dinov2Model,
-    ViTConfig,
-    ViTModel,
-)
 
 from trimformer.core.merging import (
     MergePlan,
@@ -27,7 +19,7 @@ from trimformer.engine.attention import attention_parts
 from trimformer.engine.linears import Linears, WeightCache
 from trimformer.methods import EViTConfig, EViTPolicy, ToMeConfig, ToMePolicy
 from trimformer.pruned import TokenPrunedModel
-from trimformer.testing import tiny_vision_model
+from trimformer.testing import random_batch, tiny_bert, tiny_vision_model
 
 SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=4, num_labels=5)
 TOKENS = (32 // 4) ** 2  # 64 patches
@@ -79,8 +71,7 @@ def test_tome_r0_and_evit_rate1_equal_dense(name):
 @pytest.mark.parametrize("base", ["vit", "dinov2"])
 def test_base_models_equal_dense_when_off(base):
     torch.manual_seed(0)
-    model = (ViTModel(ViTConfig(intermediate_size=64, **SMALL)) if base == "vit"
-             else Dinov2Model(Dinov2Config(mlp_ratio=2, **SMALL))).eval()
+    model = tiny_vision_model(base, seed=None, base=True, **SMALL)
     pixels = _pixels()
     ref = model(pixel_values=pixels).last_hidden_state
     out = TokenPrunedModel(model, ToMePolicy(3, ToMeConfig(r=0)))(pixel_values=pixels)
@@ -152,7 +143,8 @@ def test_evit_custom_layers():
 @pytest.mark.parametrize("method", ["tome", "evit", "dense"])
 def test_flops_match_torch_flop_counter(method):
     torch.manual_seed(0)
-    model = ViTModel(ViTConfig(intermediate_size=64, **SMALL), add_pooling_layer=False).eval()
+    model = tiny_vision_model("vit", seed=None, base=True, **SMALL)
+    model.pooler = None  # the encoder alone (as add_pooling_layer=False)
     pixels = _pixels(batch=2)
     policy = None if method == "dense" else _policies()[method]
     pruned = TokenPrunedModel(model, policy)
@@ -171,8 +163,7 @@ def test_flops_match_torch_flop_counter(method):
 
 
 def test_tome_on_padded_text_batch_matches_rows_alone():
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    model = tiny_bert()
     ids, mask = random_batch(batch=4, length=20)
     for policy in (ToMePolicy(3, ToMeConfig(r=3)), EViTPolicy(3, EViTConfig(keep_rate=0.5))):
         pruned = TokenPrunedModel(model, policy)
@@ -367,7 +358,8 @@ def test_tome_official_order_keeps_each_token_at_its_original_position(mode):
     """With one block, the official survivor order and the slot order merge the same tokens; a base model's
     last_hidden_state (tokens back at their original positions) must then be the same for both."""
     torch.manual_seed(0)
-    model = ViTModel(ViTConfig(intermediate_size=64, **{**SMALL, "num_hidden_layers": 1}), add_pooling_layer=False)
+    model = tiny_vision_model("vit", seed=None, base=True, **{**SMALL, "num_hidden_layers": 1})
+    model.pooler = None  # as add_pooling_layer=False
     pixels = _pixels(batch=2)
     outs = []
     for order in ("official", "slots"):

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_tokenizer, random_batch, synthetic_text_data
 from torch.utils.data import TensorDataset
-from transformers import BertConfig, BertForSequenceClassification, ViTConfig, ViTForImageClassification
+from transformers import ViTForImageClassification
 
 import trimformer
 from trimformer import ASViTConfig, EViTConfig, LTPConfig, SaiTConfig, ToMeConfig, TopKConfig
+from trimformer.testing import make_tokenizer, random_batch, synthetic_text_data, tiny_bert, tiny_vision_model
 
 CONFIGS = (LTPConfig, TopKConfig, SaiTConfig, ASViTConfig, EViTConfig, ToMeConfig)
 KNOBS: dict[type, set[str]] = {cls: set() for cls in CONFIGS}
@@ -55,22 +55,13 @@ def arms(cls: type, name: str, value: Any, baseline: Any = _DEFAULT, **common: A
 
 
 # ---------------------------------------------------------------- tiny seeded models, inputs, recipes
-
-
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, num_labels=3, attn_implementation="eager")).eval()
+# tiny_bert: trimformer.testing's (3 blocks, hidden 32, 3 labels, eager attention)
 
 
 def tiny_vit(seed: int = 0, sharpen: float = 4.0) -> ViTForImageClassification:
     """A 4-block ViT on 32x32 images (64 patches + [CLS]) whose attention is peaked like a trained one's
     (random initialisation attends almost uniformly, which hides the choice of tokens)."""
-    torch.manual_seed(seed)
-    model = ViTForImageClassification(ViTConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=4,
-        intermediate_size=64, num_labels=5)).eval()
+    model = tiny_vision_model("vit", seed=seed, patch_size=4)
     with torch.no_grad():  # query and key projections, as transformers names them (old and new layouts)
         names = ("query", "key", "q_proj", "k_proj")
         scaled = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] in names]

@@ -13,11 +13,12 @@ import math
 
 import pytest
 import torch
-from transformers import ViTConfig, ViTForImageClassification
+from transformers import ViTForImageClassification
 
 from trimformer.core.merging import bipartite_soft_matching, fuse_inattentive, merge_tokens
 from trimformer.methods import EViTConfig, EViTPolicy, ToMeConfig, ToMePolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import tiny_vision_model
 
 # ---- references ----
 
@@ -154,11 +155,8 @@ def _reference_rows(metric, alive, r, num_prefix):
     return pairs, orders
 
 
-def _vit(layers=3, image=32, seed=0):
-    torch.manual_seed(seed)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, image_size=image,
-                       patch_size=4, intermediate_size=64, num_labels=5)
-    return ViTForImageClassification(config).eval()
+def _vit(layers=3, image=32, seed=0) -> ViTForImageClassification:
+    return tiny_vision_model("vit", seed=seed, num_hidden_layers=layers, image_size=image, patch_size=4)
 
 
 def _pixels(batch, image=32, seed=1):

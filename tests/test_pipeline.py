@@ -3,21 +3,19 @@
 import json
 
 import torch
-from conftest import tiny_bert_config
-from transformers import BertForSequenceClassification
 
 import trimformer
 from trimformer.data.text import text_collate
 from trimformer.evaluation import evaluate
 from trimformer.methods import LTPConfig, TopKConfig
 from trimformer.pruning import prune
+from trimformer.testing import tiny_bert
 from trimformer.train.finetune import finetune_dense
 from trimformer.train.loop import TrainConfig
 
 
 def _model():
-    torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32))
+    return tiny_bert(num_labels=2, vocab_size=32)
 
 
 def test_finetune_reduces_loss(tokenizer, text_data):

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
-from transformers import BertForSequenceClassification, GPT2Config, GPT2Model
+from transformers import GPT2Config, GPT2Model
 
 from trimformer.adapters import UnsupportedModelError
 from trimformer.methods import LTPConfig, LTPPolicy, TopKConfig, TopKPolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import random_batch, tiny_bert
 
 
 def _ltp(model, final_threshold=0.08, stage="hard"):
@@ -121,12 +121,12 @@ def test_soft_stage_is_differentiable_in_thresholds(tiny_bert):
 
 
 def test_unsupported_models_are_refused():
-    with pytest.raises(UnsupportedModelError, match="no adapter"):
+    with pytest.raises(UnsupportedModelError, match="no adapter"):  # not a BERT: trimformer.testing has no GPT-2
         TokenPrunedModel(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2)))
     with pytest.raises(UnsupportedModelError, match="relative"):
-        TokenPrunedModel(BertForSequenceClassification(tiny_bert_config(position_embedding_type="relative_key")))
+        TokenPrunedModel(tiny_bert(position_embedding_type="relative_key"))
     with pytest.raises(UnsupportedModelError, match="decoder"):
-        TokenPrunedModel(BertForSequenceClassification(tiny_bert_config(is_decoder=True)))
+        TokenPrunedModel(tiny_bert(is_decoder=True))
 
 
 def test_bad_inputs_get_clear_errors(tiny_bert):

@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
-from transformers import BertForSequenceClassification
 
 from trimformer.checkpoint import CheckpointError, load, load_pruned, save, save_pruned
 from trimformer.methods import LTPConfig, LTPPolicy
@@ -19,11 +17,11 @@ from trimformer.quant import (
     is_quantized,
     quantize_,
 )
+from trimformer.testing import random_batch, tiny_bert
 
 
 def _float_pruned() -> TokenPrunedModel:
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    model = tiny_bert()
     return TokenPrunedModel(model, LTPPolicy(3, LTPConfig(final_threshold=0.05)))
 
 
@@ -63,8 +61,7 @@ def test_pruned_quantized_round_trip_is_bit_identical(tmp_path, config):
 
 def test_quantized_bare_model_saves_with_trimformer_save_and_loads_wrapped(tmp_path):
     """A quantized dense model (quantize_ on the bare transformers model) goes through trimformer.save / load too."""
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    model = tiny_bert()
     config = UniformConfig(wbits=4, act=ActSpec(bits=8))
     quantize_(model, config)
     ids, mask = random_batch()

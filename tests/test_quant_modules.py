@@ -18,6 +18,7 @@ from trimformer.quant import (
     quantize_,
     select_layers,
 )
+from trimformer.testing import tiny_bert
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,17 +97,7 @@ def test_multihead_attention_out_proj_is_skipped():
 
 
 def test_tiny_bert_w8a8_close_to_fp():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.BertConfig(
-        vocab_size=120,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    torch.manual_seed(0)
-    fp = transformers.BertModel(cfg).eval()
+    fp = tiny_bert(base=True, vocab_size=120, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=32)
     gen = torch.Generator().manual_seed(1)
     batches = [
         {"input_ids": torch.randint(0, 120, (4, 16), generator=gen), "attention_mask": torch.ones(4, 16)}

@@ -4,10 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import random_batch, tiny_bert_config
-from transformers import (
-    BertForSequenceClassification,
-)
 
 from trimformer.core.scoring import ltp_importance
 from trimformer.methods import (
@@ -23,7 +19,7 @@ from trimformer.methods import (
     TopKPolicy,
 )
 from trimformer.pruned import TokenPrunedModel
-from trimformer.testing import tiny_vision_model
+from trimformer.testing import random_batch, tiny_bert, tiny_vision_model
 
 SMALL = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, image_size=32, patch_size=4, num_labels=5)
 
@@ -116,8 +112,7 @@ def test_swapped_layer_is_used_after_rebuilding_views():
 
 
 def test_ltp_threshold_changed_in_place_takes_effect_at_inference():
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    model = tiny_bert()
     policy = LTPPolicy(3, LTPConfig(final_threshold=0.02))
     pruned = TokenPrunedModel(model, policy)
     ids, mask = random_batch(batch=2, length=20)
@@ -145,8 +140,7 @@ def test_ltp_importance_is_the_mean_over_heads_and_real_query_rows():
 def test_ltp_decision_is_told_when_every_token_is_live():
     """The LTP decision gets ``alive=None`` exactly when every token of the batch is live (batch 1, packed rows,
     no padding) and the mask otherwise; pruned results match the masked run either way."""
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    model = tiny_bert()
     policy = LTPPolicy(3, LTPConfig(final_threshold=0.05))
     seen: list[bool] = []
     original = policy.decision

@@ -5,9 +5,9 @@ import re
 from pathlib import Path
 
 import torch
-from conftest import make_tokenizer, synthetic_text_data, tiny_bert_config
 from torch.utils.data import TensorDataset
-from transformers import BertForSequenceClassification, Dinov2Config, Dinov2ForImageClassification
+
+from trimformer.testing import make_tokenizer, synthetic_text_data, tiny_bert, tiny_vision_model
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -22,11 +22,10 @@ def test_python_api_snippet_runs_on_tiny_models(tmp_path, capsys):
     assert snippets, "the README lost its Python API snippet"
     torch.manual_seed(0)
     namespace = {
-        "model": BertForSequenceClassification(tiny_bert_config(num_labels=2, vocab_size=32)),
+        "model": tiny_bert(seed=None, num_labels=2, vocab_size=32),
         "tokenizer": make_tokenizer(),
         "train": synthetic_text_data(48),
-        "vit": Dinov2ForImageClassification(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                                                         image_size=32, patch_size=8, mlp_ratio=2, num_labels=3)),
+        "vit": tiny_vision_model("dinov2", seed=None, num_labels=3),
         "images": torch.randn(2, 3, 32, 32),
         "train_images": TensorDataset(torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))),
     }

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trimformer.checkpoint import load, save
+from trimformer.testing import tiny_vision_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,13 +43,10 @@ def test_pack_unpack_splits_large_tensors_and_keeps_dtypes(tmp_path: Path) -> No
 
 
 def test_image_classifier_round_trip_loads_with_new_digest(tmp_path: Path) -> None:
-    from transformers import ViTConfig, ViTForImageClassification
-
     transfer = _transfer()
     torch.manual_seed(0)
-    config = ViTConfig(image_size=28, patch_size=14, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=64, num_labels=3)
-    model = ViTForImageClassification(config).eval()
+    model = tiny_vision_model("vit", seed=None, image_size=28, patch_size=14, num_hidden_layers=2,
+                              num_attention_heads=2, num_labels=3)
     src = save(model, tmp_path / "clf", resolution=28, label_names=["a", "b", "c"])
     transfer.pack(src, tmp_path / "packed", max_mb=1.0)
     transfer.unpack(tmp_path / "packed", tmp_path / "clf2")

@@ -5,10 +5,6 @@ import math
 
 import pytest
 import torch
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-)
 
 import trimformer
 from trimformer.core.selection import cumulative_mass_mask, mass_keep_counts
@@ -20,7 +16,7 @@ from trimformer.methods.sait import fit_sait, sait_level_for_step, score_distill
 from trimformer.methods.stages import scale_blocks
 from trimformer.pruned import TokenPrunedModel
 from trimformer.pruning import prune
-from trimformer.testing import tiny_vision_model
+from trimformer.testing import random_batch, tiny_bert, tiny_vision_model
 from trimformer.train.calibration import flops_ratio_on
 from trimformer.train.loop import TrainConfig
 
@@ -395,8 +391,7 @@ def test_bad_placements_raise():
         SaiTPolicy(4, SaiTConfig(stages=(1,), distill_layer=1))
     with pytest.raises(ValueError, match="outside the model's blocks"):
         ASViTPolicy(4, ASViTConfig(stages=(1, 7)))
-    bert = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=32, num_hidden_layers=4,
-                                                    num_attention_heads=4, intermediate_size=64))
+    bert = tiny_bert(vocab_size=32, num_hidden_layers=4)
     with pytest.raises(ValueError, match="made for vision"):
         prune(bert, SaiTConfig())
     with pytest.raises(TypeError):
@@ -423,12 +418,7 @@ def test_fused_attention_blocks_equal_explicit_attention(name, mode):
 
 def test_fused_attention_respects_padding_and_dropout():
     """Text: padded keys masked in the fused blocks; attention dropout still active in training mode."""
-    from conftest import random_batch, tiny_bert_config
-    from transformers import BertForSequenceClassification
-
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config(hidden_dropout_prob=0.0,
-                                                           attention_probs_dropout_prob=0.5)).eval()
+    model = tiny_bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5)
     pruned = TokenPrunedModel(model, None)
     ids, mask = random_batch()
     with torch.no_grad():

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import Dinov2Config, Dinov2ForImageClassification
+from transformers import Dinov2ForImageClassification
 
 from trimformer.checkpoint import META_FILE, WEIGHTS_FILE, CheckpointError, load, save
+from trimformer.testing import tiny_vision_model
 from trimformer.vision.cnn import CNNConfig, MobileNetCNN, count_parameters, prepare_images
 
 TINY_CNN = CNNConfig(stem_channels=8, blocks=((16, 1), (32, 2), (32, 2)), dropout=0.0)
@@ -28,11 +29,9 @@ def _tiny_cnn(seed: int = 0) -> MobileNetCNN:
 
 
 def _tiny_dinov2(seed: int = 0) -> Dinov2ForImageClassification:
-    torch.manual_seed(seed)
-    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
-                          image_size=28, patch_size=7, num_labels=10,
-                          id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-    return Dinov2ForImageClassification(config).eval()
+    return tiny_vision_model("dinov2", seed=seed, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+                             patch_size=7, num_labels=10, id2label=dict(enumerate(LABELS)),
+                             label2id={n: i for i, n in enumerate(LABELS)})
 
 
 def _meta() -> dict:

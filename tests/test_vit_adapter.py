@@ -2,45 +2,30 @@
 
 import pytest
 import torch
-from transformers import (
-    DeiTConfig,
-    DeiTForImageClassification,
-    DeiTForImageClassificationWithTeacher,
-    Dinov2Config,
-    Dinov2ForImageClassification,
-    Dinov2Model,
-    ViTConfig,
-    ViTForImageClassification,
-    ViTModel,
-)
 
 from trimformer.adapters import UnsupportedModelError
 from trimformer.core.scoring import class_attention
 from trimformer.methods import TopKConfig, TopKPolicy
 from trimformer.pruned import TokenPrunedModel
+from trimformer.testing import tiny_vision_model
 
 SMALL = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8, num_labels=5)
 
 
 def _vit():
-    return ViTForImageClassification(ViTConfig(intermediate_size=64, **SMALL))
+    return tiny_vision_model("vit", seed=None, **SMALL)
 
 
 def _deit():
-    return DeiTForImageClassification(DeiTConfig(intermediate_size=64, **SMALL))
+    return tiny_vision_model("deit", seed=None, **SMALL)
 
 
 def _deit_teacher():
-    return DeiTForImageClassificationWithTeacher(DeiTConfig(intermediate_size=64, **SMALL))
+    return tiny_vision_model("deit_teacher", seed=None, **SMALL)
 
 
 def _dinov2():
-    model = Dinov2ForImageClassification(Dinov2Config(mlp_ratio=2, layerscale_value=0.5, **SMALL))
-    with torch.no_grad():  # non-trivial LayerScale so that a missing one would show
-        for layer in model.dinov2.encoder.layer:
-            layer.layer_scale1.lambda1.uniform_(0.2, 1.5)
-            layer.layer_scale2.lambda1.uniform_(0.2, 1.5)
-    return model
+    return tiny_vision_model("dinov2", seed=None, **SMALL)  # LayerScale in [0.2, 1.5]: a missing one would show
 
 
 BUILDERS = {"vit": _vit, "deit": _deit, "deit_teacher": _deit_teacher, "dinov2": _dinov2}
@@ -60,11 +45,10 @@ def test_no_pruning_equals_original(name):
     assert torch.allclose(out.logits, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("base_cls,cfg", [(ViTModel, ViTConfig(intermediate_size=64, **SMALL)),
-                                          (Dinov2Model, Dinov2Config(mlp_ratio=2, **SMALL))])
-def test_base_models_match(base_cls, cfg):
+@pytest.mark.parametrize("family", ["vit", "dinov2"])
+def test_base_models_match(family):
     torch.manual_seed(0)
-    model = base_cls(cfg).eval()
+    model = tiny_vision_model(family, seed=None, base=True, **SMALL)
     pixels = _pixels()
     ref = model(pixel_values=pixels)
     out = TokenPrunedModel(model, None)(pixel_values=pixels)
@@ -96,8 +80,7 @@ def test_class_attention_reads_the_cls_row():
 
 def test_refusals_and_bad_images():
     with pytest.raises(UnsupportedModelError, match="SwiGLU"):
-        TokenPrunedModel(Dinov2Model(Dinov2Config(use_swiglu_ffn=True, **{k: v for k, v in SMALL.items()
-                                                                         if k != "num_labels"})))
+        TokenPrunedModel(tiny_vision_model("dinov2", seed=None, base=True, use_swiglu_ffn=True, **SMALL))
     pruned = TokenPrunedModel(_vit().eval(), None)
     with pytest.raises(ValueError, match="NaN"):
         pruned(pixel_values=torch.full((1, 3, 32, 32), float("nan")))
