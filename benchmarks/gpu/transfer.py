@@ -11,8 +11,8 @@ The GPU machine used for the long training runs takes at most ~64 MiB of files p
   benchmarks then evaluate are the rounded ones) or travel exactly with ``--dtype keep``; integer tensors
   travel unchanged.
 - ``unpack SRC DST``: the shards -> the checkpoint folder again, each tensor in its original dtype. The
-  ``files`` digests of ``image_classifier.json`` are recomputed for the rebuilt weights and a ``transport``
-  record says what happened.
+  ``files`` digests of ``trimformer.json`` (and of an old ``image_classifier.json``) are recomputed for the
+  rebuilt weights and a ``transport`` record says what happened.
 
     python benchmarks/gpu/transfer.py pool OUT_DIR [--size 30000] [--seed 0]
     python benchmarks/gpu/transfer.py pack runs/x OUT_DIR [--max-mb 15] [--dtype float16|keep]
