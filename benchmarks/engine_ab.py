@@ -1,4 +1,6 @@
-"""Same-run, interleaved A/B of the old pruning engine (commit 1e72074) against the new one (commit c48eb4f).
+"""Same-run, interleaved A/B of the old pruning engine (commit 1e72074) against the new one (``--new-ref``, default
+c48eb4f, the first commit of the engine package; the committed result was run with ``--new-ref`` the final commit
+of the redesign). Usage: ``python benchmarks/engine_ab.py [--new-ref COMMIT]``.
 
 The engine redesign (commit c48eb4f: ``trimformer.engine`` replacing ``blocks.py``, ``policy.py`` and
 ``core/linear_kernel.py``) must not cost speed. Both engines are loaded in one process from git, each extracted
@@ -358,7 +360,7 @@ def vision_workload(ctx: SimpleNamespace) -> dict:
 NAMES = {"minilm_ltp": "MiniLM LTP 0.5", "dinov2_sait": "DINOv2-S SaiT 0.45"}
 
 
-def plot(plots: ModuleType, results: dict, path: Path) -> None:
+def plot(plots: ModuleType, results: dict, path: Path, old: str, new: str) -> None:
     plt = plots.plt
     groups = [(w, bs, res) for w, wl in results.items() for bs, res in wl["batches"].items()]
     fig, axes = plt.subplots(1, 2, figsize=(2.0 * len(groups) * 2 + 2, 4.4), squeeze=False)
@@ -388,13 +390,15 @@ def plot(plots: ModuleType, results: dict, path: Path) -> None:
         ax.set_ylabel("speed new / old  (>1: new faster)")
         ax.set_title(f"{title}: bars median of repeats, whiskers per-repeat range", fontsize=9)
         ax.legend(fontsize=7, loc="upper right")
-    fig.suptitle("Old (1e72074) vs new (c48eb4f) pruning engine, same run, interleaved", fontsize=10)
+    fig.suptitle(f"Old ({old[:7]}) vs new ({new[:7]}) pruning engine, same run, interleaved", fontsize=10)
     plots.save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------------- main
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replot", default=None, metavar="JSON",
+                    help="only redraw the PNG beside a results JSON written by this script, from its data")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=1,
@@ -453,6 +457,15 @@ def summarize(results: dict) -> dict:
 
 def main() -> None:
     args = parse_args()
+    if args.replot:
+        import json
+
+        from trimformer.report import plots
+
+        record = json.loads(Path(args.replot).read_text())
+        plot(plots, record["results"], Path(args.replot).with_suffix(".png"), record["commits"]["old"],
+             record["commits"]["new"])
+        return
     out = Path(args.out_dir or ("/tmp/engine_ab_quick" if args.quick else ROOT / "benchmarks/results"))
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -510,7 +523,7 @@ def main() -> None:
             "results": results,
         }
         ctx.helpers.io_utils.atomic_write_json(out / "engine_ab.json", record)
-        plot(ctx.helpers.plots, results, out / "engine_ab.png")
+        plot(ctx.helpers.plots, results, out / "engine_ab.png", record["commits"]["old"], record["commits"]["new"])
     for key, s in summary.items():
         print(f"{key:22s} new/old pruned x{s['pruned_new_over_old_wall']:.3f} wall, x{s['pruned_new_over_old_cpu']:.3f}"
               f" CPU; dense x{s['dense_new_over_old_wall']:.3f} wall, x{s['dense_new_over_old_cpu']:.3f} CPU; noise "
