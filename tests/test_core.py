@@ -113,8 +113,7 @@ def test_flops_formula_matches_ltp_paper_when_dense():
 
 
 def test_flops_formula_matches_torch_flop_counter():
-    model = tiny_bert(base=True)
-    model.pooler = None  # the encoder's FLOPs only (as add_pooling_layer=False)
+    model = tiny_bert(base=True, pooler=False)  # the encoder's FLOPs only
     cfg = model.config
     n = 17
     ids = torch.randint(5, 64, (1, n))

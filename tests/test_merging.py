@@ -143,8 +143,7 @@ def test_evit_custom_layers():
 @pytest.mark.parametrize("method", ["tome", "evit", "dense"])
 def test_flops_match_torch_flop_counter(method):
     torch.manual_seed(0)
-    model = tiny_vision_model("vit", seed=None, base=True, **SMALL)
-    model.pooler = None  # the encoder alone (as add_pooling_layer=False)
+    model = tiny_vision_model("vit", seed=None, base=True, pooler=False, **SMALL)  # the encoder alone
     pixels = _pixels(batch=2)
     policy = None if method == "dense" else _policies()[method]
     pruned = TokenPrunedModel(model, policy)
@@ -358,8 +357,7 @@ def test_tome_official_order_keeps_each_token_at_its_original_position(mode):
     """With one block, the official survivor order and the slot order merge the same tokens; a base model's
     last_hidden_state (tokens back at their original positions) must then be the same for both."""
     torch.manual_seed(0)
-    model = tiny_vision_model("vit", seed=None, base=True, **{**SMALL, "num_hidden_layers": 1})
-    model.pooler = None  # as add_pooling_layer=False
+    model = tiny_vision_model("vit", seed=None, base=True, pooler=False, **{**SMALL, "num_hidden_layers": 1})
     pixels = _pixels(batch=2)
     outs = []
     for order in ("official", "slots"):

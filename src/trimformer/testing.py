@@ -49,11 +49,12 @@ def tiny_bert_config(**overrides) -> BertConfig:
     return BertConfig(**{**base, **overrides})
 
 
-def tiny_bert(seed: int | None = 0, base: bool = False, **overrides) -> BertForSequenceClassification | BertModel:
-    """A tiny BERT classifier (``base``: the bare encoder with its pooler), in eval mode."""
+def tiny_bert(seed: int | None = 0, base: bool = False, pooler: bool = True,
+              **overrides) -> BertForSequenceClassification | BertModel:
+    """A tiny BERT classifier (``base``: the bare encoder, with its pooler unless ``pooler`` is False), in eval mode."""
     _seed(seed)
     config = tiny_bert_config(**overrides)
-    return (BertModel(config) if base else BertForSequenceClassification(config)).eval()
+    return (BertModel(config, add_pooling_layer=pooler) if base else BertForSequenceClassification(config)).eval()
 
 
 def tiny_roberta(seed: int | None = 0) -> RobertaForSequenceClassification:
@@ -82,12 +83,17 @@ _CLASSIFIERS = MappingProxyType({"vit": ViTForImageClassification, "deit": DeiTF
 _BASES = MappingProxyType({"vit": ViTModel, "deit": DeiTModel, "deit_teacher": DeiTModel, "dinov2": Dinov2Model})
 
 
-def tiny_vision_model(family: str = "vit", seed: int | None = 0, base: bool = False, **overrides):
-    """A tiny ViT / DeiT / Dinov2 classifier (``base``: the bare encoder), in eval mode. Dinov2's LayerScale
-    factors are drawn in [0.2, 1.5] so that an engine that skipped them would show."""
+def tiny_vision_model(family: str = "vit", seed: int | None = 0, base: bool = False, pooler: bool = True,
+                      **overrides):
+    """A tiny ViT / DeiT / Dinov2 classifier (``base``: the bare encoder; ViT and DeiT with their pooler unless
+    ``pooler`` is False), in eval mode. Dinov2's LayerScale factors are drawn in [0.2, 1.5] so that an engine that
+    skipped them would show."""
     _seed(seed)
     config = tiny_vision_config(family, **overrides)
-    model = (_BASES if base else _CLASSIFIERS)[family](config)
+    if base and family != "dinov2":
+        model = _BASES[family](config, add_pooling_layer=pooler)
+    else:
+        model = (_BASES if base else _CLASSIFIERS)[family](config)
     if family == "dinov2":
         encoder = model.encoder if base else model.dinov2.encoder
         with torch.no_grad():
