@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,34 @@ class Loaded:
         return self.model.adapter.task
 
 
+_HF_VISION_TYPES = ("vit", "deit", "dinov2")
+
+
+def _recorded_task(path: Path) -> tuple[str, str] | None:
+    """(task, where it was read) for a trimformer checkpoint (its metadata) or a transformers model folder (its
+    config.json's ``model_type``: ViT/DeiT/Dinov2 are vision); None where nothing says (a hub name)."""
+    found = checkpoint_task(path)  # trimformer.json or an old image_classifier.json
+    if found is not None:
+        return found, "the checkpoint"
+    config = path / "config.json"
+    if config.is_file():
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        return ("vision" if model_type in _HF_VISION_TYPES else "text"), f"its config: {model_type}"
+    return None
+
+
 def infer_task(path_or_name: str | Path, task: str | None = None) -> str:
-    """The task of a checkpoint (its metadata says), else ``task`` (default text: hub names and plain folders of
-    transformers models carry no trimformer metadata). An explicit ``task`` that contradicts the checkpoint is an
-    error."""
+    """The task of a model: read from a checkpoint's metadata or a model folder's config, else ``task`` (default
+    text: a hub name says nothing until downloaded). An explicit ``task`` that contradicts the model is an error."""
     if task is not None and task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    path = Path(str(path_or_name))
-    found = checkpoint_task(path)  # trimformer.json or an old image_classifier.json
-    if found is not None and task is not None and task != found:
-        raise ValueError(f"{path} holds a {found} model; drop --task {task} (the task is read from the checkpoint)")
-    return found or task or "text"
+    recorded = _recorded_task(Path(str(path_or_name)))
+    if recorded is None:
+        return task or "text"
+    found, source = recorded
+    if task is not None and task != found:
+        raise ValueError(f"{path_or_name} holds a {found} model ({source}); drop --task {task}")
+    return found
 
 
 def load_any(path_or_name: str | Path, task: str | None = None, label_names: list[str] | None = None) -> Loaded:

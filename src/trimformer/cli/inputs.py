@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -25,7 +24,6 @@ from trimformer.train.loop import TrainConfig
 
 DEFAULT_DATA = MappingProxyType({"text": "rotten_tomatoes", "vision": "fashion_mnist"})
 DEFAULT_METHOD = MappingProxyType({"text": "ltp", "vision": "sait"})
-_HF_VISION_TYPES = ("vit", "deit", "dinov2")
 
 
 def resolve_model_name(name: str) -> str:
@@ -33,23 +31,9 @@ def resolve_model_name(name: str) -> str:
     return str(minilm_path()) if name == "minilm" else name
 
 
-def task_of(path_or_name: str, task: str | None) -> str:
-    """The task of a model: from a trimformer checkpoint's metadata, from a transformers folder's config
-    (ViT/DeiT/Dinov2: vision), else ``--task`` (default text)."""
-    found = infer_task(path_or_name, task)
-    config = Path(path_or_name) / "config.json"
-    if not (Path(path_or_name) / "trimformer.json").is_file() and config.is_file():
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-        from_config = "vision" if model_type in _HF_VISION_TYPES else "text"
-        if task is not None and task != from_config:
-            raise ValueError(f"{path_or_name} holds a {from_config} model ({model_type}); drop --task {task}")
-        return from_config
-    return found
-
-
 def load_model_for(args: argparse.Namespace, path: str, label_names: list[str] | None = None) -> Loaded:
     """The model at ``path`` with its task settled (``args.task`` is set to it)."""
-    args.task = task_of(path, args.task)
+    args.task = infer_task(path, args.task)
     return load_any(path, args.task, label_names)
 
 

@@ -47,6 +47,15 @@ def _add_level_option(p: argparse.ArgumentParser) -> None:
                         "default: the checkpoint's)")
 
 
+def _add_run_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """What eval and bench share: the checkpoint, its task and level, the data and the text length."""
+    p.add_argument("checkpoint", help=checkpoint_help)
+    _add_task_option(p)
+    _add_level_option(p)
+    _add_data_options(p)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trimformer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trimformer {__version__}")
@@ -88,11 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p, lr=2e-5)
 
     p = sub.add_parser("eval", help="accuracy, FLOPs and kept tokens of a checkpoint")
-    p.add_argument("checkpoint", help="pruned checkpoint folder, or a dense transformers model")
-    _add_task_option(p)
-    _add_level_option(p)
-    _add_data_options(p)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    _add_run_options(p, "pruned checkpoint folder, or a dense transformers model")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
     p.add_argument("--mode", choices=("packed", "masked"), default="packed",
                    help="packed: tokens removed (default); masked: official LTP behaviour")
@@ -101,12 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
 
     p = sub.add_parser("bench", help="measured throughput and latency: dense vs pruned, same run")
-    p.add_argument("checkpoint", help="pruned checkpoint folder")
-    _add_task_option(p)
-    _add_level_option(p)
-    _add_data_options(p)
+    _add_run_options(p, "pruned checkpoint folder")
     p.add_argument("--batch-size", type=int, default=32, help="batch size to time (default 32)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
     p.add_argument("--num-samples", type=int, default=256, help="texts timed per repetition (default 256)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing repetitions (default 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
