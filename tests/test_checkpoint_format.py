@@ -405,3 +405,33 @@ def test_metadata_that_does_not_fit_the_weights_is_refused(tmp_path):
     (path / META_FILE).write_text(json.dumps({**meta, "model_class": "GPT2Model"}))
     with pytest.raises(CheckpointError, match="not supported"):
         read_meta(path)
+
+
+def test_save_never_replaces_what_trimformer_did_not_write(tmp_path: Path) -> None:
+    """A file or a user's folder at the output path is refused and left as it was; a checkpoint is replaced."""
+    from trimformer.checkpoint import CheckpointError, save
+    from trimformer.testing import tiny_bert
+
+    model = tiny_bert()
+    user_file = tmp_path / "train.csv"
+    user_file.write_text("text,label\n")
+    user_dir = tmp_path / "mine"
+    user_dir.mkdir()
+    (user_dir / "notes.txt").write_text("keep me")
+    for target in (user_file, user_dir):
+        with pytest.raises(CheckpointError, match="replaces only checkpoints it wrote"):
+            save(model, target)
+    assert user_file.read_text() == "text,label\n" and (user_dir / "notes.txt").read_text() == "keep me"
+    assert not list(tmp_path.glob(".*.tmp"))  # no hidden copies left behind
+    save(model, tmp_path / "ckpt")
+    save(model, tmp_path / "ckpt")  # a checkpoint trimformer wrote is replaced
+
+
+def test_cli_refuses_an_output_it_did_not_write_before_any_work(tmp_path: Path, capsys) -> None:
+    from trimformer.cli import main
+
+    user_file = tmp_path / "train.csv"
+    user_file.write_text("text,label\n")
+    assert main(["prune", "--model", str(tmp_path / "no-such-model"), "--out", str(user_file)]) == 2
+    assert "replaces only checkpoints it wrote" in capsys.readouterr().err
+    assert user_file.read_text() == "text,label\n"

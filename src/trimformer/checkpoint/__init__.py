@@ -56,6 +56,7 @@ from trimformer.checkpoint.meta import (
     VISION_MODEL_CLASSES,
     WEIGHTS_FILE,
     CheckpointError,
+    check_output_path,
     checkpoint_task,
     is_checkpoint,
     is_pruned_checkpoint,
@@ -75,6 +76,7 @@ from trimformer.checkpoint.store import (
 )
 
 __all__ = [
+    "check_output_path",
     "CNN_MODEL_CLASSES",
     "CheckpointError",
     "FORMAT_VERSION",

@@ -73,6 +73,17 @@ def is_checkpoint(path: str | Path) -> bool:
     return is_pruned_checkpoint(path) or (Path(path) / LEGACY_META_FILE).is_file()
 
 
+def check_output_path(path: str | Path) -> Path:
+    """``path`` if a checkpoint may be written there: a new path, or a folder trimformer itself wrote (which is then
+    replaced). Anything else (a file, a folder of the user's) is refused, so that a save never deletes it."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and is_checkpoint(path)):
+        what = "a folder that is not a trimformer checkpoint" if path.is_dir() else "a file"
+        raise CheckpointError(f"{path} exists and is {what}: trimformer replaces only checkpoints it wrote. "
+                              "Choose another output path, or move it away yourself")
+    return path
+
+
 def model_task(model_class: str) -> str:
     """"text" or "vision" for a supported model class."""
     if model_class in TEXT_MODEL_CLASSES:

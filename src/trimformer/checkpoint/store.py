@@ -26,6 +26,7 @@ from trimformer.checkpoint.meta import (
     CheckpointError,
     _common_meta,
     _verify_files,
+    check_output_path,
     is_checkpoint,
     model_task,
     read_meta,
@@ -49,7 +50,9 @@ def build_policy(method: str, method_config: dict[str, Any], num_layers: int):
 
 
 def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], processor=None) -> Path:
-    """The one writer: weights, processor files, then trimformer.json with the weights' sha256, atomically."""
+    """The one writer: weights, processor files, then trimformer.json with the weights' sha256, atomically; it
+    replaces only a checkpoint (:func:`check_output_path`)."""
+    check_output_path(path)
 
     def write(folder: Path) -> None:
         save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -168,9 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from trimformer.checkpoint import check_output_path
     from trimformer.cli import commands
 
     try:
+        if args.command in ("finetune", "prune", "quantize"):
+            check_output_path(args.out)  # refused up front, not after minutes of training
         return getattr(commands, f"run_{args.command}")(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"trimformer {args.command}: error: {err}", file=sys.stderr)
