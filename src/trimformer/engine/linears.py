@@ -2,9 +2,9 @@
 
 PyTorch's ``F.linear`` on CPU reads the weight in its plain layout on every call. For weights too large for a
 core's cache, oneDNN's linear on a weight packed once into its own layout takes less time: on the 2-core CPU
-(``benchmarks/results/linear_kernel.json``) 0.57-0.89x of ``F.linear``'s time for MiniLM's 384x1152, 384x1536
+(``benchmarks/results/linear_kernel.json``) 0.63-0.81x of ``F.linear``'s time for MiniLM's 384x1152, 384x1536
 and 1536x384 weights at 8-256 rows. For small weights it is slower (a one-row call costs up to about 20 us
-more: 1.02-4.7x for ViT-Ti's 192x192 weight at 1-128 rows), so ``"auto"`` packs only weights of at least
+more: 1.44-3.32x for ViT-Ti's 192x192 weight at 1-128 rows), so ``"auto"`` packs only weights of at least
 :data:`AUTO_MIN_WEIGHT_ELEMENTS` elements. Packing happens once per weight and is cached in a
 :class:`WeightCache` that belongs to the model; a weight changed in place (its version counter moves) is packed
 again. It applies only without gradients, on CPU float32 tensors, for plain ``nn.Linear`` layers (or a stacked
