@@ -291,8 +291,8 @@ def load_model(path_or_name: str | Path, num_labels: int | None = None, label_na
     if label_names is not None:
         kwargs = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                   "label2id": {n: i for i, n in enumerate(label_names)}}
-    elif num_labels is not None:
-        kwargs = {"num_labels": num_labels}
+    elif num_labels is not None:  # one output: a regression head (MSE loss)
+        kwargs = {"num_labels": num_labels, **({"problem_type": "regression"} if num_labels == 1 else {})}
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             str(path_or_name), attn_implementation="sdpa", ignore_mismatched_sizes=bool(kwargs), **kwargs)

@@ -21,6 +21,7 @@ from trimformer.cli.inputs import (
     split_data,
     train_config,
 )
+from trimformer.data.labels import require_classes
 from trimformer.data.text import load_text_data, text_collate
 from trimformer.evaluation import evaluate
 from trimformer.fitting import fit
@@ -41,8 +42,10 @@ def _emit(result: dict, json_path: str | None) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     args.task = "text"
-    train = load_text_data(data_name(args), "train")
-    model, tokenizer, _ = load_model(resolve_model_name(args.model), label_names=train.label_names)
+    train = load_text_data(data_name(args), "train", columns=args.columns, label_type=args.label_type)
+    require_classes(train.label_names, data_name(args))
+    head = {"label_names": train.label_names} if train.label_names is not None else {"num_labels": 1}
+    model, tokenizer, _ = load_model(resolve_model_name(args.model), **head)
     model = model.model.train()
     train = train.subset(args.train_subset, seed=args.seed)
     config = train_config(args)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from trimformer.assets import minilm_path
 from trimformer.data.images import load_image_data
+from trimformer.data.labels import image_classes, match_labels, relabel_items, require_classes
 from trimformer.data.text import load_text_data
 from trimformer.loading import Loaded, infer_task, load_any, model_resolution
 from trimformer.methods import (
@@ -45,22 +45,36 @@ def data_name(args: argparse.Namespace) -> str:
 def split_data(args: argparse.Namespace, loaded: Loaded, split: str, limit: int | None = None, seed: int = 0):
     """The ``split`` ('train' or 'test') of the command's data for ``loaded``'s task, optionally a seeded subset:
     a built-in data set, or ``--data`` (training; evaluation too without ``--eval-data``) and ``--eval-data``
-    files or image folders."""
-    data = data_name(args)
+    files or image folders. Its labels are checked against the model's (:func:`~trimformer.data.labels.
+    match_labels`) and put in the model's order; training data needs two classes or more."""
+    source = args.eval_data if split == "test" and args.eval_data else data_name(args)
+    model_names = model_label_names(loaded)
     if loaded.task == "vision":
-        source = args.eval_data if split == "test" and args.eval_data else data
-        return load_image_data(source, split, model_resolution(loaded.model, loaded.meta), limit, seed=seed)
-    names = _label_names(loaded) if Path(data).suffix or args.eval_data else None
+        images = load_image_data(source, split, model_resolution(loaded.model, loaded.meta), limit, seed=seed)
+        classes = image_classes(images)
+        if split == "train":
+            require_classes(classes, source)
+        if classes is None:  # a dataset without class names: nothing to check
+            return images
+        return relabel_items(images, match_labels(classes, model_names, source, _model_name(args)))
+    texts = load_text_data(source, split, columns=getattr(args, "columns", None),
+                           label_type=getattr(args, "label_type", "auto"))
     if split == "train":
-        texts = load_text_data(data, "train", names)
-    else:  # --eval-data, or a --data file itself, or the built-in test split
-        texts = load_text_data(args.eval_data or data, "test", names)
-    return texts.subset(limit, seed=seed)
+        require_classes(texts.label_names, source)
+    return texts.relabel(model_names, _model_name(args)).subset(limit, seed=seed)
 
 
-def _label_names(loaded: Loaded) -> list[str]:
+def _model_name(args: argparse.Namespace) -> str:
+    return f"the model {getattr(args, 'model', None) or getattr(args, 'checkpoint', '')}".rstrip()
+
+
+def model_label_names(loaded: Loaded) -> list[str] | None:
+    """The model's classes in output order (a vision checkpoint's recorded names first); None for a regression
+    model (one output)."""
     config = loaded.model.model.config
-    return [config.id2label[i] for i in range(config.num_labels)]
+    if config.num_labels == 1 or getattr(config, "problem_type", None) == "regression":
+        return None
+    return list(loaded.meta.get("label_names") or [config.id2label[i] for i in range(config.num_labels)])
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

@@ -20,11 +20,17 @@ def _add_train_options(p: argparse.ArgumentParser, lr: float) -> None:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None,
-                   help="text: 'rotten_tomatoes' (default), '20newsgroups' (built in, offline) or a .csv/.jsonl file "
-                        "with 'text' and 'label' columns; vision: 'fashion_mnist' (default, offline) or an image "
-                        "folder root/<class>/<images>")
+                   help="text: 'rotten_tomatoes' (default), '20newsgroups' (built in, offline) or a .csv/.tsv/.jsonl "
+                        "file with 'text' (and 'text_pair') and 'label' columns, see docs/data.md; vision: "
+                        "'fashion_mnist' (default, offline) or an image folder root/<class>/<images>")
     p.add_argument("--eval-data", default=None, help="evaluation file (text) or image folder (vision) when --data "
                                                     "is a file / folder")
+    p.add_argument("--columns", default=None, metavar="TEXT[,PAIR],LABEL",
+                   help="text files: the columns holding the text, the second text of a pair (optional) and the "
+                        "label, e.g. premise,hypothesis,label (default: text, text_pair when present, label)")
+    p.add_argument("--label-type", choices=("auto", "class", "regression"), default="auto",
+                   help="text files: labels are classes or regression targets; auto: fractional numbers are "
+                        "targets, anything else classes (default auto)")
 
 
 def _add_task_option(p: argparse.ArgumentParser) -> None:

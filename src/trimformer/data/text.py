@@ -1,12 +1,12 @@
-"""Text classification data: built-in offline corpora and users' CSV/JSONL files."""
+"""Text data: built-in offline corpora and users' CSV/TSV/JSONL files of texts or sentence pairs with class labels
+or regression targets."""
 
 from __future__ import annotations
 
 import bz2
 import csv
-import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,43 +14,84 @@ import torch
 
 from trimformer.assets import newsgroups_file, rotten_tomatoes_file
 from trimformer.data.batching import fixed_batches
+from trimformer.data.labels import match_labels, type_labels
+from trimformer.data.readers import JSONL_SUFFIXES, TABLE_SUFFIXES, DataFileError, Row, read_rows
 
 BUILTIN_DATASETS = ("rotten_tomatoes", "20newsgroups")
 
 
 @dataclass
 class TextDataset:
-    """Parallel lists of texts and integer labels, with the label names."""
+    """Parallel lists of texts (and second texts of sentence pairs) and labels, with the label names.
+
+    Classification: ``labels`` are class ids into ``label_names``. Regression (STS-B style): ``label_names`` is
+    None and ``labels`` are float targets. ``text_pairs``: the second text of each example, or None.
+    """
 
     texts: list[str]
-    labels: list[int]
-    label_names: list[str]
+    labels: list[int] | list[float]
+    label_names: list[str] | None
     name: str = "custom"
+    text_pairs: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
             raise ValueError(f"{len(self.texts)} texts but {len(self.labels)} labels")
-        for i, text in enumerate(self.texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{self.name}: example {i} has an empty text; remove it from the data")
-        bad = [y for y in self.labels if not 0 <= y < len(self.label_names)]
+        if self.text_pairs is not None and len(self.text_pairs) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} texts but {len(self.text_pairs)} second texts (text_pairs)")
+        for column in (self.texts, self.text_pairs or []):
+            for i, text in enumerate(column):
+                if not isinstance(text, str) or not text.strip():
+                    raise ValueError(f"{self.name}: example {i} has an empty text; remove it from the data")
+        if self.label_names is None:
+            bad = [y for y in self.labels if isinstance(y, bool) or not isinstance(y, (int, float))]
+            if bad:
+                raise ValueError(f"{self.name}: regression targets must be numbers, got {bad[0]!r}")
+            self.labels = [float(y) for y in self.labels]
+            return
+        bad = [y for y in self.labels if isinstance(y, bool) or not isinstance(y, int)
+               or not 0 <= y < len(self.label_names)]
         if bad:
-            raise ValueError(f"{self.name}: label {bad[0]} outside 0..{len(self.label_names) - 1}")
+            raise ValueError(f"{self.name}: label {bad[0]!r} is not a class id in 0..{len(self.label_names) - 1}")
+
+    @property
+    def is_regression(self) -> bool:
+        """Float targets (one model output) rather than classes."""
+        return self.label_names is None
+
+    @property
+    def has_pairs(self) -> bool:
+        return self.text_pairs is not None
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, index: int) -> tuple[str, int]:
-        """Example ``index`` as a (text, label) pair: the item every data loader and collate here takes."""
-        return self.texts[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[str | tuple[str, str], int | float]:
+        """Example ``index`` as (text, label), or ((text, text_pair), label) for pairs: the item every data loader
+        and collate here takes."""
+        text = self.texts[index] if self.text_pairs is None else (self.texts[index], self.text_pairs[index])
+        return text, self.labels[index]
+
+    def _take(self, idx: Sequence[int], labels: Sequence | None = None,
+              label_names: list[str] | None = None) -> TextDataset:
+        pairs = None if self.text_pairs is None else [self.text_pairs[i] for i in idx]
+        labels = [self.labels[i] for i in idx] if labels is None else list(labels)
+        names = self.label_names if label_names is None else label_names
+        return TextDataset([self.texts[i] for i in idx], labels, names, self.name, pairs)
 
     def subset(self, n: int | None, seed: int = 0) -> TextDataset:
         """A seeded random subset of ``n`` examples (all of them if ``n`` is None or too large)."""
         if n is None or n >= len(self):
             return self
-        idx = sorted(random.Random(seed).sample(range(len(self)), n))
-        return TextDataset([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.label_names,
-                           self.name)
+        return self._take(sorted(random.Random(seed).sample(range(len(self)), n)))
+
+    def relabel(self, label_names: list[str] | None, model: str = "the model") -> TextDataset:
+        """This data with its labels as the class ids of a model whose classes are ``label_names`` (None: a
+        regression model); see :func:`trimformer.data.labels.match_labels` for the rule and its errors."""
+        mapping = match_labels(self.label_names, label_names, self.name, model)
+        if mapping is None or (mapping == list(range(len(mapping))) and self.label_names == label_names):
+            return self
+        return self._take(range(len(self)), [mapping[y] for y in self.labels], list(label_names))
 
 
 def _rotten_tomatoes(split: str) -> TextDataset:
@@ -77,61 +118,112 @@ def _newsgroups(split: str) -> TextDataset:
                        "20newsgroups")
 
 
-def _from_records(records: list[dict], path: Path, text_key: str, label_key: str,
-                  label_names: Sequence[str] | None) -> TextDataset:
-    if not records:
-        raise ValueError(f"{path} holds no examples")
-    missing = [k for k in (text_key, label_key) if k not in records[0]]
-    if missing:
-        raise ValueError(f"{path}: column(s) {missing} not found; columns are {list(records[0])}. "
-                         "Pass --text-column / --label-column")
-    raw = [str(r[label_key]) for r in records]
-    names = list(label_names) if label_names else sorted(set(raw))
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise ValueError(f"{path}: labels {unknown[:5]} are not among the model's labels {names}")
-    return TextDataset([str(r[text_key]) for r in records], [names.index(y) for y in raw], names, path.stem)
+Columns = Sequence[str] | Mapping[str, str]
 
 
-def load_text_file(path: str | Path, text_key: str = "text", label_key: str = "label",
-                   label_names: Sequence[str] | None = None) -> TextDataset:
-    """Read a CSV (header row) or JSONL (one object per line) text-classification file."""
+def resolve_columns(columns: Columns | None, available: Sequence[str] = ()) -> tuple[str, str | None, str]:
+    """(text, text_pair or None, label) column names: ``columns`` as ('text', 'label'), ('premise',
+    'hypothesis', 'label') or {'text': ..., 'text_pair': ..., 'label': ...}; by default 'text', 'label' and a
+    'text_pair' column when the data has one."""
+    if columns is None:
+        return "text", ("text_pair" if "text_pair" in available else None), "label"
+    if isinstance(columns, Mapping):
+        unknown = sorted(set(columns) - {"text", "text_pair", "label"})
+        if unknown:
+            raise ValueError(f"columns: unknown role(s) {unknown}; the roles are 'text', 'text_pair' and 'label'")
+        return columns.get("text", "text"), columns.get("text_pair"), columns.get("label", "label")
+    names = [c.strip() for c in (columns.split(",") if isinstance(columns, str) else columns)]
+    if len(names) not in (2, 3) or not all(names):
+        raise ValueError(f"columns: give TEXT,LABEL or TEXT,PAIR,LABEL column names, got {columns!r}")
+    return (names[0], None, names[1]) if len(names) == 2 else (names[0], names[1], names[2])
+
+
+def _check_texts(rows: Sequence[Row], column: str, problems: list[tuple[int, str]]) -> None:
+    """Every row's ``column`` must be a string with something in it; each one that is not is a problem."""
+    for row in rows:
+        value = row.fields.get(column)
+        if value is None:
+            problems.append((row.line, f"{column!r} is null; give every example a text"))
+        elif not isinstance(value, str):
+            problems.append((row.line, f"{column!r} is a JSON {type(value).__name__}, not a string"))
+        elif not value.strip():
+            problems.append((row.line, f"empty text in {column!r}; give every example a text or remove the row"))
+
+
+def load_text_file(path: str | Path, text_column: str = "text", label_column: str = "label",
+                   label_names: Sequence[str] | None = None, *, pair_column: str | None = None,
+                   columns: Columns | None = None, label_type: str = "auto") -> TextDataset:
+    """Read a CSV / TSV (header row) or JSONL (one object per line) file of texts or sentence pairs and labels.
+
+    ``columns`` names the columns by role (see :func:`resolve_columns`; it overrides ``text_column``,
+    ``pair_column`` and ``label_column``); a ``text_pair`` column is used as the second text when present.
+    Labels are typed as :mod:`trimformer.data.labels` says: integer classes in numeric order, string classes
+    sorted with surrounding whitespace stripped (``"pos "`` is ``"pos"``), float regression targets;
+    ``label_type`` 'class' or 'regression' says which where 'auto' cannot. Texts are kept exactly as written.
+    ``label_names``: a model's classes, to map the labels onto (by name, or by index when the model has no
+    names). Every bad row is reported with its line, all in one :class:`~trimformer.data.readers.DataFileError`.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found")
-    if path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
-    elif path.suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            records = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    else:
-        raise ValueError(f"{path}: unsupported data format '{path.suffix}'; use .csv, .tsv or .jsonl")
-    return _from_records(records, path, text_key, label_key, label_names)
+        raise FileNotFoundError(f"data file {path} not found" + (" (it is a folder)" if path.is_dir() else ""))
+    if columns is None and (text_column, pair_column, label_column) != ("text", None, "label"):
+        columns = {"text": text_column, "label": label_column, **({"text_pair": pair_column} if pair_column else {})}
+    table = read_rows(path)
+    text_col, pair_col, label_col = resolve_columns(columns, table.columns)
+    wanted = [c for c in (text_col, pair_col, label_col) if c]
+    table.require(wanted)
+    problems = list(table.problems)
+    rows = []
+    for row in table.rows:  # JSONL rows may lack keys that other rows have
+        missing = [c for c in wanted if c not in row.fields]
+        if missing:
+            problems.append((row.line, f"no key {', '.join(map(repr, missing))} (its keys: {list(row.fields)})"))
+        else:
+            rows.append(row)
+    for column in wanted[:-1]:
+        _check_texts(rows, column, problems)
+    typed = type_labels([r.line for r in rows], [r.fields[label_col] for r in rows],
+                        path.suffix in TABLE_SUFFIXES, problems, label_type)
+    if problems:
+        raise DataFileError(path, problems)
+    pairs = [r.fields[pair_col] for r in rows] if pair_col else None
+    data = TextDataset([r.fields[text_col] for r in rows], typed.values, typed.names, path.stem, pairs)
+    return data if label_names is None else data.relabel(list(label_names))
 
 
-def load_text_data(name: str, split: str, label_names: Sequence[str] | None = None) -> TextDataset:
-    """Built-in corpus by name ('rotten_tomatoes', '20newsgroups') or a CSV/JSONL path.
+def load_text_data(name: str, split: str, label_names: Sequence[str] | None = None, *,
+                   columns: Columns | None = None, label_type: str = "auto") -> TextDataset:
+    """Built-in corpus by name ('rotten_tomatoes', '20newsgroups') or a CSV/TSV/JSONL path (see
+    :func:`load_text_file`).
 
     For a file, ``split`` is ignored: pass the train and test files separately.
     """
     if name == "rotten_tomatoes":
-        return _rotten_tomatoes(split)
-    if name == "20newsgroups":
-        return _newsgroups(split)
-    if Path(name).suffix in (".csv", ".tsv", ".jsonl", ".json"):
-        return load_text_file(name, label_names=label_names)
-    raise ValueError(f"unknown dataset {name!r}: use one of {BUILTIN_DATASETS} or a .csv/.jsonl file")
+        data = _rotten_tomatoes(split)
+    elif name == "20newsgroups":
+        data = _newsgroups(split)
+    elif Path(name).suffix in TABLE_SUFFIXES + JSONL_SUFFIXES:
+        return load_text_file(name, label_names=label_names, columns=columns, label_type=label_type)
+    else:
+        raise ValueError(f"unknown dataset {name!r}: use one of {BUILTIN_DATASETS} or a .csv/.tsv/.jsonl file")
+    return data if label_names is None else data.relabel(list(label_names))
 
 
-def text_collate(tokenizer, max_length: int) -> Callable[[list[tuple[str, int]]], dict[str, torch.Tensor]]:
-    """Tokenise a list of (text, label) pairs, padded to the longest in the batch (right padding)."""
+def text_collate(tokenizer, max_length: int) -> Callable[[list[tuple]], dict[str, torch.Tensor]]:
+    """Tokenise a list of (text, label) or ((text, text_pair), label) items, padded to the longest in the batch
+    (right padding); float labels (regression targets) stay float. Pairs also give ``special_tokens_mask``
+    (1 at [CLS] and every [SEP]): the tokens a pruned model never drops."""
 
-    def collate(items: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        enc = tokenizer([t for t, _ in items], truncation=True, max_length=max_length, padding="longest",
-                        return_tensors="pt")
-        batch = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        batch["labels"] = torch.tensor([y for _, y in items])
+    def collate(items: list[tuple]) -> dict[str, torch.Tensor]:
+        pairs = isinstance(items[0][0], tuple)
+        firsts = [t[0] if pairs else t for t, _ in items]
+        seconds = [t[1] for t, _ in items] if pairs else None
+        enc = tokenizer(firsts, seconds, truncation=True, max_length=max_length, padding="longest",
+                        return_tensors="pt", return_special_tokens_mask=pairs)
+        keys = ("input_ids", "attention_mask", "token_type_ids") + (("special_tokens_mask",) if pairs else ())
+        batch = {k: enc[k] for k in keys if k in enc}
+        labels = [y for _, y in items]
+        batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
         return batch
 
     return collate
