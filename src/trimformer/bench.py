@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from trimformer.data.batching import fixed_batches, sample_indices
 from trimformer.data.images import image_collate
-from trimformer.data.text import text_collate
+from trimformer.data.text import text_collate, transformers_inputs
 from trimformer.envinfo import machine_info
 from trimformer.evaluation import EvalResult, evaluate
 from trimformer.pruned import TokenPrunedModel
@@ -72,7 +72,7 @@ def speed_variants(model: TokenPrunedModel, masked: bool = True) -> dict[str, Ca
     with pruning off (the same linear kernel as the pruned model); packed / masked: pruned."""
 
     def dense(batch: dict) -> object:
-        return model.model(**batch).logits
+        return model.model(**transformers_inputs(batch)).logits
 
     def engine_dense(batch: dict) -> object:
         with model.options(mode="packed", pruning=False):

@@ -54,6 +54,16 @@ class PrunedOutput:
         return self.flops.sum() / self.dense_flops.sum()
 
 
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, config: Any) -> torch.Tensor:
+    """The loss transformers' sequence classifiers use: MSE for regression (one output, or ``problem_type``
+    'regression'), cross-entropy for class ids. logits [B, C], labels [B] -> scalar."""
+    labels = labels.to(logits.device)
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression" or (problem is None and logits.shape[-1] == 1):
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels)
+
+
 class TokenPrunedModel(nn.Module):
     """Wraps a supported transformers or timm model; its weights are shared, not copied.
 
@@ -126,7 +136,10 @@ class TokenPrunedModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None) -> PrunedOutput:
+                labels: torch.Tensor | None = None, special_tokens_mask: torch.Tensor | None = None) -> PrunedOutput:
+        """Run the model. ``special_tokens_mask`` (1 at [CLS] and every [SEP], as tokenizers return it; given
+        for sentence pairs by ``text_collate``): those real tokens are never pruned. ``labels``: class ids
+        (cross-entropy) or float targets of a one-output model (MSE)."""
         options = self.execution
         device = next(self.model.parameters()).device  # inputs follow the model (CPU batches, GPU model)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
@@ -151,10 +164,11 @@ class TokenPrunedModel(nn.Module):
             # H100: 0.76x against 1.13x of dense at batch 256 for SaiT's input-adaptive policy).
             regroup=splittable and options.regroup and options.mode == "packed" and on_cpu,
         )
-        out = run.blocks_from(0, TokenState(x, alive, positions, n_live=lengths.to(x.dtype)))
+        protected = None if special_tokens_mask is None else special_tokens_mask.to(device).bool() & alive  # [B, N]
+        out = run.blocks_from(0, TokenState(x, alive, positions, n_live=lengths.to(x.dtype), protected=protected))
         n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in RECORDS)  # [B, L]
         logits = out.head.get("logits")
-        loss = F.cross_entropy(logits, labels.to(logits.device)) if labels is not None and logits is not None else None
+        loss = task_loss(logits, labels, self.model.config) if labels is not None and logits is not None else None
         return PrunedOutput(
             logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t, lengths=lengths,
             hidden_size=self._views[0].hidden_size, mlp_size=self._views[0].mlp_size,

@@ -125,14 +125,30 @@ def make_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)})
 
 
-def synthetic_text_data(n: int = 96, seed: int = 0) -> TextDataset:
-    """Sentiment-like texts: label 1 when 'good/great/fun/love' outnumber the negative words."""
+def synthetic_text_data(n: int = 96, seed: int = 0, pairs: bool = False, regression: bool = False) -> TextDataset:
+    """Sentiment-like texts: label 1 when 'good/great/fun/love' outnumber the negative words.
+
+    ``pairs``: sentence pairs, labelled 'same' when both texts lean the same way, else 'different'.
+    ``regression``: float targets instead (the positive-minus-negative word count over 4, of both texts).
+    """
     rng = random.Random(seed)
     pos, neg = {"good", "great", "fun", "love"}, {"bad", "awful", "boring", "hate"}
-    texts, labels = [], []
-    for _ in range(n):
+
+    def sentence() -> tuple[str, int]:
         words = [rng.choice(WORDS) for _ in range(rng.randint(4, 30))]
-        score = sum(w in pos for w in words) - sum(w in neg for w in words)
-        texts.append(" ".join(words))
-        labels.append(int(score > 0))
-    return TextDataset(texts, labels, ["neg", "pos"], "synthetic")
+        return " ".join(words), sum(w in pos for w in words) - sum(w in neg for w in words)
+
+    texts, seconds, labels = [], [], []
+    for _ in range(n):
+        text, score = sentence()
+        texts.append(text)
+        if pairs:
+            second, score2 = sentence()
+            seconds.append(second)
+            labels.append(score + score2 if regression else int((score > 0) == (score2 > 0)))
+        else:
+            labels.append(score if regression else int(score > 0))
+    if regression:
+        return TextDataset(texts, [y / 4 for y in labels], None, "synthetic", seconds if pairs else None)
+    names = ["different", "same"] if pairs else ["neg", "pos"]
+    return TextDataset(texts, labels, names, "synthetic", seconds if pairs else None)

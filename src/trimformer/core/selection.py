@@ -18,6 +18,19 @@ def protect_prefix(mask: torch.Tensor, num_prefix: int) -> torch.Tensor:
     return torch.where(prefix, torch.full_like(mask, 1.0), mask)
 
 
+def protect_tokens(keep: torch.Tensor | None, protected: torch.Tensor | None) -> torch.Tensor | None:
+    """Force the ``protected`` tokens (bool [B, N], e.g. every [SEP] of a sentence pair) to be kept.
+
+    ``keep``: a bool mask [B, N], float keep weights [B, N] (set to 1 there, out of place for the gradient), or
+    None (keep all: unchanged).
+    """
+    if protected is None or keep is None:
+        return keep
+    if keep.dtype == torch.bool:
+        return keep | protected
+    return torch.where(protected, torch.ones_like(keep), keep)
+
+
 def soft_threshold_mask(scores: torch.Tensor, threshold: torch.Tensor | float, temperature: float) -> torch.Tensor:
     """Differentiable keep probability sigmoid((score - threshold) / T). scores: [B, N] -> [B, N]."""
     if temperature <= 0:

@@ -229,6 +229,12 @@ def text_collate(tokenizer, max_length: int) -> Callable[[list[tuple]], dict[str
     return collate
 
 
+def transformers_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A collated batch as a transformers model takes it: without ``special_tokens_mask`` (trimformer's
+    protection of a pair's [SEP]s, which only :class:`~trimformer.pruned.TokenPrunedModel` reads)."""
+    return {k: v for k, v in batch.items() if k != "special_tokens_mask"}
+
+
 def unlabelled_batches(data: TextDataset, tokenizer, batch_size: int, max_length: int) -> list[dict[str, torch.Tensor]]:
     """``data`` tokenised into fixed batches, in order, without labels (timing, calibration)."""
     return fixed_batches(data, text_collate(tokenizer, max_length), batch_size)

@@ -14,6 +14,7 @@ import torch
 
 from trimformer.core.merging import merge_tokens
 from trimformer.core.packing import gather_tokens, kept_counts, packing_index
+from trimformer.core.selection import protect_tokens
 from trimformer.engine.attention import (
     attention_parts,
     attn_drop,
@@ -43,12 +44,14 @@ class TokenState:
     sizes: torch.Tensor | None = None  # [B, M] original tokens behind each slot (once a merge happened)
     n_live: torch.Tensor | None = None  # [B] live tokens, when known (saves reading ``alive`` again)
     all_live: bool | None = None  # every slot of ``alive`` is True (None: not known without reading it)
+    protected: torch.Tensor | None = None  # bool [B, M]: tokens no decision may drop (a pair's [SEP]s), or None
 
     def select(self, rows: torch.Tensor, width: int) -> TokenState:
         """Rows ``rows`` (long [g]) of a packed batch, cut to ``width`` slots (live tokens come first)."""
         return TokenState(self.x[rows, :width], self.alive[rows, :width], self.positions[rows, :width], None,
                           None if self.sizes is None else self.sizes[rows, :width],
-                          None if self.n_live is None else self.n_live[rows], None)
+                          None if self.n_live is None else self.n_live[rows], None,
+                          None if self.protected is None else self.protected[rows, :width])
 
 
 @dataclass
@@ -121,7 +124,8 @@ def run_block(block: BlockView, state: TokenState, hooks: LayerHooks, settings: 
         context = fused_context(block, q, k, v, alive, attn_bias, all_live)  # [B, N, D]
         live = alive if _compacting(settings) and not all_live else None
         out = per_token_half(block, x, context, settings, live)
-        return BlockResult(TokenState(out, alive, state.positions, None, state.sizes, n_in, all_live), n_in, n_in)
+        return BlockResult(TokenState(out, alive, state.positions, None, state.sizes, n_in, all_live, state.protected),
+                           n_in, n_in)
     if merge is not None:
         if state.soft_keep is not None:
             raise ValueError("a merging block cannot run in a soft pruning stage")
@@ -138,20 +142,25 @@ def _apply_decision(block: BlockView, state: TokenState, keep, context_of, setti
                     n_in: torch.Tensor, all_live: bool) -> BlockResult:
     """The rest of a deciding block: keep everything, weight softly, mask, or remove the dropped tokens."""
     x, alive, positions, soft_keep, sizes = state.x, state.alive, state.positions, state.soft_keep, state.sizes
+    protected = state.protected
     gate = None
     if isinstance(keep, StraightThroughKeep):
         keep, gate = keep.hard, keep.gate  # [B, N] each
+        if protected is not None:
+            gate = torch.where(protected, torch.ones_like(gate), gate)
+    keep = protect_tokens(keep, protected)
 
     if keep is None:
         out = per_token_half(block, x, context_of(None), settings)
-        return BlockResult(TokenState(out, alive, positions, soft_keep, sizes, n_in, all_live), n_in, n_in)
+        return BlockResult(TokenState(out, alive, positions, soft_keep, sizes, n_in, all_live, protected), n_in, n_in)
 
     if keep.dtype != torch.bool:  # soft stage: scale outputs by the cumulative keep weight
         weight = keep * alive.to(keep.dtype) if soft_keep is None else keep * soft_keep
         out = per_token_half(block, x, context_of(None), settings) * weight[..., None]
         n_soft_in = n_in if soft_keep is None else soft_keep.sum(dim=1)
         # soft counts are expectations, not counts: the next block reads ``alive`` itself
-        return BlockResult(TokenState(out, alive, positions, weight, sizes), n_soft_in, weight.sum(dim=1))
+        return BlockResult(TokenState(out, alive, positions, weight, sizes, protected=protected), n_soft_in,
+                           weight.sum(dim=1))
 
     if not all_live:
         keep = keep & alive
@@ -160,7 +169,8 @@ def _apply_decision(block: BlockView, state: TokenState, keep, context_of, setti
         weight = keep.to(x.dtype) if gate is None else keep.to(x.dtype) * gate  # [B, N]
         out = per_token_half(block, x, context_of(None), settings) * weight[..., None]
         kept_sizes = None if sizes is None else sizes * keep.to(sizes.dtype)
-        return BlockResult(TokenState(out, keep, positions, None, kept_sizes, n_out), n_in, n_out)
+        return BlockResult(TokenState(out, keep, positions, None, kept_sizes, n_out, protected=protected), n_in,
+                           n_out)
 
     index, packed_alive = packing_index(keep)  # [B, M]
     n_out = kept_counts(keep, index, x.dtype)
@@ -174,14 +184,15 @@ def _apply_decision(block: BlockView, state: TokenState, keep, context_of, setti
         out = out * gather_tokens(gate, index)[..., None]
     kept_sizes = None if sizes is None else gather_tokens(sizes, index) * packed_alive.to(sizes.dtype)
     all_live_out = True if out.shape[0] == 1 else None  # one packed row has no padding
+    kept_protected = None if protected is None else gather_tokens(protected, index) & packed_alive
     return BlockResult(TokenState(out, packed_alive, gather_tokens(positions, index), None, kept_sizes, n_out,
-                                  all_live_out), n_in, n_out)
+                                  all_live_out, kept_protected), n_in, n_out)
 
 
 def _merge_step(block: BlockView, state: TokenState, h: torch.Tensor, merge: MergeHook, settings: StepSettings,
                 attn_bias: torch.Tensor | None, n_in: torch.Tensor, all_live: bool) -> BlockResult:
     """Attention for every query row, then merge (ToMe) or fuse (EViT), then the MLP on the survivors."""
-    x, alive, positions = state.x, state.alive, state.positions
+    x, alive, positions, protected = state.x, state.alive, state.positions, state.protected
     linears = settings.linears
     rows = rows_read(merge.query_rows, settings)
     if rows is None:
@@ -196,7 +207,8 @@ def _merge_step(block: BlockView, state: TokenState, h: torch.Tensor, merge: Mer
     plan = merge(AttentionState(probs=probs, keys=keys, hidden=mid, alive=alive, sizes=sizes))
     if plan is None:
         out = mlp_residual(block, mid, linears)
-        return BlockResult(TokenState(out, alive, positions, None, sizes, n_in, all_live), n_in, n_in)
+        return BlockResult(TokenState(out, alive, positions, None, sizes, n_in, all_live, protected), n_in, n_in)
+    # merges are not pruning decisions: a protected token may be merged away, so protection ends here
     merged, sizes = merge_tokens(mid, sizes, plan)  # [B, N, D], [B, N]
     if plan.source is not None:  # the plan moved survivors between slots: each slot keeps its token's position
         positions = positions.gather(1, plan.source)

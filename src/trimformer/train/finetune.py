@@ -8,6 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from trimformer.data.batching import Collate
+from trimformer.data.text import transformers_inputs
 from trimformer.pruned import TokenPrunedModel
 from trimformer.train.loop import TrainConfig, param_groups, train_steps
 
@@ -17,7 +18,7 @@ def finetune_dense(model: nn.Module, data: Sequence, collate: Collate, config: T
     """Plain fine-tuning of a transformers classifier on its own forward (``model(**batch).loss``)."""
 
     def loss_fn(m: nn.Module, batch: dict, step: int):
-        return m(**batch).loss, {}
+        return m(**transformers_inputs(batch)).loss, {}
 
     groups = param_groups(model, config.lr, config.weight_decay)
     logs = train_steps(model, loss_fn, groups, data, collate, config, steps, "finetune", state_dir)
