@@ -191,5 +191,6 @@ def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, 
         with model.options(pruning=False):
             dense_eval = evaluate(model, scored)
         record.update(accuracy_dense=dense_eval.accuracy, accuracy_pruned=pruned_eval.accuracy,
+                      metrics_dense=dense_eval.metrics, metrics_pruned=pruned_eval.metrics,
                       num_eval_examples=pruned_eval.num_examples)
     return record

@@ -1,4 +1,4 @@
-"""``trimformer.evaluate``: accuracy, analytic FLOPs and kept tokens of a (pruned) model, for text and images."""
+"""``trimformer.evaluate``: task metrics, analytic FLOPs and kept tokens of a (pruned) model, for text and images."""
 
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from tqdm.auto import tqdm
 from trimformer.data.batching import fixed_batches
 from trimformer.data.images import image_collate
 from trimformer.data.text import text_collate
+from trimformer.metrics import classification_metrics, regression_metrics
 from trimformer.pruned import TokenPrunedModel
 
 
 @dataclass
 class EvalResult:
-    accuracy: float  # percent
+    """What :func:`evaluate` measured. Classification: ``accuracy``, ``macro_f1``, ``matthews`` (percent).
+    Regression (one output): ``pearson``, ``spearman`` (percent) and ``mse``; ``accuracy`` is None there."""
+
+    accuracy: float | None  # percent; None for regression
     gflops_per_sample: float
     dense_gflops_per_sample: float
     flops_ratio: float  # pruned / dense, ratio of the means
@@ -25,14 +29,17 @@ class EvalResult:
     tokens_in_per_layer: list[float]
     mean_length: float  # mean real tokens per input (text: tokens; images: patches and prefix tokens)
     num_examples: int
-    predictions: list[int] = field(default_factory=list, repr=False)
+    predictions: list[int] | list[float] = field(default_factory=list, repr=False)
     kept_per_example: list[list[float]] = field(default_factory=list, repr=False)  # [examples][layers] n_out
+    task: str = "classification"  # or "regression"
+    metrics: dict[str, float] = field(default_factory=dict)  # every metric of the task: result.metrics["macro_f1"]
 
     def summary(self) -> dict[str, Any]:
-        """The scalar and per-layer fields (no per-example lists)."""
+        """The scalar and per-layer fields, each metric a key of its own (no per-example lists)."""
         out = dict(self.__dict__)
         out.pop("predictions")
         out.pop("kept_per_example")
+        out.update(out.pop("metrics"))
         return out
 
     @property
@@ -59,22 +66,24 @@ def _labelled_batches(model: TokenPrunedModel, data: Any, tokenizer: Any, max_le
 @torch.no_grad()
 def evaluate(model: TokenPrunedModel, data: Sequence | list, tokenizer: Any = None, max_length: int = 128,
              batch_size: int = 64, progress: bool = True) -> EvalResult:
-    """Run ``model`` in its current execution options over ``data``: accuracy (percent), analytic FLOPs per sample
+    """Run ``model`` in its current execution options over ``data``: the task's metrics (classification:
+    accuracy, macro-F1, Matthews correlation; regression: Pearson, Spearman, MSE), analytic FLOPs per sample
     and kept tokens per layer. ``data``: a ``TextDataset`` (with ``tokenizer``), an image dataset, or a list of
     labelled batches."""
     model.eval()
     batches = _labelled_batches(model, data, tokenizer, max_length, batch_size)
     device = next(model.parameters()).device
-    correct, preds, kept_per_example = 0, [], []
+    preds, refs, kept_per_example = [], [], []
     flops = dense = length_sum = 0.0
     kept_sum = in_sum = None
     for batch in tqdm(batches, desc="eval", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         out = model(**batch)
-        pred = out.logits.argmax(dim=-1)
-        correct += int((pred == labels).sum())
+        regression = out.logits.shape[-1] == 1  # one output: a regression head
+        pred = out.logits.squeeze(-1) if regression else out.logits.argmax(dim=-1)
         preds.extend(pred.tolist())
+        refs.extend(labels.tolist())
         flops += float(out.flops.sum())
         dense += float(out.dense_flops.sum())
         kept_sum = out.n_out.sum(0) if kept_sum is None else kept_sum + out.n_out.sum(0)
@@ -84,9 +93,13 @@ def evaluate(model: TokenPrunedModel, data: Sequence | list, tokenizer: Any = No
     n = len(preds)
     if n == 0:
         raise ValueError("no examples to evaluate")
+    if regression and any(isinstance(y, int) for y in refs):
+        raise ValueError("a regression model (one output) was given class labels: evaluate it on float targets")
+    metrics = regression_metrics(preds, refs) if regression else classification_metrics(preds, refs)
     return EvalResult(
-        accuracy=100.0 * correct / n, gflops_per_sample=flops / n / 1e9, dense_gflops_per_sample=dense / n / 1e9,
+        accuracy=metrics.get("accuracy"), gflops_per_sample=flops / n / 1e9, dense_gflops_per_sample=dense / n / 1e9,
         flops_ratio=flops / dense, kept_tokens_per_layer=(kept_sum / n).tolist(),
         tokens_in_per_layer=(in_sum / n).tolist(), mean_length=length_sum / n, num_examples=n,
         predictions=preds, kept_per_example=kept_per_example,
+        task="regression" if regression else "classification", metrics=metrics,
     )

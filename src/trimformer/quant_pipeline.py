@@ -97,6 +97,8 @@ def quantize_loaded(
         "quant_config": config.to_dict(),
         "accuracy_fp": fp.accuracy,
         "accuracy_quant": quant.accuracy,
+        "metrics_fp": getattr(fp, "metrics", {}),
+        "metrics_quant": getattr(quant, "metrics", {}),
         "weight_mse_ratio_vs_uniform": err / ref if ref > 0 else float("nan"),
         "size_bytes_fp32": size_fp32,
         "size_bytes_quant": (Path(out) / WEIGHTS_FILE).stat().st_size,
