@@ -161,8 +161,10 @@ def match_labels(data_names: Sequence[str] | None, model_names: Sequence[str] | 
     position = {n: i for i, n in enumerate(model_names)}
     unknown = [n for n in data_names if n not in position]
     if unknown:
-        raise ValueError(f"{data} has label(s) {unknown[:20]} that {model} does not know; the model's labels are "
-                         f"{list(model_names)}, the data's {list(data_names)[:50]}")
+        which = f"none of its labels {list(unknown)[:20]}" if len(unknown) == len(data_names) else \
+            f"label(s) {unknown[:20]} that {model} does not know (the data's labels: {list(data_names)[:50]})"
+        raise ValueError(f"{data} has {which}; the model's labels are {list(model_names)}. Evaluate on data with "
+                         "the model's labels, or fine-tune a model on this data")
     return [position[n] for n in data_names]
 
 
