@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import trimformer
 from trimformer.data.labels import has_names, match_labels
 from trimformer.data.text import TextDataset
 from trimformer.testing import make_tokenizer, tiny_bert, tiny_vision_model
@@ -40,6 +41,21 @@ def test_targets_and_classes_do_not_mix():
     with pytest.raises(ValueError, match="2 classes but the model is a regression model"):
         match_labels(["neg", "pos"], None, "d.csv")
     assert match_labels(None, None, "sts.csv") is None
+
+
+def test_the_api_checks_where_data_meets_a_model():
+    tokenizer = make_tokenizer()
+    model = trimformer.prune(tiny_bert(num_labels=2, vocab_size=32, id2label={0: "neg", 1: "pos"},
+                                       label2id={"neg": 0, "pos": 1}), trimformer.TopKConfig(target_flops=None))
+    swapped = TextDataset(["good fun", "bad plot", "great"], [0, 1, 0], ["pos", "neg"], "swapped")
+    reference = TextDataset(["good fun", "bad plot", "great"], [1, 0, 1], ["neg", "pos"], "reference")
+    result = trimformer.evaluate(model, swapped, tokenizer, progress=False)
+    assert result.accuracy == trimformer.evaluate(model, reference, tokenizer, progress=False).accuracy
+    three = TextDataset(["a", "b", "c"], [0, 1, 2], ["neg", "neutral", "pos"], "three")
+    with pytest.raises(ValueError, match="neutral"):
+        trimformer.evaluate(model, three, tokenizer)
+    with pytest.raises(ValueError, match="one class only"):
+        trimformer.fit(model, TextDataset(["a", "b"], [1, 1], ["neg", "pos"], "one"), tokenizer=tokenizer)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from trimformer.data.batching import fixed_batches
 from trimformer.data.images import image_collate
+from trimformer.data.labels import align_to_model, model_label_names
 from trimformer.data.text import text_collate
 from trimformer.metrics import classification_metrics, regression_metrics
 from trimformer.pruned import TokenPrunedModel
@@ -69,8 +70,10 @@ def evaluate(model: TokenPrunedModel, data: Sequence | list, tokenizer: Any = No
     """Run ``model`` in its current execution options over ``data``: the task's metrics (classification:
     accuracy, macro-F1, Matthews correlation; regression: Pearson, Spearman, MSE), analytic FLOPs per sample
     and kept tokens per layer. ``data``: a ``TextDataset`` (with ``tokenizer``), an image dataset, or a list of
-    labelled batches."""
+    labelled batches. A dataset's labels are checked against the model's and mapped onto them
+    (:func:`trimformer.data.labels.match_labels`)."""
     model.eval()
+    data = align_to_model(data, model_label_names(model.model.config))
     batches = _labelled_batches(model, data, tokenizer, max_length, batch_size)
     device = next(model.parameters()).device
     preds, refs, kept_per_example = [], [], []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trimformer.data.images import image_collate
+from trimformer.data.labels import align_to_model, model_label_names, present_classes, require_classes
 from trimformer.data.text import text_collate
 from trimformer.methods import method_of
 from trimformer.pruned import TokenPrunedModel
@@ -19,7 +20,8 @@ def fit(model: TokenPrunedModel, data: Sequence, config: TrainConfig | None = No
     hard stage; SaiT: dense/sparse passes with distillation; AS-ViT: thresholds under a FLOPs budget).
 
     Text methods take a ``TextDataset`` and the ``tokenizer``; vision methods an image dataset of
-    (pixels [3, H, W], label) pairs. ``state_dir`` saves progress so that an interrupted run resumes. Returns the
+    (pixels [3, H, W], label) pairs; labels are checked against the model's (mapped by name, refused on a mismatch,
+    one class refused). ``state_dir`` saves progress so that an interrupted run resumes. Returns the
     training history.
     """
     if not isinstance(model, TokenPrunedModel) or model.policy is None:
@@ -28,6 +30,8 @@ def fit(model: TokenPrunedModel, data: Sequence, config: TrainConfig | None = No
     if spec.fit is None:
         raise ValueError(f"{spec.name} is training free: use the pruned model as it is")
     config = config or TrainConfig()
+    require_classes(present_classes(data), "the training data")
+    data = align_to_model(data, model_label_names(model.model.config))
     if model.adapter.task == "text":
         if tokenizer is None:
             raise ValueError(f"{spec.name} trains on texts: pass tokenizer=the model's tokenizer")

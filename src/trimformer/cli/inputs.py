@@ -8,7 +8,13 @@ from typing import Any
 
 from trimformer.assets import minilm_path
 from trimformer.data.images import load_image_data
-from trimformer.data.labels import image_classes, match_labels, relabel_items, require_classes
+from trimformer.data.labels import (
+    image_classes,
+    match_labels,
+    model_label_names,
+    relabel_items,
+    require_classes,
+)
 from trimformer.data.text import load_text_data
 from trimformer.loading import Loaded, infer_task, load_any, model_resolution
 from trimformer.methods import (
@@ -48,7 +54,7 @@ def split_data(args: argparse.Namespace, loaded: Loaded, split: str, limit: int 
     files or image folders. Its labels are checked against the model's (:func:`~trimformer.data.labels.
     match_labels`) and put in the model's order; training data needs two classes or more."""
     source = args.eval_data if split == "test" and args.eval_data else data_name(args)
-    model_names = model_label_names(loaded)
+    model_names = model_label_names(loaded.model.model.config, loaded.meta.get("label_names"))
     if loaded.task == "vision":
         images = load_image_data(source, split, model_resolution(loaded.model, loaded.meta), limit, seed=seed)
         classes = image_classes(images)
@@ -66,15 +72,6 @@ def split_data(args: argparse.Namespace, loaded: Loaded, split: str, limit: int 
 
 def _model_name(args: argparse.Namespace) -> str:
     return f"the model {getattr(args, 'model', None) or getattr(args, 'checkpoint', '')}".rstrip()
-
-
-def model_label_names(loaded: Loaded) -> list[str] | None:
-    """The model's classes in output order (a vision checkpoint's recorded names first); None for a regression
-    model (one output)."""
-    config = loaded.model.model.config
-    if config.num_labels == 1 or getattr(config, "problem_type", None) == "regression":
-        return None
-    return list(loaded.meta.get("label_names") or [config.id2label[i] for i in range(config.num_labels)])
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:

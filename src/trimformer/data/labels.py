@@ -202,3 +202,30 @@ def image_classes(data: Dataset) -> list[str] | None:
         data = data.dataset
     classes = getattr(data, "classes", None)
     return list(classes) if classes is not None else None
+
+
+def model_label_names(config: Any, recorded: Sequence[str] | None = None) -> list[str] | None:
+    """A classifier's classes in output order from its transformers ``config`` (``recorded``: names a checkpoint
+    saved, preferred); None for a regression model (one output, or ``problem_type`` 'regression')."""
+    if config.num_labels == 1 or getattr(config, "problem_type", None) == "regression":
+        return None
+    return list(recorded or [config.id2label[i] for i in range(config.num_labels)])
+
+
+def align_to_model(data: Any, model_names: list[str] | None, model: str = "the model") -> Any:
+    """``data`` with its labels as the model's class ids: a ``TextDataset`` (:meth:`relabel`), or a dataset with
+    ``classes`` (image folders, Fashion-MNIST); anything else (ready batches, plain tensors) is returned as is."""
+    if hasattr(data, "relabel"):
+        return data.relabel(model_names, model)
+    classes = image_classes(data) if isinstance(data, Dataset) else None
+    if classes is None:
+        return data
+    return relabel_items(data, match_labels(classes, model_names, f"the data ({len(classes)} classes)", model))
+
+
+def present_classes(data: Any) -> list[str] | None:
+    """The classes that examples of ``data`` carry: a ``TextDataset``'s labels in use, an image dataset's class
+    folders; None for targets or data without names."""
+    if hasattr(data, "relabel"):
+        return None if data.label_names is None else sorted({data.label_names[y] for y in data.labels})
+    return image_classes(data) if isinstance(data, Dataset) else None
