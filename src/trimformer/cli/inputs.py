@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from trimformer.assets import minilm_path
+from trimformer.data.hf import hf_image_data, is_hf_source
 from trimformer.data.images import load_image_data
 from trimformer.data.labels import (
     image_classes,
@@ -56,7 +57,9 @@ def split_data(args: argparse.Namespace, loaded: Loaded, split: str, limit: int 
     source = args.eval_data if split == "test" and args.eval_data else data_name(args)
     model_names = model_label_names(loaded.model.model.config, loaded.meta.get("label_names"))
     if loaded.task == "vision":
-        images = load_image_data(source, split, model_resolution(loaded.model, loaded.meta), limit, seed=seed)
+        resolution = model_resolution(loaded.model, loaded.meta)
+        images = hf_image_data(source, split, resolution, limit, seed) if is_hf_source(source) else \
+            load_image_data(source, split, resolution, limit, seed=seed)
         classes = image_classes(images)
         if split == "train":
             require_classes(classes, source)

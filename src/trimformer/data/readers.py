@@ -23,7 +23,8 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 class DataFileError(ValueError):
     """A data file with bad rows: names the file and the line of each (the first ``MAX_REPORTED``)."""
 
-    def __init__(self, path: Path | str, problems: Sequence[tuple[int, str]], advice: str = ""):
+    def __init__(self, path: Path | str, problems: Sequence[tuple[int, str]], advice: str = "",
+                 numbering: str = "file:line"):
         self.path = Path(path)
         self.problems = sorted(problems)
         shown = "\n".join(f"  {self.path}:{line}: {what}" for line, what in self.problems[:MAX_REPORTED])
@@ -31,7 +32,8 @@ class DataFileError(ValueError):
         tail = f"\n  ... and {more} more problem(s)" if more > 0 else ""
         count = len({line for line, _ in self.problems})
         advice = f"\n{advice}" if advice else ""
-        super().__init__(f"{self.path}: {count} bad row{'s' if count > 1 else ''} (file:line):\n{shown}{tail}{advice}")
+        rows = f"{count} bad row{'s' if count > 1 else ''}"
+        super().__init__(f"{self.path}: {rows} ({numbering}):\n{shown}{tail}{advice}")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 
 from trimformer.assets import newsgroups_file, rotten_tomatoes_file
 from trimformer.data.batching import fixed_batches
+from trimformer.data.hf import hf_text_data, is_hf_source
 from trimformer.data.labels import match_labels, type_labels
 from trimformer.data.readers import JSONL_SUFFIXES, TABLE_SUFFIXES, DataFileError, Row, read_rows
 
@@ -193,8 +194,9 @@ def load_text_file(path: str | Path, text_column: str = "text", label_column: st
 
 def load_text_data(name: str, split: str, label_names: Sequence[str] | None = None, *,
                    columns: Columns | None = None, label_type: str = "auto") -> TextDataset:
-    """Built-in corpus by name ('rotten_tomatoes', '20newsgroups') or a CSV/TSV/JSONL path (see
-    :func:`load_text_file`).
+    """Built-in corpus by name ('rotten_tomatoes', '20newsgroups'), a CSV/TSV/JSONL path (see
+    :func:`load_text_file`), or through the ``datasets`` library a Parquet file, a save_to_disk folder or a hub
+    name (see :mod:`trimformer.data.hf`).
 
     For a file, ``split`` is ignored: pass the train and test files separately.
     """
@@ -204,8 +206,15 @@ def load_text_data(name: str, split: str, label_names: Sequence[str] | None = No
         data = _newsgroups(split)
     elif Path(name).suffix in TABLE_SUFFIXES + JSONL_SUFFIXES:
         return load_text_file(name, label_names=label_names, columns=columns, label_type=label_type)
+    elif is_hf_source(name):
+        data = hf_text_data(name, split, columns, label_type)
+    elif Path(name).exists() or Path(name).suffix:
+        raise ValueError(f"{name}: not a data file or folder trimformer reads; use a .csv/.tsv/.jsonl/.parquet file "
+                         "or a datasets save_to_disk folder")
     else:
-        raise ValueError(f"unknown dataset {name!r}: use one of {BUILTIN_DATASETS} or a .csv/.tsv/.jsonl file")
+        raise ValueError(f"unknown dataset {name!r}: use one of {BUILTIN_DATASETS}, a .csv/.tsv/.jsonl/.parquet "
+                         "file, a datasets save_to_disk folder, or a hub name such as glue/mrpc (hf:NAME for a name "
+                         "without a slash)")
     return data if label_names is None else data.relabel(list(label_names))
 
 
