@@ -58,6 +58,16 @@ def test_the_api_checks_where_data_meets_a_model():
         trimformer.fit(model, TextDataset(["a", "b"], [1, 1], ["neg", "pos"], "one"), tokenizer=tokenizer)
 
 
+def test_the_api_takes_a_datasets_ids_for_an_unnamed_model_up_to_its_outputs():
+    tokenizer = make_tokenizer()
+    model = trimformer.prune(tiny_bert(num_labels=3, vocab_size=32), trimformer.TopKConfig(target_flops=None))
+    two = TextDataset(["good fun", "bad plot"], [0, 1], ["neg", "pos"], "two")
+    assert trimformer.evaluate(model, two, tokenizer, progress=False).num_examples == 2  # ids 0, 1 of 3 outputs
+    four = TextDataset(["a", "b", "c", "d"], [0, 1, 2, 3], ["w", "x", "y", "z"], "four")
+    with pytest.raises(ValueError, match="4 classes .* 3 unnamed classes"):
+        trimformer.evaluate(model, four, tokenizer)
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "trimformer.cli", *args], capture_output=True, text=True,
                           env=dict(os.environ), timeout=300)

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 from trimformer.data.batching import sample_indices
 from trimformer.data.labels import TypedLabels, type_labels
 from trimformer.data.readers import DataFileError
+from trimformer.data.textset import TextDataset, resolve_columns
 
 INSTALL = "pip install 'trimformer[datasets]'"
 TEXT_COLUMNS = (("text", "text_pair"), ("sentence1", "sentence2"), ("question1", "question2"),
@@ -134,11 +135,9 @@ def _labels(name: str, table: Any, column: str, label_type: str) -> TypedLabels:
     return typed
 
 
-def hf_text_data(name: str, split: str, columns: Any = None, label_type: str = "auto"):
+def hf_text_data(name: str, split: str, columns: Any = None, label_type: str = "auto") -> TextDataset:
     """A ``TextDataset`` from a ``datasets`` source (see the module doc); every empty or null text is reported
     by row index."""
-    from trimformer.data.text import TextDataset, resolve_columns
-
     table = load_split(name, split)
     chosen = None if columns is None else resolve_columns(columns, table.column_names)
     text_col, pair_col, label_col = _pick_columns(name, list(table.column_names), chosen)

@@ -142,9 +142,13 @@ def has_names(names: Sequence[str]) -> bool:
 
 
 def match_labels(data_names: Sequence[str] | None, model_names: Sequence[str] | None, data: str,
-                 model: str = "the model") -> list[int] | None:
+                 model: str = "the model", same_count: bool = True) -> list[int] | None:
     """The model's class id of each of the data's classes (None: targets, nothing to map), or a ValueError
-    listing both label sets. ``model_names`` None means a regression model (one output)."""
+    listing both label sets. ``model_names`` None means a regression model (one output).
+
+    Unnamed model classes are matched by index: with ``same_count`` (files and folders, whose class ids come
+    from sorting the names they hold) the counts must agree; without it (a dataset whose ids the caller chose)
+    the data may use fewer classes than the model has, never more."""
     if data_names is None or model_names is None:
         if (data_names is None) != (model_names is None):
             what = "regression targets" if data_names is None else f"{len(data_names)} classes"
@@ -153,7 +157,7 @@ def match_labels(data_names: Sequence[str] | None, model_names: Sequence[str] | 
             raise ValueError(f"{data} holds {what} but {model} {has}: fine-tune a model on data of this kind")
         return None
     if not has_names(model_names):
-        if len(data_names) != len(model_names):
+        if len(data_names) > len(model_names) or (same_count and len(data_names) != len(model_names)):
             raise ValueError(f"{data} has {len(data_names)} classes {list(data_names)[:20]} but {model} has "
                              f"{len(model_names)} unnamed classes ({model_names[0]}...): the counts must agree, "
                              "as unnamed classes are matched by index")
@@ -213,14 +217,16 @@ def model_label_names(config: Any, recorded: Sequence[str] | None = None) -> lis
 
 
 def align_to_model(data: Any, model_names: list[str] | None, model: str = "the model") -> Any:
-    """``data`` with its labels as the model's class ids: a ``TextDataset`` (:meth:`relabel`), or a dataset with
-    ``classes`` (image folders, Fashion-MNIST); anything else (ready batches, plain tensors) is returned as is."""
+    """``data`` with its labels as the model's class ids (the API's rule: ``same_count=False``, see
+    :func:`match_labels`): a ``TextDataset`` (:meth:`relabel`), or a dataset with ``classes`` (image folders,
+    Fashion-MNIST); anything else (ready batches, plain tensors) is returned as is."""
     if hasattr(data, "relabel"):
-        return data.relabel(model_names, model)
+        return data.relabel(model_names, model, same_count=False)
     classes = image_classes(data) if isinstance(data, Dataset) else None
     if classes is None:
         return data
-    return relabel_items(data, match_labels(classes, model_names, f"the data ({len(classes)} classes)", model))
+    return relabel_items(data, match_labels(classes, model_names, f"the data ({len(classes)} classes)", model,
+                                            same_count=False))
 
 
 def present_classes(data: Any) -> list[str] | None:
