@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any
 
 from trimformer.assets import minilm_path
+from trimformer.checkpoint import is_checkpoint, read_meta
 from trimformer.data.images import load_image_data
 from trimformer.data.text import load_text_data
 from trimformer.loading import Loaded, infer_task, load_any, model_resolution
@@ -20,6 +21,7 @@ from trimformer.methods import (
     TopKConfig,
     method_named,
 )
+from trimformer.quant import ORDER
 from trimformer.train.loop import TrainConfig
 
 DEFAULT_DATA = MappingProxyType({"text": "rotten_tomatoes", "vision": "fashion_mnist"})
@@ -35,6 +37,24 @@ def load_model_for(args: argparse.Namespace, path: str, label_names: list[str] |
     """The model at ``path`` with its task settled (``args.task`` is set to it)."""
     args.task = infer_task(path, args.task)
     return load_any(path, args.task, label_names)
+
+
+def refuse_later_stage(path: str, action: str, meta: dict[str, Any] | None = None) -> None:
+    """ValueError when the model at ``path`` comes from a later stage than ``action`` in finetune -> prune ->
+    quantize (a pruned model cannot be fine-tuned as a dense one, a quantized one cannot be pruned or fine-tuned:
+    the result would silently drop the pruning or the quantization). ``meta``: the checkpoint's, when loaded."""
+    if meta is None:
+        if not is_checkpoint(path):
+            return
+        meta = read_meta(path)
+    method = meta.get("method", "dense")
+    quantized = bool(meta.get("quant_config"))
+    done = [s for s, yes in (("token-pruned (" + str(method) + ")", method != "dense"), ("quantized", quantized))
+            if yes]
+    if done and action in ("fine-tune", "prune"):
+        raise ValueError(f"{path} is already {' and '.join(done)}: the order is {ORDER}, so it cannot be "
+                         f"{'pruned' if action == 'prune' else 'fine-tuned'} again. Start from the dense fine-tuned "
+                         "checkpoint it was made from" + ("" if quantized else ", or quantize this one"))
 
 
 def data_name(args: argparse.Namespace) -> str:
