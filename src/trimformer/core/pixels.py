@@ -21,7 +21,8 @@ def to_unit_range(pixels: torch.Tensor | np.ndarray, what: str = "image") -> tor
             return torch.from_numpy(pixels.astype(np.float32) / 65535.0)
         if not (np.issubdtype(pixels.dtype, np.number) or pixels.dtype == np.bool_):
             raise ValueError(f"{what}: pixel dtype {pixels.dtype} is not numeric")
-        pixels = torch.from_numpy(np.ascontiguousarray(pixels))
+        pixels = np.ascontiguousarray(pixels)
+        pixels = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())
     dtype = pixels.dtype
     if dtype == torch.bool:
         return pixels.to(torch.float32)
