@@ -94,7 +94,7 @@ def test_an_exception_mid_save_keeps_the_previous_checkpoint_and_leaves_nothing(
         raise OSError("disk full")
 
     monkeypatch.setattr(store, "save_file", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full.*previous content of that path is unchanged"):
         save(tiny_bert(seed=2), tmp_path / "ckpt", overwrite=True)
     assert all(torch.equal(before[k], v) for k, v in _weights(tmp_path / "ckpt").items())
     assert _hidden(tmp_path) == []
@@ -170,3 +170,28 @@ def test_save_packed_never_replaces_a_file_it_did_not_write(tmp_path: Path) -> N
     save_packed(model, tmp_path / "m.safetensors")
     save_packed(model, tmp_path / "m.safetensors")  # its own file is replaced
     assert _hidden(tmp_path) == []
+
+
+def test_cli_json_report_never_replaces_a_data_file(text_checkpoint) -> None:
+    ckpt, data = text_checkpoint
+    rows = data.read_text()
+    result = run_cli("eval", ckpt, "--data", data, "--json", data)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "is not a JSON report: trimformer never replaces it" in result.stderr and "Traceback" not in result.stderr
+    assert data.read_text() == rows
+
+
+def test_demo_refuses_a_users_folder_before_any_work(tmp_path: Path, monkeypatch, capsys) -> None:
+    """In-process, with the demo itself replaced by a tripwire: a subprocess would run the whole demo on failure."""
+    import trimformer.report.text_demo as text_demo
+    from trimformer.cli import main
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the demo ran in a user's folder")
+
+    monkeypatch.setattr(text_demo, "run_demo", tripwire)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "report.md").write_text("my report")
+    assert main(["demo", "--fast", "--out", str(tmp_path / "mine")]) == 2
+    assert "is not a demo output folder" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "report.md").read_text() == "my report"

@@ -148,6 +148,25 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class OutputPathError(ValueError):
+    """An output path that would replace something trimformer did not write."""
+
+
+def check_report_path(path: str | Path) -> Path:
+    """``path`` if a JSON report may be written there: a new path, or a JSON file (a previous report). A folder, or
+    a file that is not JSON (a data file given by mistake), is refused and left as it is."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a folder; give the report's file name (e.g. {path / 'results.json'})")
+    if path.exists() or path.is_symlink():
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise OutputPathError(f"{path} exists and is not a JSON report: trimformer never replaces it; choose "
+                                  "another file name, or move it away yourself") from None
+    return path
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

@@ -70,7 +70,11 @@ def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], pro
             if file.is_file():
                 os.chmod(file, 0o644)
 
-    atomic_write_dir(path, write)
+    try:
+        atomic_write_dir(path, write)
+    except OSError as err:  # a full disk, a read-only folder: nothing half-written is left (see io_utils)
+        raise CheckpointError(f"cannot write the checkpoint {path} ({err}); the previous content of that path is "
+                              "unchanged. Free some space or choose another output path") from err
     return path
 
 

@@ -25,7 +25,7 @@ from trimformer.cli.inputs import (
 from trimformer.data.text import load_text_data, text_collate
 from trimformer.evaluation import evaluate
 from trimformer.fitting import fit
-from trimformer.io_utils import atomic_write_json
+from trimformer.io_utils import atomic_write_json, check_report_path
 from trimformer.loading import model_resolution
 from trimformer.methods import method_named, registered_methods
 from trimformer.pruning import prune
@@ -37,7 +37,7 @@ from trimformer.train.state import discard_state
 def _emit(result: dict, json_path: str | None) -> int:
     print(json.dumps(result, indent=2))
     if json_path:
-        atomic_write_json(json_path, result)
+        atomic_write_json(check_report_path(json_path), result)
     return 0
 
 
@@ -197,6 +197,10 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").is_file())):
+        raise ValueError(f"{out} exists and is not a demo output folder (no results.json): the demo writes its "
+                         "checkpoints, plots and report there and never replaces a user's files; choose another --out")
     if args.task == "vision":
         from trimformer.report.vision_demo import run_vision_demo
 

@@ -326,7 +326,8 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
         with image_module.open(path) as img:  # type: ignore[attr-defined]
             img.load()
             array = _pillow_pixels(img, path)
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow raises these for truncated / corrupt files
+    except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as exc:  # type: ignore[attr-defined]
+        # Pillow raises these for truncated, corrupt or absurdly large files
         if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
             raise
         raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc}); the file is corrupt or not "

@@ -144,7 +144,8 @@ def train_steps(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     start = 0
     state_path = Path(state_dir) if state_dir is not None else None
-    identity = {"steps": steps, "num_examples": num_examples, "train": config.to_dict()}
+    identity = {"steps": steps, "num_examples": num_examples, "train": config.to_dict(),
+                "processes": accelerator.num_processes}  # the global batch, hence the data order
     if state_path is not None:
         start = _load_state(state_path, module, optimizer, scheduler, stage, identity)
         if start >= steps:
