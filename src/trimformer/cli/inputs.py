@@ -48,13 +48,15 @@ def refuse_later_stage(path: str, action: str, meta: dict[str, Any] | None = Non
             return
         meta = read_meta(path)
     method = meta.get("method", "dense")
-    quantized = bool(meta.get("quant_config"))
-    done = [s for s, yes in (("token-pruned (" + str(method) + ")", method != "dense"), ("quantized", quantized))
-            if yes]
-    if done and action in ("fine-tune", "prune"):
-        raise ValueError(f"{path} is already {' and '.join(done)}: the order is {ORDER}, so it cannot be "
-                         f"{'pruned' if action == 'prune' else 'fine-tuned'} again. Start from the dense fine-tuned "
-                         "checkpoint it was made from" + ("" if quantized else ", or quantize this one"))
+    doing = "pruning" if action == "prune" else "fine-tuning"
+    if meta.get("quant_config"):
+        raise ValueError(f"{path} is quantized: {doing} it would drop the quantization (the order is {ORDER}). "
+                         "Start from the float checkpoint it was quantized from, and quantize last")
+    if method != "dense":
+        again = "pruning it again" if action == "prune" else "fine-tuning it as a dense model"
+        raise ValueError(f"{path} is already token-pruned ({method}): {again} would drop that pruning (the "
+                         f"order is {ORDER}). Start from the dense fine-tuned checkpoint it was made from, or quantize "
+                         "this one")
 
 
 def data_name(args: argparse.Namespace) -> str:
