@@ -111,3 +111,23 @@ def test_cli_vision_prune_refuses_a_stale_state_resumes_a_matching_one_and_resta
     restarted = run_cli(*args, "--lr", "1e-3", "--restart")  # ... is discarded with --restart
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     assert json.loads((out / "trimformer.json").read_text())["recipe"]["train"]["lr"] == 1e-3
+
+
+def test_a_state_folder_that_is_not_trimformers_is_never_touched(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for target, match in ((tmp_path / "mine", "not a trimformer training-state folder"), (tmp_path / "file",
+                                                                                          "is a file")):
+        with pytest.raises(ValueError, match=match):
+            _finetune(target, restart=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    assert (tmp_path / "file").read_text() == "keep me too"
+
+
+def test_a_damaged_state_is_a_clear_error(tmp_path: Path) -> None:
+    _finetune(tmp_path / "state")
+    (tmp_path / "state" / "finetune" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"finetune state cannot be read .*--restart"):
+        _finetune(tmp_path / "state")
