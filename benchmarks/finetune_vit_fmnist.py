@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_images": test["n"]}
     t0 = time.perf_counter()
     out = save(model, args.out, resolution=args.resolution, label_names=list(FASHION_MNIST_CLASSES),
-               extra={"recipe": recipe, "preprocessing": preprocessing, "test_subset": test_subset, "metrics": metrics})
+               extra={"recipe": recipe, "preprocessing": preprocessing, "test_subset": test_subset, "metrics": metrics},
+               overwrite=True)  # a rerun replaces its own checkpoint
     reloaded, _ = load(out)
     first = next(iter(test_loader))[0]
     with torch.inference_mode():

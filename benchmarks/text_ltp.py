@@ -44,7 +44,8 @@ def train_method(method: str, target: float, args, train, tokenizer, folder: Pat
         history = trimformer.fit(model, train, config, tokenizer=tokenizer)
     summary = {k: v for k, v in history.items() if k not in ("soft", "hard")}
     save_pruned(model, folder, tokenizer, extra={"recipe": {"base_model": args.dense, "data": args.data,
-                                                            "train": config.to_dict(), **summary}})
+                                                            "train": config.to_dict(), **summary}},
+                overwrite=True)  # a rerun replaces its own checkpoint
     return {"model": model, "summary": summary}
 
 

@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         resolution=28,
         label_names=list(FASHION_MNIST_CLASSES),
         extra={"recipe": recipe, "preprocessing": preprocessing, "metrics": metrics},
+        overwrite=True,  # a rerun replaces its own checkpoint
     )
     reloaded, _ = load(out)  # the saved checkpoint reproduces the accuracy
     reloaded_accuracy = evaluate(reloaded, x_test, y_test)["accuracy"]

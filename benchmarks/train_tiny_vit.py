@@ -77,7 +77,8 @@ def main() -> None:
               "seed": args.seed, "hidden_size": args.hidden, "layers": args.layers, "heads": args.heads,
               "patch_size": args.patch_size, "device": device_label(args.device)}
     out = save(model, args.out, resolution=RESOLUTION, label_names=list(FASHION_MNIST_CLASSES),
-               extra={"recipe": recipe, "metrics": {"test_accuracy": accuracy, "test_images": len(test)}})
+               extra={"recipe": recipe, "metrics": {"test_accuracy": accuracy, "test_images": len(test)}},
+               overwrite=True)  # a rerun replaces its own checkpoint
     reloaded, _ = load(out)
     if not torch.equal(predictions(reloaded, test), predicted):
         raise RuntimeError("the reloaded checkpoint predicts differently from the trained model")

@@ -62,7 +62,7 @@ def train_method(name: str, base: Path, out: Path, config: Any, data, train: Tra
                                     "recipe": {"base_model": str(base), "train": train.to_dict(),
                                                "train_images": len(data), "train_data": train_data_source(),
                                                "device": device_name(), "train_seconds": round(secs, 1),
-                                               **summary}})
+                                               **summary}}, overwrite=True)  # a rerun replaces its own
     model, meta = load_pruned(out)
     return model, secs, meta
 

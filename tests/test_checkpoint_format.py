@@ -241,7 +241,7 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
     x = torch.randn(2, 1, 28, 28)
     first, second = _cnn(0), _cnn(1)
     save(first, tmp_path / "c")
-    save(second, tmp_path / "c")
+    save(second, tmp_path / "c", overwrite=True)
     assert torch.equal(load(tmp_path / "c")[0](x), second(x))
 
     def boom(*args, **kwargs):
@@ -249,7 +249,7 @@ def test_save_replaces_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
-        save(first, tmp_path / "c")
+        save(first, tmp_path / "c", overwrite=True)
     assert torch.equal(load(tmp_path / "c")[0](x), second(x))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temporary folder left behind
 
@@ -424,7 +424,7 @@ def test_save_never_replaces_what_trimformer_did_not_write(tmp_path: Path) -> No
     assert user_file.read_text() == "text,label\n" and (user_dir / "notes.txt").read_text() == "keep me"
     assert not list(tmp_path.glob(".*.tmp"))  # no hidden copies left behind
     save(model, tmp_path / "ckpt")
-    save(model, tmp_path / "ckpt")  # a checkpoint trimformer wrote is replaced
+    save(model, tmp_path / "ckpt", overwrite=True)  # a checkpoint trimformer wrote is replaced when asked
 
 
 def test_cli_refuses_an_output_it_did_not_write_before_any_work(tmp_path: Path, capsys) -> None:

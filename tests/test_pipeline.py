@@ -62,8 +62,8 @@ def test_training_resumes_from_saved_state(tokenizer, text_data, tmp_path, monke
 
     original = training._save_state
 
-    def save_then_crash(state_dir, module, optimizer, scheduler, step, stage):
-        original(state_dir, module, optimizer, scheduler, step, stage)
+    def save_then_crash(*args):
+        original(*args)
         raise KeyboardInterrupt  # the run dies right after its first saved state (step 3)
 
     monkeypatch.setattr(training, "_save_state", save_then_crash)
@@ -72,7 +72,7 @@ def test_training_resumes_from_saved_state(tokenizer, text_data, tmp_path, monke
     except KeyboardInterrupt:
         pass
     monkeypatch.setattr(training, "_save_state", original)
-    assert json.loads((tmp_path / "finetune.progress.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "finetune" / "progress.json").read_text())["step"] == 3
     resumed = _model()
     finetune_dense(resumed, text_data, text_collate(tokenizer, config.max_length), config, 6, state_dir=tmp_path)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):

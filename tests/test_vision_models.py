@@ -120,7 +120,7 @@ def test_save_replaces_previous_and_interrupted_save_keeps_it(tmp_path: Path, mo
     first, second = _tiny_cnn(0), _tiny_cnn(1)
     x = torch.randn(2, 1, 28, 28)
     save(first, target, **_meta())
-    save(second, target, **_meta())
+    save(second, target, **_meta(), overwrite=True)
     assert torch.equal(load(target)[0](x), second(x))
 
     import trimformer.checkpoint.store as ckpt
@@ -130,7 +130,7 @@ def test_save_replaces_previous_and_interrupted_save_keeps_it(tmp_path: Path, mo
 
     monkeypatch.setattr(ckpt, "save_file", boom)
     with pytest.raises(KeyboardInterrupt):
-        save(first, target, **_meta())
+        save(first, target, **_meta(), overwrite=True)
     assert torch.equal(load(target)[0](x), second(x))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folder left behind
 

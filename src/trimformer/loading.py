@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trimformer.checkpoint import CNN_MODEL_CLASSES, checkpoint_task, is_checkpoint, load_model, load_pruned, read_meta
+from trimformer.checkpoint import (
+    CNN_MODEL_CLASSES,
+    CheckpointError,
+    checkpoint_task,
+    is_checkpoint,
+    load_model,
+    load_pruned,
+    read_meta,
+)
+from trimformer.checkpoint.sources import check_finite, from_pretrained, require_local
 from trimformer.pruned import TokenPrunedModel
 
 TASKS = ("text", "vision")
@@ -37,7 +46,14 @@ def _recorded_task(path: Path) -> tuple[str, str] | None:
         return found, "the checkpoint"
     config = path / "config.json"
     if config.is_file():
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        try:
+            record = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{config} is unreadable ({err}); re-create or re-download the model") from err
+        if not isinstance(record, dict) or not isinstance(record.get("model_type"), str):
+            raise CheckpointError(f"{config} names no model_type (it is not a transformers model config); "
+                                  "re-create or re-download the model")
+        model_type = record["model_type"]
         return ("vision" if model_type in _HF_VISION_TYPES else "text"), f"its config: {model_type}"
     return None
 
@@ -49,6 +65,7 @@ def infer_task(path_or_name: str | Path, task: str | None = None) -> str:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     recorded = _recorded_task(Path(str(path_or_name)))
     if recorded is None:
+        require_local(path_or_name)  # a path-like name that does not exist fails here, before any hub look-up
         return task or "text"
     found, source = recorded
     if task is not None and task != found:
@@ -81,10 +98,9 @@ def load_vision_model(path: str | Path) -> tuple[TokenPrunedModel, dict[str, Any
         return load_pruned(path_s)
     from transformers import AutoModelForImageClassification
 
-    try:
-        model = AutoModelForImageClassification.from_pretrained(path_s, attn_implementation="sdpa")
-    except OSError as err:
-        raise ValueError(f"cannot load image model {path_s!r}: {err}") from err
+    model = from_pretrained(AutoModelForImageClassification.from_pretrained, path, "image model",
+                            attn_implementation="sdpa")
+    check_finite(dict(model.state_dict()), path_s)
     return TokenPrunedModel(model, None).eval(), {"method": "dense"}
 
 

@@ -10,6 +10,7 @@ from trimformer.adapters import adapter_for
 from trimformer.engine import ExecutionOptions
 from trimformer.methods import method_of
 from trimformer.pruned import TokenPrunedModel
+from trimformer.quant import refuse_quantized
 
 
 def prune(model: nn.Module, config: Any, options: ExecutionOptions | None = None,
@@ -19,11 +20,13 @@ def prune(model: nn.Module, config: Any, options: ExecutionOptions | None = None
     ``config`` is any method config (``LTPConfig``, ``TopKConfig``, ``SaiTConfig``, ``ASViTConfig``, ``EViTConfig``,
     ``ToMeConfig``); the policy is built for the model's depth, read from its adapter. ``options`` /
     ``option_changes`` set the execution options (see :class:`~trimformer.engine.ExecutionOptions`).
-    A ``TokenPrunedModel`` given here is re-pruned from its bare model.
+    A ``TokenPrunedModel`` given here is re-pruned from its bare model. A quantized model is refused: prune the
+    float model, then quantize (finetune -> prune -> quantize).
     """
     if isinstance(model, TokenPrunedModel):
         options = options or model.execution
         model = model.model
+    refuse_quantized(model, "prune")
     adapter = adapter_for(model)
     spec = method_of(config)
     if adapter.task not in spec.tasks:

@@ -10,14 +10,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from trimformer.checkpoint import WEIGHTS_FILE, save_pruned
+from trimformer.checkpoint import WEIGHTS_FILE, check_output_path, save_pruned
 from trimformer.data.batching import calibration_batches
 from trimformer.data.images import image_collate
 from trimformer.data.text import text_collate
 from trimformer.evaluation import evaluate
 from trimformer.loading import Loaded, model_resolution
 from trimformer.pruned import TokenPrunedModel
-from trimformer.quant import BaseQuantConfig, UniformConfig, calibrate, is_quantized, quantize_, quantize_weight
+from trimformer.quant import (
+    BaseQuantConfig,
+    UniformConfig,
+    calibrate,
+    check_globs,
+    is_quantized,
+    quantize_,
+    quantize_weight,
+)
 
 
 def fp32_nbytes(model: nn.Module) -> int:
@@ -68,13 +76,18 @@ def quantize_loaded(
     source: str,
     tokenizer: Any = None,
     recipe: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Quantize a loaded (possibly pruned) model, calibrate, evaluate before/after, save; returns the report.
 
-    ``evaluate_fn(model)`` returns an object with ``accuracy``, ``flops_ratio`` and ``num_examples``.
+    ``evaluate_fn(model)`` returns an object with ``accuracy``, ``flops_ratio`` and ``num_examples``. ``out`` is
+    checked first (:func:`~trimformer.checkpoint.check_output_path`: a checkpoint there is replaced only with
+    ``overwrite``).
     """
+    check_output_path(out, overwrite)
     if is_quantized(model.model):
         raise ValueError(f"{source} is already quantized; quantize the float checkpoint it was made from")
+    check_globs(model.model, config)  # before the float evaluation, not after it
     fp = evaluate_fn(model)
     size_fp32 = fp32_nbytes(model)
     originals = float_weights(model.model)
@@ -87,7 +100,8 @@ def quantize_loaded(
     err, ref = weight_mse(model.model, originals)
     extra = {k: meta[k] for k in ("resolution", "label_names") if k in meta}
     save_pruned(model, out, tokenizer, extra={**extra, "recipe": {**meta.get("recipe", {}), "quantize": {
-        "quantized_from": source, "calibration_batches": len(calibration_batches), **(recipe or {})}}})
+        "quantized_from": source, "calibration_batches": len(calibration_batches), **(recipe or {})}}},
+        overwrite=overwrite)
     return {
         "scheme": config.scheme,
         "wbits": config.wbits,
@@ -110,7 +124,7 @@ def quantize_loaded(
 
 def quantize_checkpoint(loaded: Loaded, source: str, config: BaseQuantConfig, calib: Sequence, test: Sequence,
                         out: str | Path, max_length: int = 128, calib_batches: int = 16,
-                        batch_size: int = 32) -> dict[str, Any]:
+                        batch_size: int = 32, overwrite: bool = False) -> dict[str, Any]:
     """Quantize a loaded text or vision model (dense or pruned) and save it to ``out``.
 
     Activation ranges come from a seeded sample of ``calib_batches`` batches of ``calib`` (labels unused);
@@ -126,4 +140,4 @@ def quantize_checkpoint(loaded: Loaded, source: str, config: BaseQuantConfig, ca
     recipe = {"max_length": max_length} if text else {}
     return quantize_loaded(loaded.model, meta, config, batches,
                            lambda m: evaluate(m, test, loaded.tokenizer, max_length), out, source, loaded.tokenizer,
-                           recipe)
+                           recipe, overwrite)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,14 +74,26 @@ def is_checkpoint(path: str | Path) -> bool:
     return is_pruned_checkpoint(path) or (Path(path) / LEGACY_META_FILE).is_file()
 
 
-def check_output_path(path: str | Path) -> Path:
-    """``path`` if a checkpoint may be written there: a new path, or a folder trimformer itself wrote (which is then
-    replaced). Anything else (a file, a folder of the user's) is refused, so that a save never deletes it."""
+def check_output_path(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` if a checkpoint may be written there: a new path in a writable folder, or, with ``overwrite``, a
+    folder trimformer itself wrote (which is then replaced). Anything else (a file, a folder of the user's, an
+    existing checkpoint without ``overwrite``) is refused, so that a save never deletes what it should not."""
     path = Path(path)
-    if path.exists() and not (path.is_dir() and is_checkpoint(path)):
-        what = "a folder that is not a trimformer checkpoint" if path.is_dir() else "a file"
-        raise CheckpointError(f"{path} exists and is {what}: trimformer replaces only checkpoints it wrote. "
-                              "Choose another output path, or move it away yourself")
+    if path.exists() or path.is_symlink():
+        if not (path.is_dir() and not path.is_symlink() and is_checkpoint(path)):
+            what = ("a symbolic link" if path.is_symlink() else
+                    "a folder that is not a trimformer checkpoint" if path.is_dir() else "a file")
+            raise CheckpointError(f"{path} exists and is {what}: trimformer replaces only checkpoints it wrote. "
+                                  "Choose another output path, or move it away yourself")
+        if not overwrite:
+            raise CheckpointError(f"{path} already holds a trimformer checkpoint; pass --overwrite (overwrite=True "
+                                  "in Python) to replace it, or choose another output path")
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        what = "not a folder" if not ancestor.is_dir() else "not writable"
+        raise CheckpointError(f"cannot write {path}: {ancestor} is {what}; choose another output path")
     return path
 
 
@@ -153,7 +166,30 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta.get("model_config"), dict):
         raise CheckpointError(f"{path / META_FILE} has no model_config; re-create the checkpoint")
     _check_files(path, meta)
+    _check_types(path / META_FILE, meta)
     return meta
+
+
+def _is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+_FIELD_CHECKS = (  # key, test of a present value, what it must be
+    ("method", lambda v: isinstance(v, str), "a method name (string)"),
+    ("method_config", lambda v: isinstance(v, dict), "an object (the method's config)"),
+    ("mode", lambda v: v in ("packed", "masked"), "'packed' or 'masked'"),
+    ("quant_config", lambda v: v is None or isinstance(v, dict), "an object (the quantization recipe) or null"),
+    ("batchnorm_folded", lambda v: isinstance(v, bool), "true or false"),
+    ("resolution", _is_pos_int, "a positive integer (pixels)"),
+    ("label_names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of strings"),
+)
+
+
+def _check_types(where: Path, meta: dict[str, Any]) -> None:
+    """Each known key that is present has its type (a hand-edited or foreign file fails here, not in a traceback)."""
+    for key, test, must in _FIELD_CHECKS:
+        if key in meta and not test(meta[key]):
+            raise CheckpointError(f"{where}: {key} must be {must}, got {meta[key]!r}; re-create the checkpoint")
 
 
 def _read_legacy_meta(path: Path) -> dict[str, Any]:
@@ -190,6 +226,7 @@ def _read_legacy_meta(path: Path) -> dict[str, Any]:
     if not meta.get("files"):
         raise CheckpointError(f"{where} lists no weight files; re-create the checkpoint")
     _check_files(path, meta)
+    _check_types(where, meta)
     return meta
 
 
@@ -198,7 +235,8 @@ def _check_files(path: Path, meta: dict[str, Any]) -> None:
     if files is None:
         return
     if (not isinstance(files, dict) or not files
-            or not all(isinstance(n, str) and Path(n).name == n and n.endswith(".safetensors") for n in files)):
+            or not all(isinstance(n, str) and Path(n).name == n and n.endswith(".safetensors") for n in files)
+            or not all(isinstance(d, str) for d in files.values())):
         raise CheckpointError(f"{path}: the metadata's files record {files!r} is invalid; re-create the checkpoint")
 
 

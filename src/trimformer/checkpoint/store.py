@@ -31,6 +31,7 @@ from trimformer.checkpoint.meta import (
     model_task,
     read_meta,
 )
+from trimformer.checkpoint.sources import check_finite, from_pretrained
 from trimformer.io_utils import atomic_write_dir, atomic_write_json, file_sha256
 from trimformer.methods import method_named
 from trimformer.pruned import TokenPrunedModel
@@ -46,13 +47,18 @@ def build_policy(method: str, method_config: dict[str, Any], num_layers: int):
         spec = method_named(method)
     except ValueError as err:
         raise CheckpointError(f"checkpoint: {err}") from err
-    return spec.build_policy(spec.config_from_dict(method_config), num_layers)
+    try:
+        return spec.build_policy(spec.config_from_dict(method_config), num_layers)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"checkpoint: the {method} config {method_config!r} is invalid ({err}); re-create the "
+                              "checkpoint") from err
 
 
-def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], processor=None) -> Path:
+def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], processor=None,
+           overwrite: bool = False) -> Path:
     """The one writer: weights, processor files, then trimformer.json with the weights' sha256, atomically; it
-    replaces only a checkpoint (:func:`check_output_path`)."""
-    check_output_path(path)
+    replaces only a checkpoint, and only with ``overwrite`` (:func:`check_output_path`)."""
+    check_output_path(path, overwrite)
 
     def write(folder: Path) -> None:
         save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -64,7 +70,11 @@ def _write(path: Path, state: dict[str, torch.Tensor], meta: dict[str, Any], pro
             if file.is_file():
                 os.chmod(file, 0o644)
 
-    atomic_write_dir(path, write)
+    try:
+        atomic_write_dir(path, write)
+    except OSError as err:  # a full disk, a read-only folder: nothing half-written is left (see io_utils)
+        raise CheckpointError(f"cannot write the checkpoint {path} ({err}); the previous content of that path is "
+                              "unchanged. Free some space or choose another output path") from err
     return path
 
 
@@ -73,8 +83,9 @@ def _float_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pruned(model: TokenPrunedModel, path: str | Path, tokenizer=None,
-                extra: dict[str, Any] | None = None) -> Path:
-    """Write a wrapped transformers model (and its tokenizer / image processor) atomically to the folder ``path``.
+                extra: dict[str, Any] | None = None, overwrite: bool = False) -> Path:
+    """Write a wrapped transformers model (and its tokenizer / image processor) atomically to the folder ``path``
+    (an existing checkpoint there is replaced only with ``overwrite``).
 
     :func:`save` takes this and every other model trimformer saves; this stays for the wrapper alone."""
     path = Path(path)
@@ -101,7 +112,7 @@ def save_pruned(model: TokenPrunedModel, path: str | Path, tokenizer=None,
         state = pack_model(model)
     else:
         state = _float_state(model)
-    return _write(path, state, meta, tokenizer)
+    return _write(path, state, meta, tokenizer, overwrite)
 
 
 def _batchnorm_folded(model: MobileNetCNN) -> bool:
@@ -114,7 +125,8 @@ def _batchnorm_folded(model: MobileNetCNN) -> bool:
     return found == 0
 
 
-def save_cnn(model: MobileNetCNN, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_cnn(model: MobileNetCNN, path: str | Path, extra: dict[str, Any] | None = None,
+             overwrite: bool = False) -> Path:
     """Write trimformer's CNN (float or quantized, batch norms folded or not) atomically to the folder ``path``."""
     meta = _common_meta(type(model).__name__, model.config.num_classes, extra)
     meta.update({"model_config": model.config.to_dict(), "method": "dense", "method_config": {},
@@ -125,18 +137,19 @@ def save_cnn(model: MobileNetCNN, path: str | Path, extra: dict[str, Any] | None
         state = pack_model(model)
     else:
         state = _float_state(model)
-    return _write(Path(path), state, meta)
+    return _write(Path(path), state, meta, overwrite=overwrite)
 
 
 def save(model: nn.Module, path: str | Path, processor=None, extra: dict[str, Any] | None = None, *,
-         resolution: int | None = None, label_names: Sequence[str] | None = None) -> Path:
+         resolution: int | None = None, label_names: Sequence[str] | None = None, overwrite: bool = False) -> Path:
     """``trimformer.save``: any model trimformer runs, atomically to the folder ``path``.
 
     ``model``: a ``TokenPrunedModel`` (any method, quantized or not), a bare transformers model (text or vision,
     quantized or not) or a ``MobileNetCNN`` (float or quantized, batch norms folded or not). ``processor``: the
     tokenizer or image processor to store alongside (transformers models). ``resolution`` (input side in pixels)
     and ``label_names`` (one per output) are recorded for :func:`load`'s callers; ``extra`` adds JSON values of
-    your own (training recipe, metrics...). Returns the folder.
+    your own (training recipe, metrics...). A checkpoint already at ``path`` is replaced only with ``overwrite``;
+    a file or any other folder there is never replaced. Returns the folder.
     """
     extra = dict(extra or {})
     for key, value in (("resolution", resolution), ("label_names", label_names)):
@@ -147,11 +160,11 @@ def save(model: nn.Module, path: str | Path, processor=None, extra: dict[str, An
     if isinstance(model, MobileNetCNN):
         if processor is not None:
             raise ValueError("a MobileNetCNN has no processor: its input normalisation is in its config")
-        return save_cnn(model, path, extra)
+        return save_cnn(model, path, extra, overwrite)
     if isinstance(model, TokenPrunedModel):
-        return save_pruned(model, path, tokenizer=processor, extra=extra)
+        return save_pruned(model, path, tokenizer=processor, extra=extra, overwrite=overwrite)
     if isinstance(model, transformers.PreTrainedModel):
-        return save_pruned(TokenPrunedModel(model), path, tokenizer=processor, extra=extra)
+        return save_pruned(TokenPrunedModel(model), path, tokenizer=processor, extra=extra, overwrite=overwrite)
     raise TypeError(f"trimformer.save takes a TokenPrunedModel, a transformers model or a MobileNetCNN, "
                     f"got {type(model).__name__}")
 
@@ -170,9 +183,9 @@ def _transformers_model(path: Path, meta: dict[str, Any]) -> nn.Module:
     config_dict = dict(meta["model_config"])
     try:
         config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    except (KeyError, TypeError, ValueError) as err:
+        return getattr(transformers, meta["model_class"])(config)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"{path}: the model config is invalid ({err!r}); re-create the checkpoint") from err
-    return getattr(transformers, meta["model_class"])(config)
 
 
 def _legacy_transformers_model(path: Path, meta: dict[str, Any]) -> nn.Module:
@@ -195,6 +208,7 @@ def _load_transformers(path: Path, meta: dict[str, Any]) -> TokenPrunedModel:
     if meta.get("legacy_format"):
         return TokenPrunedModel(_legacy_transformers_model(path, meta), None).eval()
     state = _read_state(path, meta)
+    check_finite(state, path)
     model = _transformers_model(path, meta)
     policy = build_policy(meta.get("method", "dense"), meta.get("method_config", {}), model.config.num_hidden_layers)
     pruned = TokenPrunedModel(model, policy, mode=meta.get("mode", "packed"))
@@ -256,7 +270,9 @@ def load(path: str | Path, verify: bool = True) -> tuple[nn.Module, dict[str, An
     if verify:
         _verify_files(path, meta)
     if meta["model_class"] in CNN_MODEL_CLASSES:
-        return _load_cnn(path, meta, _read_state(path, meta)), meta
+        state = _read_state(path, meta)
+        check_finite(state, path)
+        return _load_cnn(path, meta, state), meta
     pruned = _load_transformers(path, meta)
     if pruned.policy is None and not meta.get("quant_config"):
         return pruned.model, meta
@@ -271,7 +287,7 @@ def convert_image_classifier(old: str | Path, new: str | Path, verify: bool = Tr
     model, meta = load(old, verify=verify)
     extra = {k: v for k, v in meta.items() if k not in RESERVED_KEYS}
     extra["converted_from"] = f"{LEGACY_META_FILE} format {meta['format_version']}"
-    return save(model, new, extra=extra)
+    return save(model, new, extra=extra, overwrite=Path(new).resolve() == Path(old).resolve())
 
 
 def load_model(path_or_name: str | Path, num_labels: int | None = None, label_names: list[str] | None = None):
@@ -286,17 +302,15 @@ def load_model(path_or_name: str | Path, num_labels: int | None = None, label_na
             raise CheckpointError(f"{path_or_name} holds an image model ({meta['model_class']}); load it with "
                                   "trimformer.load or the vision commands (--task vision)")
         model, meta = load_pruned(path_or_name)
-        return model, AutoTokenizer.from_pretrained(str(path_or_name)), meta
+        return model, from_pretrained(AutoTokenizer.from_pretrained, path_or_name, "tokenizer"), meta
     kwargs: dict[str, Any] = {}
     if label_names is not None:
         kwargs = {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
                   "label2id": {n: i for i, n in enumerate(label_names)}}
     elif num_labels is not None:  # one output: a regression head (MSE loss)
         kwargs = {"num_labels": num_labels, **({"problem_type": "regression"} if num_labels == 1 else {})}
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path_or_name), attn_implementation="sdpa", ignore_mismatched_sizes=bool(kwargs), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(path_or_name))
-    except OSError as err:
-        raise CheckpointError(f"cannot load model {path_or_name!r}: {err}") from err
+    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path_or_name, "text model",
+                            attn_implementation="sdpa", ignore_mismatched_sizes=bool(kwargs), **kwargs)
+    check_finite(dict(model.state_dict()), path_or_name)
+    tokenizer = from_pretrained(AutoTokenizer.from_pretrained, path_or_name, "tokenizer")
     return TokenPrunedModel(model, None).eval(), tokenizer, {"method": "dense"}

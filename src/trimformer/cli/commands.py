@@ -16,6 +16,7 @@ from trimformer.cli.inputs import (
     data_name,
     load_model_for,
     method_config,
+    refuse_later_stage,
     resolve_model_name,
     set_level,
     split_data,
@@ -25,38 +26,59 @@ from trimformer.data.labels import require_classes
 from trimformer.data.text import load_text_data, text_collate
 from trimformer.evaluation import evaluate
 from trimformer.fitting import fit
-from trimformer.io_utils import atomic_write_json
+from trimformer.io_utils import atomic_write_json, check_report_path
 from trimformer.loading import model_resolution
 from trimformer.methods import method_named, registered_methods
 from trimformer.pruning import prune
 from trimformer.train.finetune import finetune_dense
 from trimformer.train.loop import epochs_to_steps, is_main_process
+from trimformer.train.state import discard_state
 
 
 def _emit(result: dict, json_path: str | None) -> int:
     print(json.dumps(result, indent=2))
     if json_path:
-        atomic_write_json(json_path, result)
+        atomic_write_json(check_report_path(json_path), result)
     return 0
+
+
+def _state_dir(args: argparse.Namespace) -> Path | None:
+    """``OUT.state`` when the run saves its training state (``--resume`` or ``--restart``), else None."""
+    return Path(args.out + ".state") if args.resume or args.restart else None
+
+
+def _about(args: argparse.Namespace) -> dict:
+    """Where a run's model and data came from (recorded with its training state)."""
+    return {"model": args.model, "data": data_name(args), "eval_data": args.eval_data}
+
+
+def _finish(args: argparse.Namespace, state_dir: Path | None) -> None:
+    """After the checkpoint is saved, the finished run's training state goes (nothing is left to resume)."""
+    if state_dir is not None:
+        discard_state(state_dir)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     args.task = "text"
+    model_path = resolve_model_name(args.model)
+    refuse_later_stage(model_path, "fine-tune")
     train = load_text_data(data_name(args), "train", columns=args.columns, label_type=args.label_type)
     require_classes(train.label_names, data_name(args))
     head = {"label_names": train.label_names} if train.label_names is not None else {"num_labels": 1}
-    model, tokenizer, _ = load_model(resolve_model_name(args.model), **head)
+    model, tokenizer, _ = load_model(model_path, **head)
     model = model.model.train()
     train = train.subset(args.train_subset, seed=args.seed)
     config = train_config(args)
     steps = epochs_to_steps(len(train), config.batch_size, args.epochs)
-    state_dir = Path(args.out + ".state") if args.resume else None
-    logs = finetune_dense(model, train, text_collate(tokenizer, config.max_length), config, steps, state_dir)
+    state_dir = _state_dir(args)
+    logs = finetune_dense(model, train, text_collate(tokenizer, config.max_length), config, steps, state_dir,
+                          restart=args.restart, about=_about(args))
     if is_main_process():
         recipe = {"stage": "finetune", "model": args.model, "data": args.data, "epochs": args.epochs,
                   "steps": steps, "train_examples": len(train), "train": config.to_dict(),
                   "final_loss": logs[-1]["loss"] if logs else None}
-        save(model.eval(), args.out, processor=tokenizer, extra={"recipe": recipe})
+        save(model.eval(), args.out, processor=tokenizer, extra={"recipe": recipe}, overwrite=args.overwrite)
+        _finish(args, state_dir)
         print(f"saved fine-tuned model to {args.out} ({steps} steps)")
     return 0
 
@@ -69,16 +91,17 @@ def run_prune(args: argparse.Namespace) -> int:
         fitting = [s.name for s in registered_methods() if args.task in s.tasks]
         raise ValueError(f"--method {args.method} is a {' / '.join(spec.tasks)} method and {args.model} is a "
                          f"{args.task} model: --task {args.task} takes --method {' | '.join(fitting)}")
-    if loaded.meta.get("method", "dense") != "dense":
-        raise ValueError(f"{args.model} is already pruned ({loaded.meta['method']}); start from a dense fine-tuned "
-                         "model")
+    refuse_later_stage(args.model, "prune", loaded.meta)
     model = prune(loaded.model.model, method_config(args))
     recipe: dict = {"base_model": args.model, "data": data_name(args)}
+    if spec.fit is None and (args.resume or args.restart):
+        raise ValueError(f"--method {args.method} is training free: there is no training state to "
+                         f"{'resume' if args.resume else 'restart'}; drop the flag")
     if spec.fit is not None:
         train = split_data(args, loaded, "train", args.train_subset, seed=args.seed)
         config = train_config(args)
-        state_dir = Path(args.out + ".state") if args.resume else None
-        history = fit(model, train, config, tokenizer=loaded.tokenizer, state_dir=state_dir)
+        history = fit(model, train, config, tokenizer=loaded.tokenizer, state_dir=_state_dir(args),
+                      restart=args.restart, about=_about(args))
         recipe.update(train=config.to_dict(), train_examples=len(train),
                       **{k: v for k, v in history.items() if k not in ("soft", "hard", "train")})
     if is_main_process():
@@ -86,7 +109,8 @@ def run_prune(args: argparse.Namespace) -> int:
         if args.task == "vision":
             extra.update(resolution=model_resolution(loaded.model, loaded.meta),
                          label_names=loaded.meta.get("label_names") or label_names(loaded.model))
-        save_pruned(model, args.out, loaded.tokenizer, extra=extra)
+        save_pruned(model, args.out, loaded.tokenizer, extra=extra, overwrite=args.overwrite)
+        _finish(args, _state_dir(args) if spec.fit is not None else None)
         print(f"saved {args.method} model to {args.out}")
     return 0
 
@@ -170,11 +194,16 @@ def run_quantize(args: argparse.Namespace) -> int:
     calib = split_data(args, loaded, "train")
     test = split_data(args, loaded, "test", args.limit)
     report = quantize_checkpoint(loaded, str(args.checkpoint), config, calib, test, args.out,
-                                 max_length=args.max_length, calib_batches=args.calib_batches)
+                                 max_length=args.max_length, calib_batches=args.calib_batches,
+                                 overwrite=args.overwrite)
     return _emit(report, args.json)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "results.json").is_file())):
+        raise ValueError(f"{out} exists and is not a demo output folder (no results.json): the demo writes its "
+                         "checkpoints, plots and report there and never replaces a user's files; choose another --out")
     if args.task == "vision":
         from trimformer.report.vision_demo import run_vision_demo
 

@@ -7,6 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from trimformer.assets import minilm_path
+from trimformer.checkpoint import is_checkpoint, read_meta
 from trimformer.data.hf import hf_image_data, is_hf_source
 from trimformer.data.images import load_image_data
 from trimformer.data.labels import (
@@ -27,6 +28,7 @@ from trimformer.methods import (
     TopKConfig,
     method_named,
 )
+from trimformer.quant import ORDER
 from trimformer.train.loop import TrainConfig
 
 DEFAULT_DATA = MappingProxyType({"text": "rotten_tomatoes", "vision": "fashion_mnist"})
@@ -42,6 +44,26 @@ def load_model_for(args: argparse.Namespace, path: str, label_names: list[str] |
     """The model at ``path`` with its task settled (``args.task`` is set to it)."""
     args.task = infer_task(path, args.task)
     return load_any(path, args.task, label_names)
+
+
+def refuse_later_stage(path: str, action: str, meta: dict[str, Any] | None = None) -> None:
+    """ValueError when the model at ``path`` comes from a later stage than ``action`` in finetune -> prune ->
+    quantize (a pruned model cannot be fine-tuned as a dense one, a quantized one cannot be pruned or fine-tuned:
+    the result would silently drop the pruning or the quantization). ``meta``: the checkpoint's, when loaded."""
+    if meta is None:
+        if not is_checkpoint(path):
+            return
+        meta = read_meta(path)
+    method = meta.get("method", "dense")
+    doing = "pruning" if action == "prune" else "fine-tuning"
+    if meta.get("quant_config"):
+        raise ValueError(f"{path} is quantized: {doing} it would drop the quantization (the order is {ORDER}). "
+                         "Start from the float checkpoint it was quantized from, and quantize last")
+    if method != "dense":
+        again = "pruning it again" if action == "prune" else "fine-tuning it as a dense model"
+        raise ValueError(f"{path} is already token-pruned ({method}): {again} would drop that pruning (the "
+                         f"order is {ORDER}). Start from the dense fine-tuned checkpoint it was made from, or quantize "
+                         "this one")
 
 
 def data_name(args: argparse.Namespace) -> str:

@@ -15,7 +15,18 @@ def _add_train_options(p: argparse.ArgumentParser, lr: float) -> None:
     g.add_argument("--max-length", type=int, default=128, help="tokens per text after truncation (default 128)")
     g.add_argument("--train-subset", type=int, default=None, help="use a seeded random subset of N training texts")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--resume", action="store_true", help="continue from the training state saved in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="save the training state in OUT.state and continue from it after an interruption; a state "
+                        "saved for another model, data set or recipe is refused (see --restart)")
+    g.add_argument("--restart", action="store_true",
+                   help="discard the training state in OUT.state (if any) and train from the start, saving state "
+                        "as --resume does")
+
+
+def _add_out_option(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--out", required=True, help=help_text)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint already at --out (only a folder trimformer wrote is ever replaced)")
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
@@ -72,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'minilm' (offline all-MiniLM-L6-v2), a local folder or a hub name (default minilm)")
     _add_data_options(p)
     p.add_argument("--epochs", type=float, default=1.0, help="passes over the training data (default 1)")
-    p.add_argument("--out", required=True, help="output folder (a trimformer checkpoint of the dense model)")
+    _add_out_option(p, "output folder (a trimformer checkpoint of the dense model)")
     _add_train_options(p, lr=1e-4)
 
     p = sub.add_parser("prune", help="learn token pruning (text: LTP, top-k; vision: SaiT, AS-ViT, EViT, ToMe)")
@@ -99,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=200, help="SaiT / AS-ViT training steps (default 200)")
     v.add_argument("--keep-rate", type=float, default=0.7, help="EViT keep rate per pruning layer (default 0.7)")
     v.add_argument("--r", type=int, default=8, help="ToMe: tokens merged per layer (default 8)")
-    p.add_argument("--out", required=True, help="output folder of the pruned checkpoint")
+    _add_out_option(p, "output folder of the pruned checkpoint")
     _add_train_options(p, lr=2e-5)
 
     p = sub.add_parser("eval", help="accuracy, FLOPs and kept tokens of a checkpoint")
@@ -130,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="fine-tuned classifier or pruned checkpoint folder (pruned stays pruned)")
     _add_task_option(p)
     _add_data_options(p)
-    p.add_argument("--out", required=True, help="output folder of the quantized checkpoint")
+    _add_out_option(p, "output folder of the quantized checkpoint")
     p.add_argument("--scheme", choices=("pwlq", "uniform"), default="pwlq", help="weight scheme (default pwlq)")
     p.add_argument("--wbits", type=int, default=4,
                    help="weight bits (default 4); PWLQ stores one region bit more, see --region-bit")
@@ -179,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command in ("finetune", "prune", "quantize"):
-            check_output_path(args.out)  # refused up front, not after minutes of training
+            check_output_path(args.out, args.overwrite)  # refused up front, not after minutes of training
         return getattr(commands, f"run_{args.command}")(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"trimformer {args.command}: error: {err}", file=sys.stderr)

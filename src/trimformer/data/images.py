@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
+
+from trimformer.core.pixels import to_unit_range
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_APT = "dataset-fashion-mnist"
@@ -38,8 +41,24 @@ FASHION_MNIST_CLASSES = (
 )
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg"})  # without Pillow's list (see image_extensions)
 ARRAY_EXTENSIONS = frozenset({".npy"})
+_EIGHT_BIT_MODES = ("1", "L", "P", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class SkippedFilesWarning(UserWarning):
+    """Files in an image folder that are not images trimformer reads (listed in the message)."""
+
+
+def image_extensions() -> frozenset[str]:
+    """Every file extension Pillow opens (PNG, JPEG, TIFF, BMP, GIF, WebP, ...), or PNG/JPEG without Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return IMAGE_EXTENSIONS
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 _IDX_DTYPES = {0x08: np.uint8}
 
@@ -94,14 +113,13 @@ def load_fashion_mnist(
 
 
 def to_model_input(image: torch.Tensor, resolution: int | None) -> torch.Tensor:
-    """Float image (C, H, W) in [0, 1], C in {1, 3} -> normalised float32 (3, R, R); R = H = W if None."""
+    """Image (C, H, W), C in {1, 3} -> normalised float32 (3, R, R); R = H = W if None. Pixels: uint8 (0..255),
+    uint16 (0..65535) or floats in [0, 1] (:func:`~trimformer.core.pixels.to_unit_range`)."""
     if image.ndim != 3 or image.shape[0] not in (1, 3):
         raise ValueError(f"expected an image of shape (1 or 3, H, W), got {tuple(image.shape)}")
     if image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"empty image of shape {tuple(image.shape)}")
-    x = image.to(torch.float32)
-    if not torch.isfinite(x).all():
-        raise ValueError("image contains NaN or infinite values")
+    x = to_unit_range(image)
     if resolution is not None:
         if resolution < 1:
             raise ValueError(f"resolution must be positive, got {resolution}")
@@ -123,12 +141,13 @@ def image_collate(items: list[tuple[torch.Tensor, torch.Tensor | int]]) -> dict[
 
 
 def grayscale_batch_to_inputs(images: torch.Tensor, resolution: int | None, chunk: int = 4096) -> torch.Tensor:
-    """uint8 images [N, H, W] -> normalised float32 [N, 3, R, R], the batched form of :func:`to_model_input`."""
+    """uint8 / uint16 (or [0, 1] float) images [N, H, W] -> normalised float32 [N, 3, R, R], the batched form of
+    :func:`to_model_input`."""
     if images.ndim != 3:
         raise ValueError(f"images must be (N, H, W), got {tuple(images.shape)}")
     out = []
     for start in range(0, images.shape[0], chunk):
-        x = images[start:start + chunk].to(torch.float32).div(255.0)[:, None]  # [n, 1, H, W]
+        x = to_unit_range(images[start:start + chunk], "images")[:, None]  # [n, 1, H, W]
         if resolution is not None and tuple(x.shape[2:]) != (resolution, resolution):
             x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
         x = x.expand(-1, 3, -1, -1)
@@ -139,7 +158,8 @@ def grayscale_batch_to_inputs(images: torch.Tensor, resolution: int | None, chun
 
 
 class GrayscaleImageDataset(Dataset):
-    """uint8 grayscale images (N, H, W) + labels, served as normalised 3-channel (3, R, R) tensors."""
+    """Grayscale images (N, H, W) + labels, served as normalised 3-channel (3, R, R) tensors; pixels uint8, uint16
+    or floats in [0, 1]."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, resolution: int | None = 112) -> None:
         if images.ndim != 3:
@@ -156,8 +176,7 @@ class GrayscaleImageDataset(Dataset):
         return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index].to(torch.float32).div(255.0)[None]
-        return to_model_input(image, self.resolution), self.labels[index]
+        return to_model_input(self.images[index][None], self.resolution), self.labels[index]
 
 
 class FashionMNIST(GrayscaleImageDataset):
@@ -182,10 +201,12 @@ class FashionMNIST(GrayscaleImageDataset):
 class ImageFolderDataset(Dataset):
     """Users' own images in ``root/<class name>/<file>``; classes sorted by name.
 
-    PNG/JPEG files are read with Pillow (RGB); ``.npy`` files hold float arrays in [0, 1] shaped
-    (H, W), (H, W, C) or (C, H, W) with C in {1, 3}. With ``resolution=None`` every image must already
-    have the size of the first one; otherwise images are resized to ``resolution`` x ``resolution``.
-    Problems (empty folders, unreadable files, size mismatch, NaN) raise errors naming the file.
+    Image files are every format Pillow opens (see :func:`load_image` for the value ranges); ``.npy`` files hold
+    arrays shaped (H, W), (H, W, C) or (C, H, W) with C in {1, 3}: uint8, uint16 or floats in [0, 1]. With
+    ``resolution=None`` every image must already have the size of the first one; otherwise images are resized to
+    ``resolution`` x ``resolution``. Other files in the class folders are skipped and listed in a
+    :class:`SkippedFilesWarning` (hidden files, such as ``.DS_Store``, silently); problems with the images
+    themselves (empty folders, corrupt or unreadable files, size mismatch, NaN) raise errors naming the file.
     """
 
     def __init__(
@@ -200,7 +221,7 @@ class ImageFolderDataset(Dataset):
         allowed = (
             {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions} if extensions else None
         )
-        allowed = allowed or (IMAGE_EXTENSIONS | ARRAY_EXTENSIONS)
+        allowed = allowed or (image_extensions() | ARRAY_EXTENSIONS)
         self.classes = sorted(
             p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
@@ -210,16 +231,30 @@ class ImageFolderDataset(Dataset):
             )
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[Path, int]] = []
+        self.skipped: list[tuple[Path, str]] = []
         for name in self.classes:
-            files = sorted(
-                p for p in (self.root / name).iterdir() if p.is_file() and p.suffix.lower() in allowed
-            )
+            files = []
+            for p in sorted((self.root / name).iterdir()):
+                if p.name.startswith("."):
+                    continue
+                if not p.is_file():
+                    self.skipped.append((p, "a folder (class folders are one level deep)" if p.is_dir()
+                                         else "not a regular file"))
+                elif p.suffix.lower() not in allowed:
+                    self.skipped.append((p, f"extension {p.suffix or '(none)'!r} is not an image type read here"))
+                else:
+                    files.append(p)
             if not files:
                 raise ValueError(
                     f"class folder {self.root / name} holds no images ({', '.join(sorted(allowed))})"
                 )
             self.samples.extend((p, self.class_to_idx[name]) for p in files)
-        if any(p.suffix.lower() in IMAGE_EXTENSIONS for p, _ in self.samples):
+        if self.skipped:
+            shown = "; ".join(f"{p.relative_to(self.root)}: {why}" for p, why in self.skipped[:10])
+            more = f"; and {len(self.skipped) - 10} more" if len(self.skipped) > 10 else ""
+            warnings.warn(f"{self.root}: skipped {len(self.skipped)} file(s) that are not images: {shown}{more}",
+                          SkippedFilesWarning, stacklevel=2)
+        if any(p.suffix.lower() not in ARRAY_EXTENSIONS for p, _ in self.samples):
             _require_pil()
         self.resolution = resolution
         self._size: tuple[int, int] | None = None
@@ -260,7 +295,14 @@ def _first_size(path: Path) -> tuple[int, int]:
 
 
 def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Read one image file as float32 (C, H, W) in [0, 1]: PNG/JPEG (Pillow, RGB) or ``.npy``."""
+    """Read one image file as float32 (C, H, W) in [0, 1], C in {1, 3}.
+
+    Pillow formats by mode: 8-bit modes (1, L, P, LA, RGB, RGBA, CMYK, YCbCr...) are converted to RGB (alpha
+    dropped, as torchvision does) and divided by 255; 16-bit grayscale (``I;16*``, and ``I`` from a 16-bit PNG or
+    TIFF) by 65535; 32-bit integer ``I`` by its bit depth; 32-bit float ``F`` is kept and must lie in [0, 1].
+    The first frame of an animation is read. ``.npy`` arrays: see :func:`~trimformer.core.pixels.to_unit_range`.
+    A corrupt or unreadable file raises ValueError naming it.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in ARRAY_EXTENSIONS:
@@ -268,9 +310,8 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path}: cannot read array ({exc})") from exc
-        if not np.issubdtype(array.dtype, np.number):
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
             raise ValueError(f"{path}: array dtype {array.dtype} is not numeric")
-        array = array.astype(np.float32)
         if array.ndim == 2:
             array = array[None]
         elif array.ndim == 3 and array.shape[-1] in (1, 3) and array.shape[0] not in (1, 3):
@@ -279,20 +320,51 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
             raise ValueError(
                 f"{path}: expected (H, W), (H, W, C) or (C, H, W) with C in 1/3, got {array.shape}"
             )
-        if not np.isfinite(array).all():
-            raise ValueError(f"{path}: image contains NaN or infinite values")
-        return torch.from_numpy(np.ascontiguousarray(array))
-    if suffix in IMAGE_EXTENSIONS:
-        image_module = _require_pil()
-        try:
-            with image_module.open(path) as img:  # type: ignore[attr-defined]
-                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except OSError as exc:
-            raise ValueError(f"{path}: cannot read image ({exc})") from exc
-        if 0 in rgb.shape:
-            raise ValueError(f"{path}: empty image {rgb.shape}")
-        return torch.from_numpy(rgb.copy()).permute(2, 0, 1).to(torch.float32).div(255.0)
-    raise ValueError(f"{path}: unsupported file type {suffix!r}")
+        return to_unit_range(np.ascontiguousarray(array), str(path)).contiguous()
+    image_module = _require_pil()
+    try:
+        with image_module.open(path) as img:  # type: ignore[attr-defined]
+            img.load()
+            array = _pillow_pixels(img, path)
+    except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as exc:  # type: ignore[attr-defined]
+        # Pillow raises these for truncated, corrupt or absurdly large files
+        if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read image ({type(exc).__name__}: {exc}); the file is corrupt or not "
+                         "an image: replace or remove it") from exc
+    if 0 in array.shape:
+        raise ValueError(f"{path}: empty image {array.shape}")
+    return to_unit_range(array, str(path)).contiguous()
+
+
+def _pillow_pixels(img, path: Path) -> np.ndarray:
+    """A loaded Pillow image -> (C, H, W) array whose dtype says its range (uint8, uint16 or float in [0, 1])."""
+    mode = img.mode
+    if mode in _EIGHT_BIT_MODES:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    if mode in _SIXTEEN_BIT_MODES:
+        return np.asarray(img).astype(np.uint16)[None]
+    if mode == "I":
+        values = np.asarray(img, dtype=np.int64)
+        if values.size and values.min() < 0:
+            raise ValueError(f"{path}: signed 32-bit pixels with negative values have no intensity range; save the "
+                             "image as 8- or 16-bit, or as floats in [0, 1]")
+        bits = _integer_bit_depth(img)
+        return (values.astype(np.float64) / (2.0 ** bits - 1)).astype(np.float32)[None]
+    if mode == "F":
+        return np.asarray(img, dtype=np.float32)[None]
+    raise ValueError(f"{path}: Pillow image mode {mode!r} is not supported; convert the image to RGB or grayscale")
+
+
+def _integer_bit_depth(img) -> int:
+    """Bits per sample of a Pillow ``I`` image: PNG stores at most 16, TIFF says, anything else is 32-bit."""
+    if img.format == "PNG":
+        return 16
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    if isinstance(bits, tuple):
+        bits = bits[0]
+    return int(bits) if bits else 32
 
 
 def load_image_data(data: str, split: str, resolution: int, limit: int | None = None, seed: int = 0) -> Dataset:

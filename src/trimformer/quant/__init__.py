@@ -12,7 +12,7 @@ activations in ``ActSpec``); ``HANDLERS`` maps each config type to the code that
 ``config_from_dict`` reads any saved recipe back (``"scheme"`` picks the type).
 """
 
-from .api import is_quantized, load_quantized_, quantize_, select_layers
+from .api import ORDER, check_globs, is_quantized, load_quantized_, quantize_, refuse_quantized, select_layers
 from .bn_fold import find_conv_bn_pairs, fold_batchnorm_, fold_bn_into
 from .calibrate import ActQuantizer, calibrate, calibration
 from .config import ActSpec, BaseQuantConfig, PWLQConfig, UniformConfig
@@ -81,6 +81,9 @@ __all__ = [
     "fold_bn_into",
     "handler_for",
     "is_quantized",
+    "refuse_quantized",
+    "check_globs",
+    "ORDER",
     "load_quantized_",
     "gaussian_breakpoint",
     "laplace_breakpoint",

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 
 import torch
@@ -36,19 +37,50 @@ def select_layers(model: nn.Module, config: BaseQuantConfig, filter_fn: FilterFn
     return names
 
 
+def _first_glob(name: str, globs) -> str | None:
+    return next((g for g in globs if fnmatch.fnmatchcase(name, g)), None)
+
+
+def check_globs(model: nn.Module, config: BaseQuantConfig, filter_fn: FilterFn | None = None) -> None:
+    """ValueError for a glob of ``config`` that would do nothing on ``model``: an include or exclude glob that
+    matches no quantizable layer, or a layer_wbits / layer_abits glob that is the first match of no quantized layer
+    (a typo, or a glob shadowed by an earlier one)."""
+    candidates = [name for name, mod in model.named_modules() if name and type(mod) in QUANT_MODULES]
+    chosen = select_layers(model, config, filter_fn)
+    unused = []
+    if tuple(config.include) != ("*",):
+        unused += [("include", g) for g in config.include if not fnmatch.filter(candidates, g)]
+    included = [n for n in candidates if any(fnmatch.fnmatchcase(n, g) for g in config.include)]
+    unused += [("exclude", g) for g in config.exclude if not fnmatch.filter(included, g)]
+    overrides = [("layer_wbits", config.layer_wbits)]
+    if config.act is not None:
+        overrides.append(("layer_abits", config.layer_abits))
+    for field_name, table in overrides:
+        winners = {_first_glob(n, table) for n in chosen}
+        unused += [(field_name, g) for g in table if g not in winners]
+    if unused:
+        where = ", ".join(f"{f} glob {g!r} (--{f.replace('_', '-')})" for f, g in unused)
+        examples = ", ".join(candidates[:3] + candidates[-2:]) if candidates else "none"
+        raise ValueError(f"{where} selects no layer of this model: a glob must match a whole layer name (use '*', "
+                         f"e.g. '*classifier*'), and a per-layer glob must be the first match of some quantized "
+                         f"layer. Layers: {examples} ({len(candidates)} in all)")
+
+
 def quantize_(model: nn.Module, config: BaseQuantConfig, filter_fn: FilterFn | None = None) -> nn.Module:
     """Quantize ``model`` in place and return it.
 
     Weights are quantized once by the handler of ``type(config)`` (``config.wbits``, per-layer overrides); when
     ``config.act`` is set each replaced layer gets an input activation quantizer that must be calibrated with
     ``calibrate``.
-    ``filter_fn(module, name)`` can veto layers in addition to the include/exclude globs. A module
+    ``filter_fn(module, name)`` can veto layers in addition to the include/exclude globs; a glob that selects no
+    layer is an error (:func:`check_globs`). A module
     reachable under several names is replaced everywhere by one quantized copy. The config is recorded as
     ``model.trimformer_quant_config`` (a dict) so that saved artefacts can carry the recipe.
     """
     handler_for(config)  # a registered config type, or a clear ValueError
     if is_quantized(model):
         raise ValueError("model is already quantized; quantize the float model (quantizing twice compounds error)")
+    check_globs(model, config, filter_fn)
     chosen = select_layers(model, config, filter_fn)
     new_of: dict[int, nn.Module] = {}
     for name in tqdm(chosen, desc=f"quantize {config.scheme} W{config.wbits}", disable=len(chosen) < 20):
@@ -63,6 +95,17 @@ def quantize_(model: nn.Module, config: BaseQuantConfig, filter_fn: FilterFn | N
 def is_quantized(model: nn.Module) -> bool:
     """Whether ``model`` holds layers swapped in by ``quantize_``."""
     return any(isinstance(m, tuple(QUANT_MODULES.values())) for m in model.modules())
+
+
+ORDER = "finetune -> prune -> quantize"
+
+
+def refuse_quantized(model: nn.Module, action: str) -> None:
+    """ValueError when ``model`` is quantized: ``action`` (fine-tune, prune, fit) needs the float model, since
+    quantization is the last step (finetune -> prune -> quantize)."""
+    if is_quantized(model):
+        raise ValueError(f"cannot {action} a quantized model: quantization is the last step ({ORDER}). Start from "
+                         "the float checkpoint it was quantized from, and quantize the result")
 
 
 def _replace_modules(model: nn.Module, new_of: dict[int, nn.Module]) -> None:

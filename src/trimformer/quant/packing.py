@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any
 
 import torch
@@ -163,10 +164,31 @@ def save_packed(model: nn.Module, path: str | os.PathLike[str]) -> int:
     cfg: Any = getattr(model, "trimformer_quant_config", None)
     if cfg is not None:
         meta["quant_config"] = json.dumps(cfg, sort_keys=True)
-    tmp = f"{os.fspath(path)}.tmp"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    _check_replaceable(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return packed_nbytes(tensors)
+
+
+def _check_replaceable(path: str | os.PathLike[str]) -> None:
+    """Refuse to replace anything at ``path`` but a file :func:`save_packed` wrote."""
+    if not os.path.lexists(path):
+        return
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            ours = (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # not a safetensors file at all (safetensors raises several types)
+        ours = False
+    if not ours or os.path.islink(path):
+        raise ValueError(f"{path} exists and was not written by save_packed: it is never replaced; choose another "
+                         "path or move it away yourself")
 
 
 def load_packed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -53,7 +53,8 @@ def _finetuned(out: Path, settings: DemoSettings, train, config: TrainConfig):
     dense_config = TrainConfig(**{**config.to_dict(), "lr": 1e-4})
     finetune_dense(base.model, train, text_collate(tokenizer, dense_config.max_length), dense_config, steps)
     save(base.model, folder, processor=tokenizer, extra={"recipe": {
-        "stage": "finetune", "data": "rotten_tomatoes", "train_examples": len(train), "steps": steps}})
+        "stage": "finetune", "data": "rotten_tomatoes", "train_examples": len(train), "steps": steps}},
+        overwrite=True)  # the demo's own folder
     return load_model(folder)
 
 
@@ -75,7 +76,7 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False) -> dict:
     save_pruned(ltp, out / "model", tokenizer, extra={"recipe": {
         "base_model": "all-MiniLM-L6-v2 fine-tuned on rotten_tomatoes", "data": "rotten_tomatoes",
         "train_examples": len(train), "train": config.to_dict(),
-        **{k: v for k, v in history.items() if k not in ("soft", "hard")}}})
+        **{k: v for k, v in history.items() if k not in ("soft", "hard")}}}, overwrite=True)
     ltp, _ = load_pruned(out / "model")  # everything below runs on the reloaded checkpoint
 
     print("[demo] static top-k baseline at the same FLOPs target")

@@ -105,7 +105,8 @@ def run_vision_demo(out: Path, fast: bool = False, seed: int = 0) -> dict:
     print(f"[demo] training SaiT ({settings.sait_steps} steps of dense and sparse passes, shared weights)")
     sait = prune(vit, SaiTConfig(policy="topk", steps=settings.sait_steps))
     fit(sait, train, TrainConfig(batch_size=64, lr=5e-4, seed=seed))
-    save_pruned(sait, out / "model", extra={"resolution": RESOLUTION, "label_names": list(FASHION_MNIST_CLASSES)})
+    save_pruned(sait, out / "model", extra={"resolution": RESOLUTION, "label_names": list(FASHION_MNIST_CLASSES)},
+                overwrite=True)
     sait, _ = load_pruned(out / "model")
 
     timed = [{"pixel_values": p} for p, _ in pixel_batches(Subset(test_all, list(range(settings.bench_images))), 64)]

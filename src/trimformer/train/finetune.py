@@ -10,12 +10,25 @@ from torch import nn
 from trimformer.data.batching import Collate
 from trimformer.data.text import transformers_inputs
 from trimformer.pruned import TokenPrunedModel
+from trimformer.quant import refuse_quantized
 from trimformer.train.loop import TrainConfig, param_groups, train_steps
+from trimformer.train.state import open_state, run_record
 
 
 def finetune_dense(model: nn.Module, data: Sequence, collate: Collate, config: TrainConfig, steps: int,
-                   state_dir: str | Path | None = None) -> list[dict[str, float]]:
-    """Plain fine-tuning of a transformers classifier on its own forward (``model(**batch).loss``)."""
+                   state_dir: str | Path | None = None, restart: bool = False,
+                   about: dict | None = None) -> list[dict[str, float]]:
+    """Plain fine-tuning of a transformers classifier on its own forward (``model(**batch).loss``).
+
+    ``state_dir`` saves progress so that an interrupted run resumes; a state saved there for another model, data
+    set or recipe is refused, or discarded with ``restart`` (see :mod:`trimformer.train.state`). A token-pruned or
+    quantized model is refused: fine-tuning comes first (finetune -> prune -> quantize)."""
+    if isinstance(model, TokenPrunedModel) and model.policy is not None:
+        raise ValueError("finetune_dense trains a dense model; this one is token-pruned. Fine-tune the dense model, "
+                         "then prune it (finetune -> prune -> quantize); trimformer.fit trains a pruned model")
+    refuse_quantized(model, "fine-tune")
+    if state_dir is not None:
+        state_dir = open_state(state_dir, run_record(model, data, config, steps, "finetune", None, about), restart)
 
     def loss_fn(m: nn.Module, batch: dict, step: int):
         return m(**transformers_inputs(batch)).loss, {}

@@ -22,7 +22,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from trimformer.config import JsonConfig
 from trimformer.data.batching import Collate, epoch_loader
-from trimformer.io_utils import atomic_save_file, atomic_write_json
+from trimformer.io_utils import atomic_write_dir, atomic_write_json
+from trimformer.train.state import StaleStateError
 
 
 @dataclass
@@ -44,6 +45,10 @@ class TrainConfig(JsonConfig):
             raise ValueError(f"learning rate must be > 0, got {self.lr}")
 
 
+class TrainingDivergedError(ValueError, FloatingPointError):
+    """The loss stopped being finite (a learning rate too high for the model, or broken inputs)."""
+
+
 _accelerator: Accelerator | None = None
 
 
@@ -55,32 +60,46 @@ def get_accelerator() -> Accelerator:
     return _accelerator
 
 
-def _state_files(state_dir: Path, stage: str) -> tuple[Path, Path, Path]:
-    """Weights, optimizer and progress files of one stage (each stage keeps its own, so a run that died
-    in a later stage resumes there and skips the finished ones)."""
-    return (state_dir / f"{stage}.weights.safetensors", state_dir / f"{stage}.optimizer.pt",
-            state_dir / f"{stage}.progress.json")
+def _stage_folder(state_dir: Path, stage: str) -> Path:
+    """The state of one stage (each stage keeps its own, so a run that died in a later stage resumes there and skips
+    the finished ones): weights, optimizer and progress, written together as one folder, atomically."""
+    return state_dir / stage
 
 
-def _save_state(state_dir: Path, module: nn.Module, optimizer, scheduler, step: int, stage: str) -> None:
-    weights, optim, progress = _state_files(state_dir, stage)
+def _save_state(state_dir: Path, module: nn.Module, optimizer, scheduler, step: int, stage: str,
+                identity: dict) -> None:
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    atomic_save_file(weights, lambda p: save_file(state, str(p)))
     opt = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    atomic_save_file(optim, lambda p: torch.save(opt, p))
-    atomic_write_json(progress, {"step": step, "stage": stage})  # written last: marks the state complete
+
+    def write(folder: Path) -> None:
+        save_file(state, str(folder / "weights.safetensors"))
+        torch.save(opt, folder / "optimizer.pt")
+        atomic_write_json(folder / "progress.json", {"step": step, "stage": stage, **identity})
+
+    atomic_write_dir(_stage_folder(state_dir, stage), write)
 
 
-def _load_state(state_dir: Path, module: nn.Module, optimizer, scheduler, stage: str) -> int:
-    weights, optim, progress = _state_files(state_dir, stage)
-    if not progress.is_file():
+def _load_state(state_dir: Path, module: nn.Module, optimizer, scheduler, stage: str, identity: dict) -> int:
+    folder = _stage_folder(state_dir, stage)
+    if not (folder / "progress.json").is_file():
         return 0
-    step = int(json.loads(progress.read_text())["step"])
-    module.load_state_dict(load_file(str(weights)))
-    opt = torch.load(optim, weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    return step
+    try:
+        progress = json.loads((folder / "progress.json").read_text(encoding="utf-8"))
+        saved = {k: progress.get(k) for k in identity}
+        if saved != identity:
+            changed = [f"{k}: saved {saved[k]!r}, now {identity[k]!r}" for k in identity if saved[k] != identity[k]]
+            raise StaleStateError(f"{folder} holds the {stage} state of another run ({'; '.join(changed)}); pass "
+                                  "--restart (restart=True in Python) to discard it, or choose another --out")
+        module.load_state_dict(load_file(str(folder / "weights.safetensors")))
+        opt = torch.load(folder / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+    except StaleStateError:
+        raise
+    except Exception as err:  # torch, safetensors and json raise many types for a damaged file
+        raise StaleStateError(f"{folder}: the saved {stage} state cannot be read ({type(err).__name__}: {err}); pass "
+                              "--restart (restart=True in Python) to discard it") from err
+    return int(progress["step"])
 
 
 StepLoss = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
@@ -125,8 +144,10 @@ def train_steps(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     start = 0
     state_path = Path(state_dir) if state_dir is not None else None
+    identity = {"steps": steps, "num_examples": num_examples, "train": config.to_dict(),
+                "processes": accelerator.num_processes}  # the global batch, hence the data order
     if state_path is not None:
-        start = _load_state(state_path, module, optimizer, scheduler, stage)
+        start = _load_state(state_path, module, optimizer, scheduler, stage, identity)
         if start >= steps:
             return []
     model, optimizer = accelerator.prepare(module, optimizer)
@@ -150,7 +171,8 @@ def train_steps(
             torch.manual_seed(config.seed * 1_000_003 + step * 101 + accelerator.process_index)
             loss, info = loss_fn(model, batch, step)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"{stage}: loss became {loss.item()} at step {step}; lower the lr")
+                raise TrainingDivergedError(f"{stage}: the loss became {loss.item()} at step {step}; lower the "
+                                            "learning rate (--lr) or check the data for broken inputs")
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
@@ -161,7 +183,8 @@ def train_steps(
             bar.set_postfix(loss=f"{logs[-1]['loss']:.3f}", **{k: f"{v:.3f}" for k, v in info.items()})
             if state_path is not None and accelerator.is_main_process and (
                     step % config.save_every == 0 or step == steps):
-                _save_state(state_path, accelerator.unwrap_model(model), optimizer, scheduler, step, stage)
+                _save_state(state_path, accelerator.unwrap_model(model), optimizer, scheduler, step, stage,
+                            identity)
             if step >= steps:
                 break
     bar.close()

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from trimformer.config import JsonConfig
+from trimformer.core.pixels import to_unit_range
 
 # Fashion-MNIST training-set pixel statistics (of x / 255).
 FMNIST_MEAN = 0.2860
@@ -127,12 +128,13 @@ class MobileNetCNN(nn.Module):
 
 
 def prepare_images(images: torch.Tensor, config: CNNConfig) -> torch.Tensor:
-    """uint8 images (N, H, W) or (N, C, H, W) -> normalised float32 (N, C, H, W) for :class:`MobileNetCNN`."""
+    """Images (N, H, W) or (N, C, H, W) -> normalised float32 (N, C, H, W) for :class:`MobileNetCNN`; pixels uint8
+    (0..255), uint16 (0..65535) or floats in [0, 1] (:func:`~trimformer.core.pixels.to_unit_range`)."""
     if images.ndim == 3:
         images = images[:, None]
     if images.ndim != 4 or images.shape[1] != config.in_channels:
         raise ValueError(f"expected images (N, H, W) or (N, {config.in_channels}, H, W), got {tuple(images.shape)}")
-    x = images.to(torch.float32).div(255.0)
+    x = to_unit_range(images, "images")
     return (x - config.input_mean) / config.input_std
 
 
