@@ -27,13 +27,18 @@ def _args(root) -> list[str]:
     return ["--task", "vision", "--data", str(root / "images"), "--eval-data", str(root / "images")]
 
 
+def _train_args(root, method: str) -> list[str]:
+    """prune's data options: training data for the trained methods, none for the training-free ones."""
+    return ["--task", "vision", *(["--data", str(root / "images")] if method in ("sait", "asvit") else [])]
+
+
 @pytest.mark.parametrize("method,extra", [("tome", ["--r", "2"]), ("evit", ["--keep-rate", "0.5"]),
-                                          ("sait", ["--steps", "2", "--batch-size", "4", "--level", "0.5"]),
+                                          ("sait", ["--steps", "2", "--batch-size", "4", "--default-level", "0.5"]),
                                           ("asvit", ["--steps", "2", "--batch-size", "4", "--target-flops", "0.7"])])
 def test_prune_eval_bench(vision_setup, method, extra):
     root = vision_setup
     ckpt = root / method
-    assert main(["prune", "--model", str(root / "base"), "--method", method, *_args(root), *extra,
+    assert main(["prune", "--model", str(root / "base"), "--method", method, *_train_args(root, method), *extra,
                  "--out", str(ckpt)]) == 0
     assert main(["eval", str(ckpt), *_args(root), "--json", str(root / "e.json")]) == 0
     evaluated = json.loads((root / "e.json").read_text())
@@ -50,8 +55,8 @@ def test_prune_eval_bench(vision_setup, method, extra):
 
 def test_sait_level_is_a_runtime_dial(vision_setup):
     root = vision_setup
-    assert main(["prune", "--model", str(root / "base"), "--method", "sait", *_args(root), "--steps", "1",
-                 "--batch-size", "4", "--out", str(root / "s")]) == 0
+    assert main(["prune", "--model", str(root / "base"), "--method", "sait", *_train_args(root, "sait"), "--steps",
+                 "1", "--batch-size", "4", "--out", str(root / "s")]) == 0
     ratios = []
     for level in ("1.0", "0.5", "0.25"):
         assert main(["eval", str(root / "s"), *_args(root), "--level", level, "--json", str(root / "e.json")]) == 0
@@ -61,7 +66,7 @@ def test_sait_level_is_a_runtime_dial(vision_setup):
 
 def test_vision_errors_are_clear(vision_setup, capsys):
     root = vision_setup
-    assert main(["prune", "--model", str(root / "base"), "--method", "ltp", *_args(root), "--out",
+    assert main(["prune", "--model", str(root / "base"), "--method", "ltp", *_train_args(root, "ltp"), "--out",
                  str(root / "x")]) == 2
     assert "--task vision takes" in capsys.readouterr().err
     # the task comes from the model folder's config: no --task needed
@@ -70,7 +75,9 @@ def test_vision_errors_are_clear(vision_setup, capsys):
                  "--out", str(root / "x")]) == 2
     assert "holds a vision model" in capsys.readouterr().err
     assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--task", "vision", "--data",
-                 "cifar", "--out", str(root / "x")]) == 0  # ToMe is training-free: no data needed to build it
+                 "cifar", "--out", str(root / "x")]) == 2  # ToMe is training free: --data would be ignored
+    assert "--data does not apply to --method tome, which is training free" in capsys.readouterr().err
+    assert main(["prune", "--model", str(root / "base"), "--method", "tome", "--out", str(root / "x")]) == 0
     assert main(["eval", str(root / "x"), "--task", "vision", "--data", "cifar"]) == 2
     assert "unknown image data" in capsys.readouterr().err
     assert main(["eval", str(root / "x"), "--task", "vision", *_args(root)[2:], "--level", "0.5"]) == 2
@@ -79,8 +86,8 @@ def test_vision_errors_are_clear(vision_setup, capsys):
 
 def test_prune_then_quantize_one_vision_model(vision_setup):
     root = vision_setup
-    assert main(["prune", "--model", str(root / "base"), "--method", "sait", *_args(root), "--steps", "1",
-                 "--batch-size", "4", "--level", "0.5", "--out", str(root / "s")]) == 0
+    assert main(["prune", "--model", str(root / "base"), "--method", "sait", *_train_args(root, "sait"), "--steps",
+                 "1", "--batch-size", "4", "--default-level", "0.5", "--out", str(root / "s")]) == 0
     assert main(["quantize", str(root / "s"), *_args(root), "--wbits", "4", "--abits", "8", "--calib-batches", "1",
                  "--out", str(root / "sq"), "--json", str(root / "q.json")]) == 0
     report = json.loads((root / "q.json").read_text())

@@ -221,7 +221,7 @@ def fit_asvit(model: TokenPrunedModel, data: Sequence, collate: Collate, config:
         return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "flops": float(ratio.detach())}
 
     threshold_ids = {id(policy.thresholds)}
-    groups = param_groups(model, config.lr, config.weight_decay, threshold_ids)
+    groups = param_groups(model, config.lr, config.weight_decay, threshold_ids, config.head_lr)
     groups.append({"params": [policy.thresholds], "lr": cfg.threshold_lr, "weight_decay": 0.0})
     try:
         history["train"] = train_steps(model, loss_fn, groups, data, collate, config, cfg.steps, "asvit", state_dir)

@@ -159,7 +159,7 @@ def fit_ltp(model: TokenPrunedModel, data: Sequence, collate: Collate, config: T
 
     learned = policy.thresholds.learned
     learned.requires_grad_(True)
-    groups = param_groups(model, config.lr, config.weight_decay, {id(learned)})
+    groups = param_groups(model, config.lr, config.weight_decay, {id(learned)}, config.head_lr)
     groups.append({"params": [learned], "lr": ltp.threshold_lr, "weight_decay": 0.0})
     history["soft"] = train_steps(model, soft_loss, groups, data, collate, config, ltp.soft_steps, "ltp-soft",
                                   state_dir)

@@ -250,7 +250,7 @@ def fit_sait(model: TokenPrunedModel, data: Sequence, collate: Collate, config: 
         return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "tok": float(tok.detach()),
                       "level": float(level), "flops": float(out.flops_ratio.detach())}
 
-    groups = param_groups(model, config.lr, config.weight_decay)
+    groups = param_groups(model, config.lr, config.weight_decay, head_lr=config.head_lr)
     try:
         logs = train_steps(model, loss_fn, groups, data, collate, config, cfg.steps, "sait", state_dir)
     finally:

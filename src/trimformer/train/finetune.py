@@ -4,22 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from trimformer.data.batching import Collate
 from trimformer.pruned import TokenPrunedModel
 from trimformer.train.loop import TrainConfig, param_groups, train_steps
+from trimformer.train.recipes import FINETUNE_RECIPES
+
+
+def finetune_config(task: str, **overrides: Any) -> TrainConfig:
+    """The fine-tuning recipe of ``task`` ('text' or 'vision', see ``FINETUNE_RECIPES``) with ``overrides``."""
+    if task not in FINETUNE_RECIPES:
+        raise ValueError(f"task must be one of {tuple(FINETUNE_RECIPES)}, got {task!r}")
+    return TrainConfig(**{**FINETUNE_RECIPES[task], **overrides})
 
 
 def finetune_dense(model: nn.Module, data: Sequence, collate: Collate, config: TrainConfig, steps: int,
                    state_dir: str | Path | None = None) -> list[dict[str, float]]:
-    """Plain fine-tuning of a transformers classifier on its own forward (``model(**batch).loss``)."""
+    """Plain fine-tuning of a transformers classifier, text or vision, on its own forward
+    (``model(**batch).loss``): text batches from ``text_collate``, images from ``image_collate``; the recipe is
+    ``config`` (e.g. :func:`finetune_config`)."""
 
     def loss_fn(m: nn.Module, batch: dict, step: int):
         return m(**batch).loss, {}
 
-    groups = param_groups(model, config.lr, config.weight_decay)
+    groups = param_groups(model, config.lr, config.weight_decay, head_lr=config.head_lr)
     logs = train_steps(model, loss_fn, groups, data, collate, config, steps, "finetune", state_dir)
     model.eval()
     return logs
