@@ -52,8 +52,7 @@ def _pct(value: float | None) -> str:
 def run_finetune(args: argparse.Namespace) -> int:
     path = resolve_model_name(args.model)
     task = settle_task(args, path)
-    settle(args, task, {**text_only(args, "max_length"),
-                        "resolution": (task == "vision", "to text models")})
+    settle(args, task, [*text_only(args, "max_length"), ("resolution", task == "vision", "to text models")])
     config = train_config(args, **{k: v for k, v in FINETUNE_RECIPES[task].items() if k != "lr"})
     if task == "text":
         train = load_text_data(data_name(args), "train")
@@ -148,8 +147,8 @@ def run_prune(args: argparse.Namespace) -> int:
                          f"{task} model: --task {task} takes --method {' | '.join(fitting)}")
     config = method_config(args, spec)
     training_free = f"to --method {spec.name}, which is training free"
-    loaded = load_model_for(args, path, {n: (spec.fit is not None, training_free) for n in (
-        "data", "batch_size", "lr", "train_subset", "seed", "resume", "max_length")})
+    loaded = load_model_for(args, path, [(n, spec.fit is not None, training_free) for n in (
+        "data", "batch_size", "lr", "train_subset", "seed", "resume", "max_length")])
     if loaded.meta.get("method", "dense") != "dense":
         raise ValueError(f"{args.model} is already pruned ({loaded.meta['method']}); start from a dense fine-tuned "
                          "model")
@@ -207,7 +206,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    loaded = load_model_for(args, args.checkpoint, {"accuracy_limit": (not args.no_accuracy, "with --no-accuracy")})
+    loaded = load_model_for(args, args.checkpoint, [("accuracy_limit", not args.no_accuracy, "with --no-accuracy")])
     if loaded.meta.get("method", "dense") == "dense":
         what = "a quantized dense" if loaded.meta.get("quant_config") else "a dense"
         raise ValueError(f"{args.checkpoint} is {what} model: bench compares a token-pruned checkpoint with its "
@@ -300,8 +299,8 @@ def run_quantize(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    settle(args, args.task, {"target_flops": (args.task == "text", "to the vision demo (its SaiT checkpoint is "
-                                                                  "run at several levels)")})
+    settle(args, args.task, [("target_flops", args.task == "text", "to the vision demo (its SaiT checkpoint is run "
+                                                                   "at several levels)")])
     if args.task == "vision":
         from trimformer.report.vision_demo import run_vision_demo
 

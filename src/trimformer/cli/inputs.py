@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from trimformer.assets import OFFLINE_MODELS, minilm_path
-from trimformer.cli.options import settle
+from trimformer.cli.options import Rule, settle
 from trimformer.data.images import load_image_data
 from trimformer.data.text import BUILTIN_DATASETS, load_text_data
 from trimformer.loading import Loaded, infer_task, load_any, model_resolution
@@ -46,16 +47,16 @@ def settle_task(args: argparse.Namespace, path: str) -> str:
     return args.task
 
 
-def text_only(args: argparse.Namespace, *names: str) -> dict[str, tuple[bool, str]]:
+def text_only(args: argparse.Namespace, *names: str) -> list[Rule]:
     """:func:`~trimformer.cli.options.settle` rules: ``names`` apply to text models only."""
-    return {n: (args.task == "text", "to vision models") for n in names}
+    return [(n, args.task == "text", "to vision models") for n in names]
 
 
-def load_model_for(args: argparse.Namespace, path: str, rules: dict[str, tuple[bool, str]] | None = None) -> Loaded:
+def load_model_for(args: argparse.Namespace, path: str, rules: Iterable[Rule] = ()) -> Loaded:
     """The model at ``path`` with its task settled (``args.task`` is set to it) and the options checked against it
     and against ``rules`` (see :func:`~trimformer.cli.options.settle`; once per command)."""
     settle_task(args, path)
-    settle(args, args.task, {**text_only(args, "max_length"), **(rules or {})})
+    settle(args, args.task, [*text_only(args, "max_length"), *rules])
     return load_any(path, args.task)
 
 

@@ -144,17 +144,15 @@ def refuse(args: argparse.Namespace, names: Iterable[str], reason: str) -> None:
                          f"{'it' if len(bad) == 1 else 'them'} out")
 
 
-def settle(args: argparse.Namespace, task: str, rules: Mapping[str, tuple[bool, str]] | None = None) -> None:
-    """Refuse given options that do not apply, then fill in the defaults of the rest (a default given per task,
-    ``{"text": ..., "vision": ...}``, takes ``task``'s).
+Rule = tuple[str, bool, str]  # (option name, whether it applies, what it does not apply to)
 
-    ``rules``: option name -> (applies, what it does not apply to, for the message).
-    """
-    for name, (applies, reason) in (rules or {}).items():
+
+def settle(args: argparse.Namespace, task: str, rules: Iterable[Rule] = ()) -> None:
+    """Refuse given options that do not apply (``rules``), then fill in the defaults of the rest (a default given
+    per task, ``{"text": ..., "vision": ...}``, takes ``task``'s)."""
+    for name, applies, reason in rules:
         if not applies:
             refuse(args, [name], reason)
     for name, value in getattr(args, DEFAULTS_KEY, {}).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value[task] if isinstance(value, Mapping) else value)
-
-
