@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimformer.config import JsonConfig
+from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.flops import encoder_flops
 from trimformer.core.scoring import head_weighted_class_attention
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
@@ -74,6 +74,7 @@ class ASViTConfig(JsonConfig):
     calibration_batches: int = 8
 
     def __post_init__(self) -> None:
+        check_numbers(self, counts=("steps",), positive_counts=("calibration_batches",))
         self.stages = check_stage_list(self.stages)
         if self.threshold_units not in THRESHOLD_UNITS:
             raise ValueError(f"threshold_units must be one of {THRESHOLD_UNITS}, got {self.threshold_units!r}")
