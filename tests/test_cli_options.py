@@ -182,6 +182,9 @@ def test_options_of_the_other_task_are_refused(models, tmp_path, capsys):
                       "--out", str(tmp_path / "o")], "--max-length does not apply to vision models")
     _refused(capsys, ["prune", "--model", str(models["text"]), "--data", "fashion_mnist", "--out",
                       str(tmp_path / "o")], "--data fashion_mnist is vision data")
+
+
+def test_demo_target_flops_is_a_text_option(tmp_path, capsys):
     _refused(capsys, ["demo", "--task", "vision", "--target-flops", "0.3", "--out", str(tmp_path / "o")],
              "--target-flops does not apply to the vision demo")
 
