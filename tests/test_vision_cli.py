@@ -96,3 +96,35 @@ def test_prune_then_quantize_one_vision_model(vision_setup):
     evaluated = json.loads((root / "e.json").read_text())
     assert evaluated["accuracy"] == pytest.approx(report["accuracy_quant"])
     assert evaluated["flops_ratio"] == pytest.approx(report["flops_ratio"])
+
+
+def test_finetune_a_vision_classifier_through_the_cli(tmp_path):
+    """`trimformer finetune` on a vision model folder (the task read from its config): the DINOv2 recipe at a
+    reduced resolution, a new head for the folder's classes, a checkpoint that eval runs at that resolution."""
+    import os
+    import subprocess
+    import sys
+
+    from trimformer.checkpoint import read_meta
+
+    tiny_vision_model("dinov2", num_labels=3).save_pretrained(tmp_path / "base")  # 3 labels: the head is replaced
+    rng = np.random.default_rng(0)
+    for label, scale in (("bright", 1.0), ("dark", 0.2)):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(4):
+            np.save(tmp_path / "images" / label / f"{i}.npy", (rng.random((32, 32)) * scale).astype(np.float32))
+    out = tmp_path / "ft"
+    result = subprocess.run([sys.executable, "-m", "trimformer.cli", "finetune", "--model", str(tmp_path / "base"),
+                             "--data", str(tmp_path / "images"), "--resolution", "16", "--batch-size", "4",
+                             "--epochs", "2", "--out", str(out)], capture_output=True, text=True, env=dict(os.environ),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "== finetune" in result.stderr and "vision" in result.stderr  # the summary table
+    meta = read_meta(out)
+    assert meta["resolution"] == 16 and meta["label_names"] == ["bright", "dark"]
+    train = meta["recipe"]["train"]
+    assert (train["schedule"], train["head_lr"], train["max_grad_norm"], train["lr"]) == ("cosine", 1e-3, 1.0, 5e-5)
+    assert meta["recipe"]["steps"] == 4 and meta["recipe"]["task"] == "vision"
+    assert main(["eval", str(out), "--data", str(tmp_path / "images"), "--json", str(tmp_path / "e.json")]) == 0
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    assert evaluated["num_examples"] == 8 and evaluated["mean_length"] == 5  # (16 / 8)^2 patches + CLS
