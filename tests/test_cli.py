@@ -132,3 +132,29 @@ def test_readme_cli_commands_parse():
     assert len(commands) >= 10 and {c[0] for c in commands} >= {"finetune", "prune", "eval", "bench", "quantize"}
     for argv in commands:
         build_parser().parse_args(argv)  # SystemExit on any option the parser does not take
+
+
+def test_methods_lists_the_registry_with_config_defaults(capsys):
+    """`trimformer methods` is generated from the registry and the config dataclasses: every method, its tasks, every
+    config field with its default, and the CLI flag of the fields that have one."""
+    import dataclasses
+
+    from trimformer.methods import registered_methods
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for spec in registered_methods():
+        assert f"{spec.name}  [{', '.join(spec.tasks)}" in out
+        for f in dataclasses.fields(spec.config_type):
+            assert f"    {f.name} = " in out, (spec.name, f.name)
+    assert "default_level = 0.7  (--default-level)" in out and "keep_rate = 0.7  (--keep-rate)" in out
+
+
+def test_prune_help_groups_the_options_per_method(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prune", "--help"])
+    out = capsys.readouterr().out
+    for title in ("options of ltp:", "options of ltp / topk / asvit:", "options of sait:", "options of evit:",
+                  "options of tome:", "training:"):
+        assert title in out, title
+    assert "(default ltp 0.5, topk 0.5, asvit 0.7)" in " ".join(out.split())

@@ -21,7 +21,7 @@ from trimformer.cli.inputs import (
     text_only,
     train_config,
 )
-from trimformer.cli.options import settle
+from trimformer.cli.options import DEFAULTS_KEY, refuse, settle
 from trimformer.cli.summary import print_table
 from trimformer.data.images import image_collate, load_image_data
 from trimformer.data.text import load_text_data, text_collate
@@ -263,20 +263,30 @@ def quant_config_from_args(args: argparse.Namespace):
 
     cls = config_type(args.scheme)
     fields = cls.field_names()
-    act = (ActSpec(bits=args.abits, clip=args.act_clip, scheme=args.act_scheme, region_bit=args.region_bit)
-           if args.abits else None)
+    defaults = getattr(args, DEFAULTS_KEY)
+
+    def value(name: str):
+        given = getattr(args, name)
+        return defaults[name] if given is None else given
+
+    if not args.abits:
+        refuse(args, ["act_clip", "act_scheme"], "with --abits 0 (weights only)")
+    if args.scheme != "pwlq" and value("act_scheme") != "pwlq":
+        refuse(args, ["region_bit"], f"to --scheme {args.scheme} with {value('act_scheme')} activations")
+    act = (ActSpec(bits=args.abits, clip=value("act_clip"), scheme=value("act_scheme"),
+                   region_bit=value("region_bit")) if args.abits else None)
     kwargs = {"wbits": args.wbits, "act": act, "bias_correction": args.bias_correction,
               "per_channel": not args.per_tensor, "pow2_scale": args.pow2_scale, "exclude": list(args.exclude),
               "layer_wbits": parse_layer_bits(args.layer_wbits)}
     if "region_bit" in fields:
-        kwargs["region_bit"] = args.region_bit
+        kwargs["region_bit"] = value("region_bit")
     for name in ("breakpoint", "num_breakpoints", "weight_clip"):
-        value = getattr(args, name)
-        if value is None:
+        given = getattr(args, name)
+        if given is None:
             continue
         if name not in fields:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to --scheme {args.scheme}")
-        kwargs[name] = value
+        kwargs[name] = given
     return cls(**kwargs)
 
 

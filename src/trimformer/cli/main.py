@@ -172,16 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "gaussian)")
     p.add_argument("--num-breakpoints", type=int, default=None, choices=(1, 2, 3),
                    help="PWLQ breakpoints per channel; more than 1 needs --breakpoint search (default 1)")
-    p.add_argument("--region-bit", choices=("extra", "inside"), default="extra",
-                   help="PWLQ: 'extra' stores the region bit on top of --wbits (paper), 'inside' counts it "
-                        "within --wbits (default extra)")
+    add(p, d, "--region-bit", choices=("extra", "inside"), default="extra",
+        help="PWLQ weights or activations: 'extra' stores the region bit on top of the bits (paper), 'inside' "
+             "counts it within them")
     p.add_argument("--per-tensor", action="store_true", help="one weight range per tensor instead of per channel")
     p.add_argument("--weight-clip", choices=("minmax", "mse"), default=None,
                    help="uniform weights: clip at max|w| or at the MSE-optimal value (default minmax)")
-    p.add_argument("--act-clip", choices=("topk_median", "percentile", "mse", "minmax"), default="topk_median",
-                   help="activation range rule (default topk_median: median of the top-10 per batch, averaged)")
-    p.add_argument("--act-scheme", choices=("uniform", "pwlq"), default="uniform",
-                   help="activations: asymmetric uniform, or PWLQ with a searched breakpoint (default uniform)")
+    add(p, d, "--act-clip", choices=("topk_median", "percentile", "mse", "minmax"), default="topk_median",
+        help="activation range rule (topk_median: median of the top-10 per batch, averaged)")
+    add(p, d, "--act-scheme", choices=("uniform", "pwlq"), default="uniform",
+        help="activations: asymmetric uniform, or PWLQ with a searched breakpoint")
     p.add_argument("--pow2-scale", action="store_true", help="round every scale up to a power of two")
     p.add_argument("--exclude", nargs="*", default=[], help="module-name globs left in float (e.g. 'classifier')")
     p.add_argument("--layer-wbits", nargs="*", default=[], metavar="GLOB=BITS",
