@@ -158,3 +158,11 @@ def test_prune_help_groups_the_options_per_method(capsys):
                   "options of tome:", "training:"):
         assert title in out, title
     assert "(default ltp 0.5, topk 0.5, asvit 0.7)" in " ".join(out.split())
+
+
+def test_help_shows_the_real_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default the model's; dinov2-s 112)" in out and "subset of N examples (default all)" in out
+    assert "(default text 0.0001, vision 5e-05)" in out and "(default auto)" not in out

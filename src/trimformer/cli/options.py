@@ -123,8 +123,9 @@ def add(parser: argparse.ArgumentParser | Any, defaults: dict[str, Any], *flags:
         shown: str | None = None, **kwargs: Any) -> argparse.Action:
     """``parser.add_argument`` with the sentinel default None; the real ``default`` (a value, or one per task)
     goes into ``defaults`` (filled in by :func:`settle`) and into the help text (or ``shown`` there)."""
-    shown = shown or ", ".join(f"{k} {describe(v)}" for k, v in default.items()) if isinstance(default, Mapping) else \
-        describe(default)
+    if shown is None:
+        shown = ", ".join(f"{k} {describe(v)}" for k, v in default.items()) if isinstance(default, Mapping) \
+            else describe(default)
     action = parser.add_argument(*flags, default=None, help=f"{help} (default {shown})", **kwargs)
     defaults[action.dest] = default
     return action
