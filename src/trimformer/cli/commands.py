@@ -35,6 +35,8 @@ from trimformer.train.finetune import finetune_dense
 from trimformer.train.loop import epochs_to_steps, is_main_process
 from trimformer.train.recipes import FINETUNE_RECIPES
 
+# prune's options that only a trained method uses (refused with ToMe / EViT): a new training or data option goes here
+TRAINING_OPTIONS = ("data", "batch_size", "lr", "train_subset", "seed", "resume", "max_length")
 DINOV2_S_RESOLUTION = 112  # 8 x 8 patches of 14 px: the resolution the DINOv2 recipe was measured at
 
 
@@ -147,8 +149,7 @@ def run_prune(args: argparse.Namespace) -> int:
                          f"{task} model: --task {task} takes --method {' | '.join(fitting)}")
     config = method_config(args, spec)
     training_free = f"to --method {spec.name}, which is training free"
-    loaded = load_model_for(args, path, [(n, spec.fit is not None, training_free) for n in (
-        "data", "batch_size", "lr", "train_subset", "seed", "resume", "max_length")])
+    loaded = load_model_for(args, path, [(n, spec.fit is not None, training_free) for n in TRAINING_OPTIONS])
     if loaded.meta.get("method", "dense") != "dense":
         raise ValueError(f"{args.model} is already pruned ({loaded.meta['method']}); start from a dense fine-tuned "
                          "model")
