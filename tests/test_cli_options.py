@@ -214,3 +214,21 @@ def test_options_equal_to_their_default_still_count_as_given(models, tmp_path, c
     comparison with the default)."""
     _refused(capsys, ["prune", "--model", str(models["vision"]), "--method", "tome", "--keep-rate", "0.7", "--out",
                       str(tmp_path / "o")], "--keep-rate does not apply to --method tome")
+
+
+@pytest.mark.parametrize("name", ["runs/ng/dense", "./dense", "{tmp}/missing"])
+def test_a_local_path_that_does_not_exist_is_refused_at_once(name, tmp_path, capsys):
+    """Not a minute of hub retries ending in 'check your internet connection': the path is named."""
+    name = name.format(tmp=tmp_path)
+    _refused(capsys, ["eval", name], f"model path {name} does not exist")
+    _refused(capsys, ["prune", "--model", name, "--out", str(tmp_path / "o")], f"model path {name} does not exist")
+
+
+def test_an_org_slash_name_stays_a_hub_name(tmp_path, monkeypatch):
+    from trimformer.cli.inputs import check_local_path
+
+    monkeypatch.chdir(tmp_path)
+    check_local_path("google/vit-base-patch16-224")  # no folder 'google' here: a hub name, left to the hub
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="runs/dense does not exist"):
+        check_local_path("runs/dense")

@@ -182,7 +182,7 @@ def run_methods(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    loaded = load_model_for(args, args.checkpoint)
+    loaded = load_model_for(args, resolve_model_name(args.checkpoint))
     set_level(loaded, args.level)
     loaded.model.set_options(mode=args.mode, linear_kernel=args.linear_kernel)
     test = split_data(args, loaded, "test", args.limit)
@@ -207,7 +207,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    loaded = load_model_for(args, args.checkpoint, [("accuracy_limit", not args.no_accuracy, "with --no-accuracy")])
+    loaded = load_model_for(args, resolve_model_name(args.checkpoint),
+                            [("accuracy_limit", not args.no_accuracy, "with --no-accuracy")])
     if loaded.meta.get("method", "dense") == "dense":
         what = "a quantized dense" if loaded.meta.get("quant_config") else "a dense"
         raise ValueError(f"{args.checkpoint} is {what} model: bench compares a token-pruned checkpoint with its "
@@ -295,7 +296,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from trimformer.quant_pipeline import quantize_checkpoint
 
     config = quant_config_from_args(args)
-    loaded = load_model_for(args, args.checkpoint)
+    loaded = load_model_for(args, resolve_model_name(args.checkpoint))
     calib = split_data(args, loaded, "train")
     test = split_data(args, loaded, "test", args.limit)
     report = quantize_checkpoint(loaded, str(args.checkpoint), config, calib, test, args.out,

@@ -30,7 +30,21 @@ def resolve_model_name(name: str) -> str:
 
         return str(ensure_converted_checkpoint())
     assert set(OFFLINE_MODELS) == {"minilm", "dinov2-s"}  # a new offline name needs its branch above
+    check_local_path(name)
     return name
+
+
+def check_local_path(name: str) -> None:
+    """FileNotFoundError for a model path that does not exist (instead of a minute of hub retries): a name that
+    can only be a path (absolute, ``./``, ``~``, three or more parts, a Windows drive) or whose first folder
+    exists here; 'org/name' with no such folder stays a hub name."""
+    path = Path(name).expanduser()
+    parts = Path(name).parts
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or len(parts) > 2 or \
+        (len(parts) == 2 and Path(parts[0]).is_dir()) or "\\" in name
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"model path {name} does not exist (not a hub name either); check the path, or "
+                                f"use one of the offline names: {', '.join(OFFLINE_MODELS)}")
 
 
 def settle_task(args: argparse.Namespace, path: str) -> str:
