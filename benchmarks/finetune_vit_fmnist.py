@@ -3,11 +3,13 @@
 The backbone comes from :func:`trimformer.vision.dinov2_onnx.dinov2_classifier` (converted and cached on
 first use) with a fresh linear head on ``[CLS, mean(patches)]``. Images are resized from 28 px to
 ``--resolution`` (default 112 px = 8x8 patches of 14 px), grayscale replicated to 3 channels and
-ImageNet-normalised (:class:`trimformer.data.images.FashionMNIST`). Full fine-tuning with AdamW, one
-learning rate for the backbone and a higher one for the head, linear warmup then cosine decay.
+ImageNet-normalised (:class:`trimformer.data.images.FashionMNIST`). Full fine-tuning with the package's vision
+recipe (``trimformer.train.finetune.finetune_config("vision")`` run by ``finetune_dense``, the same code as
+``trimformer finetune --model dinov2-s``): AdamW, one learning rate for the backbone and a higher one for the
+head, linear warmup then cosine decay, gradient clipping.
 
 Time budget: with ``--train-size auto`` (default) the script first times a few training steps and
-evaluation batches (on a throwaway copy of the optimizer state; the weights are restored), then picks the
+evaluation batches (training a throwaway copy of the model), then picks the
 largest seeded training subset (capped by ``--max-train-size``) whose epochs fit ``--budget-min`` minutes
 of wall time in all, and records the measurement and the choice. Evaluation uses a fixed, seeded subset
 of the test split (``--test-size``, default 2000), whose indices are recorded in the results and in the
@@ -35,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from trimformer.checkpoint import load, save
-from trimformer.data.images import FASHION_MNIST_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST
+from trimformer.data.images import FASHION_MNIST_CLASSES, IMAGENET_MEAN, IMAGENET_STD, FashionMNIST, image_collate
 from trimformer.envinfo import device_label, run_record
 from trimformer.io_utils import atomic_write_json
+from trimformer.train.finetune import finetune_config, finetune_dense
 from trimformer.vision.dinov2_onnx import dinov2_classifier, ensure_converted_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,37 +94,6 @@ def seeded_subset(n_total: int, n: int, seed: int) -> list[int]:
     return sorted(order[:n].tolist())
 
 
-def param_groups(model: torch.nn.Module, lr_backbone: float, lr_head: float, weight_decay: float) -> list[dict]:
-    """Backbone and head groups; no weight decay on biases, norms, position/cls/mask embeddings."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        head = name.startswith("classifier.")
-        decay = p.ndim >= 2 and not name.endswith(("position_embeddings", "cls_token", "mask_token"))
-        groups.setdefault((head, decay), []).append(p)
-    return [
-        {"params": ps, "lr": lr_head if head else lr_backbone, "weight_decay": weight_decay if decay else 0.0,
-         "name": f"{'head' if head else 'backbone'}{'' if decay else '_no_decay'}"}
-        for (head, decay), ps in sorted(groups.items())
-    ]
-
-
-def train_step(model, optimizer, batch, max_grad_norm: float) -> tuple[float, int]:
-    """One optimiser step; returns (loss, number correct)."""
-    device = next(model.parameters()).device
-    pixel_values, labels = (t.to(device, non_blocking=True) for t in batch)  # (B, 3, R, R), (B,)
-    logits = model(pixel_values=pixel_values).logits  # (B, num_labels)
-    loss = F.cross_entropy(logits, labels)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()}; lower the learning rates")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    return loss.item(), int((logits.detach().argmax(-1) == labels).sum())
-
-
 @torch.inference_mode()
 def evaluate(model, loader: DataLoader, desc: str = "eval", max_batches: int | None = None) -> dict[str, Any]:
     """Accuracy and mean cross-entropy over ``loader``; also the predictions."""
@@ -154,6 +125,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    if device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # the shared training loop runs on Accelerate's device
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = not args.no_tf32
         torch.backends.cudnn.allow_tf32 = not args.no_tf32
@@ -184,28 +157,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"setup {time.perf_counter() - t_start:.0f} s "
           f"(conversion/cache {convert_s:.0f} s)", flush=True)
 
-    # ---- probe: time training steps and evaluation batches, then restore the initial weights
+    # ---- probe: time training steps on a throwaway copy of the model (the first step's warm-up included)
     probe: dict[str, Any] = {}
-    snapshot = copy.deepcopy(model.state_dict())
-    probe_optimizer = torch.optim.AdamW(param_groups(model, args.lr_backbone, args.lr_head, args.weight_decay))
-    probe_loader = DataLoader(Subset(train_all, train_order[: args.batch_size * (args.probe_steps + 1)]),
-                              batch_size=args.batch_size)
-    model.train()
-    times = []
-    for batch in probe_loader:
-        t0 = time.perf_counter()
-        train_step(model, probe_optimizer, batch, args.max_grad_norm)
-        times.append(time.perf_counter() - t0)
-    s_per_step = sum(times[1:]) / max(1, len(times) - 1)  # first step is warm-up
-    model.load_state_dict(snapshot)
-    del snapshot, probe_optimizer
+    config = finetune_config("vision", batch_size=args.batch_size, lr=args.lr_backbone, head_lr=args.lr_head,
+                             weight_decay=args.weight_decay, warmup_ratio=args.warmup,
+                             max_grad_norm=args.max_grad_norm, seed=args.seed)
+    probe_steps = args.probe_steps + 1
+    t0 = time.perf_counter()
+    finetune_dense(copy.deepcopy(model), Subset(train_all, train_order[: args.batch_size * probe_steps]),
+                   image_collate, config, probe_steps)
+    s_per_step = (time.perf_counter() - t0) / probe_steps
     t0 = time.perf_counter()
     probe_eval_batches = 2
     evaluate(model, DataLoader(Subset(test_all, test_indices[: args.eval_batch_size * probe_eval_batches]),
                                batch_size=args.eval_batch_size), desc="probe eval")
     s_per_eval_image = (time.perf_counter() - t0) / (args.eval_batch_size * probe_eval_batches)
     eval_estimate = s_per_eval_image * len(test_indices)
-    probe.update({"train_step_seconds": s_per_step, "train_step_seconds_all": times,
+    probe.update({"train_step_seconds": s_per_step, "probe_steps": probe_steps,
                   "train_images_per_second": args.batch_size / s_per_step,
                   "eval_images_per_second": 1.0 / s_per_eval_image, "eval_seconds_estimate": eval_estimate})
     print(f"probe: {s_per_step:.2f} s/step of {args.batch_size} ({args.batch_size / s_per_step:.1f} img/s train), "
@@ -229,35 +197,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_size -= train_size % args.batch_size  # whole batches only
     train_indices = sorted(train_order[:train_size])
 
-    # ---- training
+    # ---- training: the package's recipe and loop
     steps_per_epoch = train_size // args.batch_size
     total_steps = steps_per_epoch * args.epochs
-    torch.manual_seed(args.seed)
-    optimizer = torch.optim.AdamW(param_groups(model, args.lr_backbone, args.lr_head, args.weight_decay))
-    warmup_steps = max(1, int(args.warmup * total_steps))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    train_set = Subset(train_all, train_indices)
-    history = []
-    tty = sys.stderr.isatty()
+    warmup_steps = int(args.warmup * total_steps)
     t_train = time.perf_counter()
-    model.train()
-    for epoch in range(args.epochs):
-        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                            generator=generator, num_workers=args.workers, persistent_workers=False)
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=_interval(), dynamic_ncols=True)
-        for step, batch in enumerate(bar):
-            loss, right = train_step(model, optimizer, batch, args.max_grad_norm)
-            scheduler.step()
-            loss_sum += loss * len(batch[1])
-            correct += right
-            seen += len(batch[1])
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=tty)
-            if step % 25 == 0 or step == steps_per_epoch - 1:
-                print(f"  step {step + 1}/{steps_per_epoch} loss {loss:.4f} running acc {correct / seen:.4f} "
-                      f"({time.perf_counter() - t_train:.0f} s)", flush=True)
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen})
+    logs = finetune_dense(model, Subset(train_all, train_indices), image_collate, config, total_steps)
+    history = [{"epoch": epoch + 1,
+                "train_loss": sum(x["loss"] for x in logs[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch])
+                / steps_per_epoch} for epoch in range(args.epochs)]
     train_seconds = time.perf_counter() - t_train
 
     # ---- evaluation, save, reload check
@@ -278,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "steps": total_steps,
+        "train_config": config.to_dict(),
+        "trainer": "trimformer.train.finetune.finetune_dense (finetune_config('vision'))",
         "optimizer": "AdamW",
         "lr_backbone": args.lr_backbone,
         "lr_head": args.lr_head,

@@ -49,6 +49,13 @@ def test_eval_and_bench_write_json(tiny_checkpoint, tmp_path):
                 "flops_ratio", "accuracy_dense", "accuracy_pruned"):
         assert key in bench, key
     assert bench["method"] == "ltp" and bench["batch_size"] == 4
+    # every execution option that changes timing is recorded, with the machine and versions
+    assert set(bench["execution"]) >= {"mode", "regroup", "attention_chunk_bytes", "compact_min_padding",
+                                       "fused_attention", "linear_kernel"}
+    for key in ("threads", "threads_requested", "interop_threads", "max_length", "linear_kernel",
+                "linear_kernel_requested", "torch", "task", "num_samples_timed", "repeats"):
+        assert key in bench, key
+    assert bench["machine"]["torch"] == bench["torch"] and bench["max_length"] == 128
     assert bench["speedup"] == pytest.approx(bench["pruned_samples_per_s"] / bench["dense_samples_per_s"])
     assert bench["regroup"] is True
     # the speed-up counts against the faster dense variant
@@ -100,3 +107,62 @@ def test_quantize_refuses_a_quantized_checkpoint_and_bad_layer_bits(tiny_checkpo
     assert "already quantized" in capsys.readouterr().err
     assert main(["quantize", str(ckpt), *args, "--layer-wbits", "classifier", "--out", str(tmp_path / "q3")]) == 2
     assert "GLOB=BITS" in capsys.readouterr().err
+
+
+def _readme_cli_lines() -> list[list[str]]:
+    """The ``trimformer ...`` commands of README's "Command line" block, as argument lists (continuations joined,
+    comments and ``[optional]`` parts dropped)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    block = block.replace("\\\n", " ")
+    commands = []
+    for line in block.splitlines():
+        line = re.sub(r"\[[^\]]*\]", "", line.split("#", 1)[0]).strip()
+        if line.startswith("trimformer "):
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+def test_readme_cli_commands_parse():
+    commands = _readme_cli_lines()
+    assert len(commands) >= 10 and {c[0] for c in commands} >= {"finetune", "prune", "eval", "bench", "quantize"}
+    for argv in commands:
+        build_parser().parse_args(argv)  # SystemExit on any option the parser does not take
+
+
+def test_methods_lists_the_registry_with_config_defaults(capsys):
+    """`trimformer methods` is generated from the registry and the config dataclasses: every method, its tasks, every
+    config field with its default, and the CLI flag of the fields that have one."""
+    import dataclasses
+
+    from trimformer.methods import registered_methods
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for spec in registered_methods():
+        assert f"{spec.name}  [{', '.join(spec.tasks)}" in out
+        for f in dataclasses.fields(spec.config_type):
+            assert f"    {f.name} = " in out, (spec.name, f.name)
+    assert "default_level = 0.7  (--default-level)" in out and "keep_rate = 0.7  (--keep-rate)" in out
+
+
+def test_prune_help_groups_the_options_per_method(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prune", "--help"])
+    out = capsys.readouterr().out
+    for title in ("options of ltp:", "options of ltp / topk / asvit:", "options of sait:", "options of evit:",
+                  "options of tome:", "training:"):
+        assert title in out, title
+    assert "(default ltp 0.5, topk 0.5, asvit 0.7)" in " ".join(out.split())
+
+
+def test_help_shows_the_real_defaults(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default the model's; dinov2-s 112)" in out and "subset of N examples (default all)" in out
+    assert "(default text 0.0001, vision 5e-05)" in out and "(default auto)" not in out

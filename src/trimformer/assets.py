@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from types import MappingProxyType
+
+# Model names that resolve to offline weights shipped inside packages: name -> what it is.
+OFFLINE_MODELS = MappingProxyType({"minilm": "all-MiniLM-L6-v2, text", "dinov2-s": "DINOv2 ViT-S/14, vision"})
 
 
 class AssetMissingError(FileNotFoundError):

@@ -104,6 +104,34 @@ def load_vision_model(path: str | Path) -> tuple[TokenPrunedModel, dict[str, Any
     return TokenPrunedModel(model, None).eval(), {"method": "dense"}
 
 
+def vision_config(path_or_name: str | Path) -> Any:
+    """The transformers config of an image model folder or hub name (to check a resolution before loading)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path_or_name))
+    except OSError as err:
+        raise ValueError(f"cannot load image model {str(path_or_name)!r}: {err}") from err
+
+
+def vision_classifier(path_or_name: str | Path, label_names: list[str]) -> Any:
+    """A transformers image classifier to fine-tune on ``label_names`` (a new head where its classes differ), in
+    train mode."""
+    from transformers import AutoModelForImageClassification
+
+    stored = vision_config(path_or_name)
+    same = getattr(stored, "num_labels", None) == len(label_names) and \
+        [stored.id2label.get(i) for i in range(len(label_names))] == list(label_names)
+    kwargs = {} if same else {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+                              "label2id": {n: i for i, n in enumerate(label_names)}, "ignore_mismatched_sizes": True}
+    try:
+        model = AutoModelForImageClassification.from_pretrained(str(path_or_name), attn_implementation="sdpa",
+                                                                **kwargs)
+    except OSError as err:
+        raise ValueError(f"cannot load image model {str(path_or_name)!r}: {err}") from err
+    return model.train()
+
+
 def model_resolution(model: TokenPrunedModel, meta: dict[str, Any]) -> int:
     """Input resolution recorded with the model (trimformer/vision checkpoints), else the model config's."""
     res = meta.get("resolution") or meta.get("recipe", {}).get("resolution")

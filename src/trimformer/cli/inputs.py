@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from trimformer.assets import minilm_path
+from trimformer.assets import OFFLINE_MODELS, minilm_path
 from trimformer.checkpoint import is_checkpoint, read_meta
+from trimformer.cli.options import Rule, settle
 from trimformer.data.hf import hf_image_data, is_hf_source
 from trimformer.data.images import load_image_data
 from trimformer.data.labels import (
@@ -17,33 +20,68 @@ from trimformer.data.labels import (
     relabel_items,
     require_classes,
 )
-from trimformer.data.text import load_text_data
+from trimformer.data.text import BUILTIN_DATASETS, load_text_data
 from trimformer.loading import Loaded, infer_task, load_any, model_resolution
-from trimformer.methods import (
-    ASViTConfig,
-    EViTConfig,
-    LTPConfig,
-    SaiTConfig,
-    ToMeConfig,
-    TopKConfig,
-    method_named,
-)
 from trimformer.quant import ORDER
 from trimformer.train.loop import TrainConfig
 
 DEFAULT_DATA = MappingProxyType({"text": "rotten_tomatoes", "vision": "fashion_mnist"})
 DEFAULT_METHOD = MappingProxyType({"text": "ltp", "vision": "sait"})
+BUILTIN_DATA_TASK = MappingProxyType({**dict.fromkeys(BUILTIN_DATASETS, "text"), "fashion_mnist": "vision"})
 
 
 def resolve_model_name(name: str) -> str:
-    """'minilm' is the offline all-MiniLM-L6-v2; anything else is a folder or hub name."""
-    return str(minilm_path()) if name == "minilm" else name
+    """An offline name ('minilm': all-MiniLM-L6-v2; 'dinov2-s': the converted DINOv2 ViT-S/14, converted on first
+    use) -> its folder; anything else is a checkpoint, folder or hub name, returned as is."""
+    if name == "minilm":
+        return str(minilm_path())
+    if name == "dinov2-s":
+        from trimformer.vision.dinov2_onnx import ensure_converted_checkpoint
+
+        return str(ensure_converted_checkpoint())
+    assert set(OFFLINE_MODELS) == {"minilm", "dinov2-s"}  # a new offline name needs its branch above
+    check_local_path(name)
+    return name
 
 
-def load_model_for(args: argparse.Namespace, path: str, label_names: list[str] | None = None) -> Loaded:
-    """The model at ``path`` with its task settled (``args.task`` is set to it)."""
+def check_local_path(name: str) -> None:
+    """FileNotFoundError for a model path that does not exist (instead of a minute of hub retries): a name that
+    can only be a path (absolute, ``./``, ``~``, three or more parts, a Windows drive) or whose first folder
+    exists here; 'org/name' with no such folder stays a hub name."""
+    path = Path(name).expanduser()
+    parts = Path(name).parts
+    looks_local = path.is_absolute() or name.startswith((".", "~")) or len(parts) > 2 or \
+        (len(parts) == 2 and Path(parts[0]).is_dir()) or "\\" in name
+    if looks_local and not path.exists():
+        raise FileNotFoundError(f"model path {name} does not exist (not a hub name either); check the path, or "
+                                f"use one of the offline names: {', '.join(OFFLINE_MODELS)}")
+
+
+def settle_task(args: argparse.Namespace, path: str) -> str:
+    """The task of the model at ``path`` (its checkpoint or config; ``--task`` must agree, and is used only where
+    nothing says), set as ``args.task``; the data must be of that task."""
     args.task = infer_task(path, args.task)
-    return load_any(path, args.task, label_names)
+    data = getattr(args, "data", None)
+    for option, value in (("--data", data), ("--eval-data", getattr(args, "eval_data", None))):
+        if value in BUILTIN_DATA_TASK and BUILTIN_DATA_TASK[value] != args.task:
+            usable = [n for n, t in BUILTIN_DATA_TASK.items() if t == args.task]
+            raise ValueError(f"{option} {value} is {BUILTIN_DATA_TASK[value]} data and {path} is a {args.task} "
+                             f"model; use {' or '.join(usable)}, or your own "
+                             f"{'image folder' if args.task == 'vision' else '.csv/.jsonl file'}")
+    return args.task
+
+
+def text_only(args: argparse.Namespace, *names: str) -> list[Rule]:
+    """:func:`~trimformer.cli.options.settle` rules: ``names`` apply to text models only."""
+    return [(n, args.task == "text", "to vision models") for n in names]
+
+
+def load_model_for(args: argparse.Namespace, path: str, rules: Iterable[Rule] = ()) -> Loaded:
+    """The model at ``path`` with its task settled (``args.task`` is set to it) and the options checked against it
+    and against ``rules`` (see :func:`~trimformer.cli.options.settle`; once per command)."""
+    settle_task(args, path)
+    settle(args, args.task, [*text_only(args, "max_length", "columns", "label_type"), *rules])
+    return load_any(path, args.task)
 
 
 def refuse_later_stage(path: str, action: str, meta: dict[str, Any] | None = None) -> None:
@@ -99,34 +137,22 @@ def _model_name(args: argparse.Namespace) -> str:
     return f"the model {getattr(args, 'model', None) or getattr(args, 'checkpoint', '')}".rstrip()
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed)
+def image_label_names(data: Any) -> list[str]:
+    """The class names of an image dataset (Fashion-MNIST, an image folder, or a subset of one)."""
+    base = getattr(data, "dataset", data)
+    return list(base.classes)
 
 
-def method_config(args: argparse.Namespace) -> Any:
-    """The config of ``--method`` from its flags (each method reads only its own)."""
-    target = args.target_flops if args.target_flops > 0 else None
-    if args.method == "ltp":
-        return LTPConfig(final_threshold=args.final_threshold, temperature=args.temperature, lambda_=args.lambda_,
-                         target_flops=target, soft_steps=args.soft_steps, hard_steps=args.hard_steps,
-                         threshold_lr=args.threshold_lr)
-    if args.method == "topk":
-        return TopKConfig(target_flops=target, hard_steps=args.hard_steps)
-    if args.method == "sait":
-        return SaiTConfig(policy=args.sait_policy, default_level=args.level, steps=args.steps)
-    if args.method == "asvit":
-        return ASViTConfig(target_flops=args.target_flops, steps=args.steps)
-    if args.method == "evit":
-        return EViTConfig(keep_rate=args.keep_rate)
-    if args.method == "tome":
-        return ToMeConfig(r=args.r)
-    method_named(args.method)  # raises with the known names
-    raise AssertionError(args.method)
+def train_config(args: argparse.Namespace, **recipe: Any) -> TrainConfig:
+    """The training settings given on the command line, over ``recipe``'s."""
+    return TrainConfig(**{**recipe, "batch_size": args.batch_size, "lr": args.lr, "max_length": args.max_length,
+                          "seed": args.seed})
 
 
 def set_level(loaded: Loaded, level: float | None) -> None:
     """``--level``: run a SaiT checkpoint at another sparsity."""
     if level is not None:
         if not hasattr(loaded.model.policy, "set_level"):
-            raise ValueError("--level applies to SaiT checkpoints only")
+            method = loaded.meta.get("method", "dense")
+            raise ValueError(f"--level applies to SaiT checkpoints only; this one is {method}: leave --level out")
         loaded.model.policy.set_level(level)

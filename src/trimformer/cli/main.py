@@ -4,23 +4,40 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 from trimformer import __version__
+from trimformer.assets import OFFLINE_MODELS
+from trimformer.cli.options import (
+    DEFAULTS_KEY,
+    LazyParser,
+    add,
+    fraction,
+    json_path,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+from trimformer.train.recipes import FINETUNE_RECIPES
 
 
-def _add_train_options(p: argparse.ArgumentParser, lr: float) -> None:
+def _add_train_options(p: argparse.ArgumentParser, d: dict, lr: float | Mapping[str, float]) -> None:
+    """Training settings; with ``prune`` they apply to the trained methods only (refused with ToMe / EViT)."""
     g = p.add_argument_group("training")
-    g.add_argument("--batch-size", type=int, default=32, help="global batch size (default 32)")
-    g.add_argument("--lr", type=float, default=lr, help=f"learning rate of the model weights (default {lr})")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per text after truncation (default 128)")
-    g.add_argument("--train-subset", type=int, default=None, help="use a seeded random subset of N training texts")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--resume", action="store_true",
-                   help="save the training state in OUT.state and continue from it after an interruption; a state "
-                        "saved for another model, data set or recipe is refused (see --restart)")
-    g.add_argument("--restart", action="store_true",
-                   help="discard the training state in OUT.state (if any) and train from the start, saving state "
-                        "as --resume does")
+    add(g, d, "--batch-size", type=positive_int, default=32, help="global batch size")
+    add(g, d, "--lr", type=positive_float, default=lr, help="learning rate of the model weights")
+    _add_max_length(g, d)
+    add(g, d, "--train-subset", type=positive_int, default=None, shown="all", metavar="N",
+        help="train on a seeded random subset of N examples")
+    add(g, d, "--seed", type=nonnegative_int, default=0, help="random seed")
+    add(g, d, "--resume", action="store_const", const=True, default=False,
+        help="save the training state in OUT.state and continue from it after an interruption; a state saved for "
+             "another model, data set or recipe is refused (see --restart)")
+    add(g, d, "--restart", action="store_const", const=True, default=False,
+        help="discard the training state in OUT.state (if any) and train from the start, saving state as --resume "
+             "does")
 
 
 def _add_out_option(p: argparse.ArgumentParser, help_text: str) -> None:
@@ -29,25 +46,33 @@ def _add_out_option(p: argparse.ArgumentParser, help_text: str) -> None:
                    help="replace the checkpoint already at --out (only a folder trimformer wrote is ever replaced)")
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
+def _add_max_length(p: argparse.ArgumentParser | Any, d: dict) -> None:
+    add(p, d, "--max-length", type=positive_int, default=128, help="text: tokens per text after truncation")
+
+
+def _add_data_options(p: argparse.ArgumentParser, d: dict, eval_data: bool = True) -> None:
+    """--data (and --eval-data) with the text-file options --columns and --label-type (text models only)."""
     p.add_argument("--data", default=None,
-                   help="text: 'rotten_tomatoes' (default), '20newsgroups' (built in, offline) or a .csv/.tsv/.jsonl "
-                        "file with 'text' (and 'text_pair') and 'label' columns, see docs/data.md; vision: "
-                        "'fashion_mnist' (default, offline) or an image folder root/<class>/<images>")
-    p.add_argument("--eval-data", default=None, help="evaluation file (text) or image folder (vision) when --data "
-                                                    "is a file / folder")
-    p.add_argument("--columns", default=None, metavar="TEXT[,PAIR],LABEL",
-                   help="text files: the columns holding the text, the second text of a pair (optional) and the "
-                        "label, e.g. premise,hypothesis,label (default: text, text_pair when present, label)")
-    p.add_argument("--label-type", choices=("auto", "class", "regression"), default="auto",
-                   help="text files: labels are classes or regression targets; auto: fractional numbers are "
-                        "targets, anything else classes (default auto)")
+                   help="text: 'rotten_tomatoes' (default), '20newsgroups' (built in, offline), a .csv/.tsv/.jsonl/"
+                        ".parquet file with 'text' (and 'text_pair') and 'label' columns, a datasets folder or hub "
+                        "name (see docs/data.md); vision: 'fashion_mnist' (default, offline) or an image folder "
+                        "root/<class>/<images>")
+    if eval_data:
+        p.add_argument("--eval-data", default=None, help="evaluation file (text) or image folder (vision) when "
+                                                        "--data is a file / folder")
+    add(p, d, "--columns", default=None, shown="text, text_pair when present, label", metavar="TEXT[,PAIR],LABEL",
+        help="text files: the columns holding the text, the second text of a pair (optional) and the label, e.g. "
+             "premise,hypothesis,label")
+    add(p, d, "--label-type", choices=("auto", "class", "regression"), default="auto",
+        help="text files: labels are classes or regression targets; auto: fractional numbers are targets, anything "
+             "else classes")
 
 
 def _add_task_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("text", "vision"), default=None,
                    help="text (BERT-family classifiers) or vision (ViT/DeiT/Dinov2): read from the checkpoint or the "
-                        "model folder's config; needed only for a hub name of a vision model (default text)")
+                        "model folder's config, and then must agree with it; needed only for a hub name of a vision "
+                        "model (default text)")
 
 
 def _add_kernel_option(p: argparse.ArgumentParser) -> None:
@@ -58,94 +83,106 @@ def _add_kernel_option(p: argparse.ArgumentParser) -> None:
                         "same kernel (default auto)")
 
 
-def _add_level_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--level", type=float, default=None,
-                   help="vision SaiT: sparsity level to run at (keep rate or importance mass in (0, 1]; "
-                        "default: the checkpoint's)")
+def _add_json_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", type=json_path, default=None, help=f"also write {what} to this JSON file")
 
 
-def _add_run_options(p: argparse.ArgumentParser, checkpoint_help: str) -> None:
+def _add_run_options(p: argparse.ArgumentParser, d: dict, checkpoint_help: str) -> None:
     """What eval and bench share: the checkpoint, its task and level, the data and the text length."""
     p.add_argument("checkpoint", help=checkpoint_help)
     _add_task_option(p)
-    _add_level_option(p)
-    _add_data_options(p)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--level", type=fraction, default=None,
+                   help="SaiT checkpoints: sparsity level to run at (keep rate or importance mass in (0, 1]; "
+                        "default: the level saved with it, prune --default-level)")
+    _add_data_options(p, d)
+    _add_max_length(p, d)
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    from trimformer.cli.method_options import add_method_options
+
+    add_method_options(p)
+
+
+def _model_help(default: str | None) -> str:
+    names = ", ".join(f"'{k}' (offline {v})" for k, v in OFFLINE_MODELS.items())
+    return f"{names}, a trimformer checkpoint, a local folder or a hub name" + (f" (default {default})"
+                                                                                if default else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trimformer", description=__doc__)
     parser.add_argument("--version", action="version", version=f"trimformer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=LazyParser)
 
-    p = sub.add_parser("finetune", help="fine-tune a BERT/RoBERTa classifier (the dense starting point)")
-    p.add_argument("--model", default="minilm",
-                   help="'minilm' (offline all-MiniLM-L6-v2), a local folder or a hub name (default minilm)")
-    _add_data_options(p)
-    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training data (default 1)")
-    _add_out_option(p, "output folder (a trimformer checkpoint of the dense model)")
-    _add_train_options(p, lr=1e-4)
-
-    p = sub.add_parser("prune", help="learn token pruning (text: LTP, top-k; vision: SaiT, AS-ViT, EViT, ToMe)")
-    p.add_argument("--model", required=True, help="fine-tuned classifier: local folder or hub name")
+    d: dict = {}
+    p = sub.add_parser("finetune", help="fine-tune a text (BERT/RoBERTa) or vision (ViT/DeiT/Dinov2) classifier: "
+                                        "the dense starting point")
+    p.add_argument("--model", default="minilm", help=_model_help("minilm"))
     _add_task_option(p)
-    _add_data_options(p)
-    p.add_argument("--method", choices=("ltp", "topk", "sait", "asvit", "evit", "tome"), default=None,
-                   help="pruning method: text ltp (default) | topk; vision sait (default) | asvit | evit | tome")
-    p.add_argument("--target-flops", type=float, default=0.5,
-                   help="wanted fraction of dense FLOPs; thresholds are calibrated to it (default 0.5). "
-                        "Pass 0 to use LTP's lambda regulariser with --final-threshold instead")
-    p.add_argument("--soft-steps", type=int, default=200, help="LTP soft-stage steps (default 200)")
-    p.add_argument("--hard-steps", type=int, default=200, help="hard-mask fine-tuning steps (default 200)")
-    p.add_argument("--temperature", type=float, default=1e-3, help="LTP soft-mask temperature (default 1e-3)")
-    p.add_argument("--lambda", dest="lambda_", type=float, default=0.1,
-                   help="LTP mask regulariser weight, used with --target-flops 0 (default 0.1)")
-    p.add_argument("--final-threshold", type=float, default=0.01,
-                   help="LTP base threshold of the last layer (default 0.01)")
-    p.add_argument("--threshold-lr", type=float, default=2e-5, help="LTP threshold learning rate (default 2e-5)")
-    v = p.add_argument_group("vision methods")
-    v.add_argument("--sait-policy", choices=("topk", "mass"), default="topk",
-                   help="SaiT: fixed keep rate (topk) or input-adaptive importance mass (default topk)")
-    v.add_argument("--level", type=float, default=0.7, help="SaiT: default sparsity level saved (default 0.7)")
-    v.add_argument("--steps", type=int, default=200, help="SaiT / AS-ViT training steps (default 200)")
-    v.add_argument("--keep-rate", type=float, default=0.7, help="EViT keep rate per pruning layer (default 0.7)")
-    v.add_argument("--r", type=int, default=8, help="ToMe: tokens merged per layer (default 8)")
-    _add_out_option(p, "output folder of the pruned checkpoint")
-    _add_train_options(p, lr=2e-5)
+    _add_data_options(p, d, eval_data=False)
+    p.add_argument("--epochs", type=positive_float, default=1.0, help="passes over the training data (default 1)")
+    add(p, d, "--resolution", type=positive_int, default=None, shown="the model's; dinov2-s 112",
+        help="vision: input side in pixels, a multiple of the patch size (Dinov2 interpolates its position "
+             "embeddings; ViT/DeiT need their config's size)")
+    _add_out_option(p, "output folder (a trimformer checkpoint of the dense model)")
+    _add_train_options(p, d, lr=MappingProxyType({t: FINETUNE_RECIPES[t]["lr"] for t in FINETUNE_RECIPES}))
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
 
+    d = {}
+    p = sub.add_parser("prune", help="learn token pruning (text: LTP, top-k; vision: SaiT, AS-ViT; both: EViT, "
+                                     "ToMe)")
+    p.add_argument("--model", required=True, help="fine-tuned classifier: trimformer checkpoint, local folder or "
+                                                  "hub name")
+    _add_task_option(p)
+    _add_data_options(p, d, eval_data=False)
+    _add_out_option(p, "output folder of the pruned checkpoint")
+    p.populate_with(_add_method_options)  # the method registry imports torch: only when prune is parsed
+    _add_train_options(p, d, lr=2e-5)
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
+
+    p = sub.add_parser("methods", help="list the pruning methods with their tasks, options and defaults")
+
+    d = {}
     p = sub.add_parser("eval", help="accuracy, FLOPs and kept tokens of a checkpoint")
-    _add_run_options(p, "pruned checkpoint folder, or a dense transformers model")
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
+    _add_run_options(p, d, "pruned checkpoint folder, or a dense transformers model")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch size (default 64)")
     p.add_argument("--mode", choices=("packed", "masked"), default="packed",
                    help="packed: tokens removed (default); masked: official LTP behaviour")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N texts")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="evaluate on a seeded subset of N examples")
     _add_kernel_option(p)
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    _add_json_option(p, "the results")
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
 
+    d = {}
     p = sub.add_parser("bench", help="measured throughput and latency: dense vs pruned, same run")
-    _add_run_options(p, "pruned checkpoint folder")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size to time (default 32)")
-    p.add_argument("--num-samples", type=int, default=256, help="texts timed per repetition (default 256)")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved timing repetitions (default 3)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    _add_run_options(p, d, "pruned checkpoint folder")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="batch size to time (default 32)")
+    p.add_argument("--num-samples", type=positive_int, default=256, help="examples timed per repetition (default 256)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="interleaved timing repetitions (default 3)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     _add_kernel_option(p)
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy evaluation")
-    p.add_argument("--accuracy-limit", type=int, default=None,
-                   help="compute the accuracies on a seeded subset of N test texts (default: all)")
+    add(p, d, "--accuracy-limit", type=positive_int, default=None, shown="all", metavar="N",
+        help="compute the accuracies on a seeded subset of N test examples")
     p.add_argument("--no-regroup", action="store_true",
                    help="run each packed batch in one piece, padded to its longest row, instead of regrouping "
                         "rows by kept-token count (same outputs; for comparison)")
-    p.add_argument("--json", default=None, help="write the results to this JSON file")
+    _add_json_option(p, "the results")
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
 
+    d = {}
     p = sub.add_parser("quantize", help="post-training quantization (PWLQ or uniform) of a text or vision checkpoint")
     p.add_argument("checkpoint", help="fine-tuned classifier or pruned checkpoint folder (pruned stays pruned)")
     _add_task_option(p)
-    _add_data_options(p)
+    _add_data_options(p, d)
     _add_out_option(p, "output folder of the quantized checkpoint")
     p.add_argument("--scheme", choices=("pwlq", "uniform"), default="pwlq", help="weight scheme (default pwlq)")
-    p.add_argument("--wbits", type=int, default=4,
+    p.add_argument("--wbits", type=positive_int, default=4,
                    help="weight bits (default 4); PWLQ stores one region bit more, see --region-bit")
-    p.add_argument("--abits", type=int, default=8, help="input-activation bits; 0 = weights only (default 8)")
+    p.add_argument("--abits", type=nonnegative_int, default=8,
+                   help="input-activation bits; 0 = weights only (default 8)")
     p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
                    help="data-free per-channel bias correction of the weights (default on)")
     p.add_argument("--breakpoint", choices=("gaussian", "laplace", "search"), default=None,
@@ -153,33 +190,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "gaussian)")
     p.add_argument("--num-breakpoints", type=int, default=None, choices=(1, 2, 3),
                    help="PWLQ breakpoints per channel; more than 1 needs --breakpoint search (default 1)")
-    p.add_argument("--region-bit", choices=("extra", "inside"), default="extra",
-                   help="PWLQ: 'extra' stores the region bit on top of --wbits (paper), 'inside' counts it "
-                        "within --wbits (default extra)")
+    add(p, d, "--region-bit", choices=("extra", "inside"), default="extra",
+        help="PWLQ weights or activations: 'extra' stores the region bit on top of the bits (paper), 'inside' "
+             "counts it within them")
     p.add_argument("--per-tensor", action="store_true", help="one weight range per tensor instead of per channel")
     p.add_argument("--weight-clip", choices=("minmax", "mse"), default=None,
                    help="uniform weights: clip at max|w| or at the MSE-optimal value (default minmax)")
-    p.add_argument("--act-clip", choices=("topk_median", "percentile", "mse", "minmax"), default="topk_median",
-                   help="activation range rule (default topk_median: median of the top-10 per batch, averaged)")
-    p.add_argument("--act-scheme", choices=("uniform", "pwlq"), default="uniform",
-                   help="activations: asymmetric uniform, or PWLQ with a searched breakpoint (default uniform)")
+    add(p, d, "--act-clip", choices=("topk_median", "percentile", "mse", "minmax"), default="topk_median",
+        help="activation range rule (topk_median: median of the top-10 per batch, averaged)")
+    add(p, d, "--act-scheme", choices=("uniform", "pwlq"), default="uniform",
+        help="activations: asymmetric uniform, or PWLQ with a searched breakpoint")
     p.add_argument("--pow2-scale", action="store_true", help="round every scale up to a power of two")
     p.add_argument("--exclude", nargs="*", default=[], help="module-name globs left in float (e.g. 'classifier')")
     p.add_argument("--layer-wbits", nargs="*", default=[], metavar="GLOB=BITS",
                    help="per-layer weight bits, first match wins (e.g. 'classifier=8')")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
-    p.add_argument("--calib-batches", type=int, default=16,
+    _add_max_length(p, d)
+    p.add_argument("--calib-batches", type=positive_int, default=16,
                    help="calibration batches of 32 training texts / images (default 16)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N test texts / images")
-    p.add_argument("--json", default=None, help="also write the report to this JSON file")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="evaluate on a seeded subset of N test texts / images")
+    _add_json_option(p, "the report")
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
 
+    d = {}
     p = sub.add_parser("demo", help="offline end-to-end demo: fine-tune, prune, evaluate, benchmark, report")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--target-flops", type=float, default=0.5, help="FLOPs target (default 0.5)")
+    add(p, d, "--target-flops", type=fraction, default=0.5, help="text: FLOPs target of LTP and top-k")
     p.add_argument("--fast", action="store_true", help="tiny settings for a smoke test (numbers are meaningless)")
     p.add_argument("--task", choices=("text", "vision"), default="text",
                    help="text: LTP on MiniLM / Rotten Tomatoes (default); vision: the sparsity dial of one SaiT "
                         "checkpoint on a small ViT / Fashion-MNIST")
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
     return parser
 
 

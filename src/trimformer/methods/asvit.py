@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimformer.config import JsonConfig
+from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.flops import encoder_flops
 from trimformer.core.scoring import head_weighted_class_attention
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
@@ -74,6 +74,7 @@ class ASViTConfig(JsonConfig):
     calibration_batches: int = 8
 
     def __post_init__(self) -> None:
+        check_numbers(self, counts=("steps",), positive_counts=("calibration_batches",))
         self.stages = check_stage_list(self.stages)
         if self.threshold_units not in THRESHOLD_UNITS:
             raise ValueError(f"threshold_units must be one of {THRESHOLD_UNITS}, got {self.threshold_units!r}")
@@ -221,7 +222,7 @@ def fit_asvit(model: TokenPrunedModel, data: Sequence, collate: Collate, config:
         return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "flops": float(ratio.detach())}
 
     threshold_ids = {id(policy.thresholds)}
-    groups = param_groups(model, config.lr, config.weight_decay, threshold_ids)
+    groups = param_groups(model, config.lr, config.weight_decay, threshold_ids, config.head_lr)
     groups.append({"params": [policy.thresholds], "lr": cfg.threshold_lr, "weight_decay": 0.0})
     try:
         history["train"] = train_steps(model, loss_fn, groups, data, collate, config, cfg.steps, "asvit", state_dir)

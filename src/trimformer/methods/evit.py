@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trimformer.config import JsonConfig
+from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.merging import FUSE_MODES, MergePlan, evit_layers, fuse_inattentive
 from trimformer.core.scoring import class_attention
 from trimformer.engine.hooks import AttentionState, MergeHook
@@ -34,6 +34,7 @@ class EViTConfig(JsonConfig):
     fuse: str = "sum"
 
     def __post_init__(self) -> None:
+        check_numbers(self)
         if not 0.0 < self.keep_rate <= 1.0:
             raise ValueError(f"keep_rate must be in (0, 1], got {self.keep_rate}")
         if self.fuse not in FUSE_MODES:

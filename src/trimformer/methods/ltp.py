@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trimformer.config import JsonConfig
+from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.scoring import ltp_importance
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
 from trimformer.data.batching import Collate, calibration_batches
@@ -46,6 +46,10 @@ class LTPConfig(JsonConfig):
     calibration_batches: int = 8
 
     def __post_init__(self) -> None:
+        check_numbers(self, counts=("soft_steps", "hard_steps"), positive_counts=("calibration_batches",),
+                      nonnegative=("lambda_", "budget_weight"))
+        if self.threshold_lr <= 0:
+            raise ValueError(f"threshold_lr must be > 0, got {self.threshold_lr}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:
@@ -159,7 +163,7 @@ def fit_ltp(model: TokenPrunedModel, data: Sequence, collate: Collate, config: T
 
     learned = policy.thresholds.learned
     learned.requires_grad_(True)
-    groups = param_groups(model, config.lr, config.weight_decay, {id(learned)})
+    groups = param_groups(model, config.lr, config.weight_decay, {id(learned)}, config.head_lr)
     groups.append({"params": [learned], "lr": ltp.threshold_lr, "weight_decay": 0.0})
     history["soft"] = train_steps(model, soft_loss, groups, data, collate, config, ltp.soft_steps, "ltp-soft",
                                   state_dir)

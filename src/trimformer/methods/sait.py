@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trimformer.config import JsonConfig
+from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.scoring import class_attention, head_weighted_class_attention
 from trimformer.core.selection import keep_counts_from_rate, mass_keep_counts, protect_prefix, topk_mask
 from trimformer.data.batching import Collate
@@ -84,6 +84,7 @@ class SaiTConfig(JsonConfig):
     steps: int = 200
 
     def __post_init__(self) -> None:
+        check_numbers(self, counts=("steps", "dense_every"), positive_counts=("min_keep",))
         if self.policy not in SAIT_POLICIES:
             raise ValueError(f"SaiT policy must be one of {SAIT_POLICIES}, got {self.policy!r}")
         if self.score not in SAIT_SCORES:
@@ -250,7 +251,7 @@ def fit_sait(model: TokenPrunedModel, data: Sequence, collate: Collate, config: 
         return loss, {"ce": float(ce.detach()), "kd": float(kd.detach()), "tok": float(tok.detach()),
                       "level": float(level), "flops": float(out.flops_ratio.detach())}
 
-    groups = param_groups(model, config.lr, config.weight_decay)
+    groups = param_groups(model, config.lr, config.weight_decay, head_lr=config.head_lr)
     try:
         logs = train_steps(model, loss_fn, groups, data, collate, config, cfg.steps, "sait", state_dir)
     finally:

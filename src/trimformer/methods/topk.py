@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from trimformer.config import JsonConfig
+from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.scoring import class_attention, ltp_importance
 from trimformer.core.selection import keep_counts_from_rate, protect_prefix, topk_mask
 from trimformer.data.batching import Collate, calibration_batches
@@ -37,6 +37,7 @@ class TopKConfig(JsonConfig):
     calibration_batches: int = 8
 
     def __post_init__(self) -> None:
+        check_numbers(self, counts=("hard_steps",), positive_counts=("calibration_batches",))
         if not 0.0 < self.final_keep_rate <= 1.0:
             raise ValueError(f"final_keep_rate must be in (0, 1], got {self.final_keep_rate}")
         if self.target_flops is not None and not 0.0 < self.target_flops <= 1.0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -12,13 +13,23 @@ from trimformer.data.text import transformers_inputs
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import refuse_quantized
 from trimformer.train.loop import TrainConfig, param_groups, train_steps
+from trimformer.train.recipes import FINETUNE_RECIPES
 from trimformer.train.state import open_state, run_record
+
+
+def finetune_config(task: str, **overrides: Any) -> TrainConfig:
+    """The fine-tuning recipe of ``task`` ('text' or 'vision', see ``FINETUNE_RECIPES``) with ``overrides``."""
+    if task not in FINETUNE_RECIPES:
+        raise ValueError(f"task must be one of {tuple(FINETUNE_RECIPES)}, got {task!r}")
+    return TrainConfig(**{**FINETUNE_RECIPES[task], **overrides})
 
 
 def finetune_dense(model: nn.Module, data: Sequence, collate: Collate, config: TrainConfig, steps: int,
                    state_dir: str | Path | None = None, restart: bool = False,
                    about: dict | None = None) -> list[dict[str, float]]:
-    """Plain fine-tuning of a transformers classifier on its own forward (``model(**batch).loss``).
+    """Plain fine-tuning of a transformers classifier, text or vision, on its own forward
+    (``model(**batch).loss``): text batches from ``text_collate``, images from ``image_collate``; the recipe is
+    ``config`` (e.g. :func:`finetune_config`).
 
     ``state_dir`` saves progress so that an interrupted run resumes; a state saved there for another model, data
     set or recipe is refused, or discarded with ``restart`` (see :mod:`trimformer.train.state`). A token-pruned or
@@ -33,7 +44,7 @@ def finetune_dense(model: nn.Module, data: Sequence, collate: Collate, config: T
     def loss_fn(m: nn.Module, batch: dict, step: int):
         return m(**transformers_inputs(batch)).loss, {}
 
-    groups = param_groups(model, config.lr, config.weight_decay)
+    groups = param_groups(model, config.lr, config.weight_decay, head_lr=config.head_lr)
     logs = train_steps(model, loss_fn, groups, data, collate, config, steps, "finetune", state_dir)
     model.eval()
     return logs

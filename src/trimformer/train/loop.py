@@ -8,6 +8,7 @@ sharded by Accelerate, gradients all-reduced by DDP. Seeded, with a progress bar
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +19,25 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from trimformer.config import JsonConfig
 from trimformer.data.batching import Collate, epoch_loader
 from trimformer.io_utils import atomic_write_dir, atomic_write_json
 from trimformer.train.state import StaleStateError
 
+SCHEDULES = ("linear", "cosine")
+NO_DECAY_SUFFIXES = ("position_embeddings", "cls_token", "mask_token", "distillation_token")
+
 
 @dataclass
 class TrainConfig(JsonConfig):
-    """Optimisation recipe of one training run (recorded in every checkpoint)."""
+    """Optimisation recipe of one training run (recorded in every checkpoint).
+
+    AdamW at ``lr`` (the classification head at ``head_lr``; None = ``lr``) with ``weight_decay`` on weight
+    matrices; ``schedule``: linear warm-up over ``warmup_ratio`` of the steps, then linear or cosine decay to 0;
+    ``max_grad_norm``: clip the gradient norm (None = no clipping). ``save_every``: steps between resumable states.
+    """
 
     batch_size: int = 32
     lr: float = 5e-5
@@ -37,12 +46,32 @@ class TrainConfig(JsonConfig):
     max_length: int = 128
     seed: int = 0
     save_every: int = 50
+    head_lr: float | None = None
+    schedule: str = "linear"
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("batch_size", "max_length", "seed", "save_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.batch_size < 1 or self.max_length < 2:
-            raise ValueError("batch_size must be >= 1 and max_length >= 2")
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+            raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {self.batch_size} and "
+                             f"{self.max_length}")
+        if self.seed < 0 or self.save_every < 1:
+            raise ValueError(f"seed must be >= 0 and save_every >= 1, got {self.seed} and {self.save_every}")
+        for name in ("lr", "head_lr", "max_grad_norm"):
+            value = getattr(self, name)
+            if (value is not None or name == "lr") and not (isinstance(value, (int, float))
+                                                            and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and math.isfinite(self.weight_decay)
+                and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if not (isinstance(self.warmup_ratio, (int, float)) and 0.0 <= self.warmup_ratio < 1.0):
+            raise ValueError(f"warmup_ratio is a fraction of the steps in [0, 1), got {self.warmup_ratio!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
 
 
 class TrainingDivergedError(ValueError, FloatingPointError):
@@ -105,17 +134,22 @@ def _load_state(state_dir: Path, module: nn.Module, optimizer, scheduler, stage:
 StepLoss = Callable[[nn.Module, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
 
 
-def param_groups(module: nn.Module, lr: float, weight_decay: float, exclude: set[int] | None = None) -> list[dict]:
-    """AdamW groups of ``module``'s trainable parameters: weight decay on matrices, none on biases and norms;
-    parameters whose id is in ``exclude`` are left out (a method adds them in its own group)."""
+def param_groups(module: nn.Module, lr: float, weight_decay: float, exclude: set[int] | None = None,
+                 head_lr: float | None = None) -> list[dict]:
+    """AdamW groups of ``module``'s trainable parameters: weight decay on matrices, none on biases, norms and
+    position / class / mask token embeddings; the classification head (``classifier.*``) at ``head_lr`` when given.
+    Parameters whose id is in ``exclude`` are left out (a method adds them in its own group)."""
     exclude = exclude or set()
-    decay, no_decay = [], []
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad or id(p) in exclude:
             continue
-        (no_decay if p.dim() < 2 or "LayerNorm" in name else decay).append(p)
-    return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        decay = p.dim() >= 2 and "LayerNorm" not in name and not name.endswith(NO_DECAY_SUFFIXES)
+        head = head_lr is not None and (name.startswith("classifier.") or ".classifier." in name)
+        groups.setdefault((head, decay), []).append(p)
+    return [{"params": groups.get((head, decay), []), "lr": head_lr if head else lr,
+             "weight_decay": weight_decay if decay else 0.0}
+            for head in ((False, True) if head_lr is not None else (False,)) for decay in (True, False)]
 
 
 def train_steps(
@@ -141,7 +175,9 @@ def train_steps(
     accelerator = get_accelerator()
     set_seed(config.seed)
     optimizer = torch.optim.AdamW(groups)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
+    make_schedule = get_cosine_schedule_with_warmup if config.schedule == "cosine" else \
+        get_linear_schedule_with_warmup
+    scheduler = make_schedule(optimizer, int(config.warmup_ratio * steps), steps)
     start = 0
     state_path = Path(state_dir) if state_dir is not None else None
     identity = {"steps": steps, "num_examples": num_examples, "train": config.to_dict(),
@@ -174,6 +210,8 @@ def train_steps(
                 raise TrainingDivergedError(f"{stage}: the loss became {loss.item()} at step {step}; lower the "
                                             "learning rate (--lr) or check the data for broken inputs")
             accelerator.backward(loss)
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
