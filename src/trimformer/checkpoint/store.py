@@ -274,11 +274,14 @@ def convert_image_classifier(old: str | Path, new: str | Path, verify: bool = Tr
     return save(model, new, extra=extra)
 
 
-def load_model(path_or_name: str | Path, num_labels: int | None = None, label_names: list[str] | None = None):
+def load_model(path_or_name: str | Path, num_labels: int | None = None, label_names: list[str] | None = None,
+               seed: int = 0):
     """Any text model trimformer can run -> (TokenPrunedModel, tokenizer, metadata).
 
     Accepts a trimformer checkpoint, or a local folder / hub name of a transformers BERT or
-    RoBERTa model (a classification head is added when ``num_labels`` is given and missing).
+    RoBERTa model (a classification head is added when ``num_labels`` is given and missing). A new head is
+    initialised from ``seed`` (the global random state is left as it was), so that fine-tuning from it is
+    reproducible.
     """
     if is_checkpoint(path_or_name):
         meta = read_meta(path_or_name)
@@ -294,8 +297,10 @@ def load_model(path_or_name: str | Path, num_labels: int | None = None, label_na
     elif num_labels is not None:
         kwargs = {"num_labels": num_labels}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path_or_name), attn_implementation="sdpa", ignore_mismatched_sizes=bool(kwargs), **kwargs)
+        with torch.random.fork_rng(devices=[]):  # the new head's init depends on ``seed`` only
+            torch.manual_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path_or_name), attn_implementation="sdpa", ignore_mismatched_sizes=bool(kwargs), **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(str(path_or_name))
     except OSError as err:
         raise CheckpointError(f"cannot load model {path_or_name!r}: {err}") from err

@@ -42,7 +42,7 @@ def _emit(result: dict, json_path: str | None) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     args.task = "text"
     train = load_text_data(data_name(args), "train")
-    model, tokenizer, _ = load_model(resolve_model_name(args.model), label_names=train.label_names)
+    model, tokenizer, _ = load_model(resolve_model_name(args.model), label_names=train.label_names, seed=args.seed)
     model = model.model.train()
     train = train.subset(args.train_subset, seed=args.seed)
     config = train_config(args)
