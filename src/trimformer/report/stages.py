@@ -45,17 +45,40 @@ def stage_table(stages: dict[str, dict[str, float]], total: dict[str, float]) ->
     return "| stage | wall (s) | CPU, user + system (s) |\n|---|---|---|\n" + "\n".join(rows)
 
 
-def quietness(spread: float | None) -> str:
-    """One sentence on how steady the dense timings were (see :func:`trimformer.bench.timing_spread`)."""
-    if spread is None:
-        return "Timed once (no repeat to compare), so the machine's quietness is unknown; treat the speed as rough."
-    if spread > QUIET_SPREAD:
-        return (f"**The machine was busy during the timing: the dense timings of the same batch spread by "
-                f"{100 * spread:.0f}% across repeats** (quiet: under {100 * QUIET_SPREAD:.0f}%). The speed-ups are "
-                "medians of back-to-back pairs, which a load burst moves less than the throughputs; rerun on a "
-                "quiet machine before quoting them.")
-    return (f"The machine was quiet during the timing: the dense timings of the same batch spread by "
-            f"{100 * spread:.1f}% across repeats (threshold {100 * QUIET_SPREAD:.0f}%).")
+CPU_SHARE_QUIET = 0.7  # below this share of its threads' CPU time, the run was starved by other processes
+
+
+def cpu_share(stage: dict[str, float], threads: int) -> float | None:
+    """The share of ``threads`` cores a stage's process got: CPU seconds / (wall seconds x threads); about 1 on a
+    quiet machine (torch's threads spin while they wait), well below 1 when other processes take the cores."""
+    if stage["wall_s"] <= 0 or threads < 1:
+        return None
+    return stage["cpu_s"] / (stage["wall_s"] * threads)
+
+
+def machine_busy(spread: float | None, share: float | None) -> bool:
+    """Whether the timing ran on a busy machine: unsteady timings, or cores taken by other processes."""
+    return (spread is not None and spread > QUIET_SPREAD) or (share is not None and share < CPU_SHARE_QUIET)
+
+
+def quietness(spread: float | None, share: float | None = None) -> str:
+    """One sentence on how quiet the machine was while timing: the spread of the dense timings of the same batch
+    (:func:`trimformer.bench.timing_spread`) and the share of its cores the process got (:func:`cpu_share`)."""
+    parts = []
+    if spread is not None:
+        parts.append(f"the dense timings of the same batch spread by {100 * spread:.1f}% across repeats (quiet: "
+                     f"under {100 * QUIET_SPREAD:.0f}%)")
+    if share is not None:
+        parts.append(f"the process got {100 * share:.0f}% of its threads' CPU time (quiet: over "
+                     f"{100 * CPU_SHARE_QUIET:.0f}%)")
+    if not parts:
+        return "The machine's quietness was not measured (one repeat); treat the speed as rough."
+    measured = "; ".join(parts)
+    if machine_busy(spread, share):
+        return (f"**The machine was busy during the timing: {measured}.** The speed-ups are medians of "
+                "back-to-back pairs, which load moves less than the throughputs, but rerun on a quiet machine "
+                "before quoting them.")
+    return f"The machine was quiet during the timing: {measured}."
 
 
 def accuracy_gap(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> tuple[float, float]:
