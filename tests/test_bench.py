@@ -75,3 +75,17 @@ def test_time_variants_keeps_every_call_in_pair_order():
     batches = [{"input_ids": torch.zeros(1, 2)} for _ in range(3)]
     speed = time_variants({"a": lambda b: None, "b": lambda b: None}, batches, repeats=2, warmup=0)
     assert len(speed["a"]["seconds"]) == len(speed["b"]["seconds"]) == 6
+
+
+def test_benchmark_records_the_paired_speedup_and_the_quietness():
+    import trimformer
+    from trimformer.testing import make_tokenizer, synthetic_text_data, tiny_bert
+
+    config = trimformer.TopKConfig(final_keep_rate=0.5, target_flops=None)
+    pruned = trimformer.prune(tiny_bert(num_labels=2, vocab_size=32), config)
+    record = trimformer.benchmark(pruned, synthetic_text_data(16), batch_size=4, tokenizer=make_tokenizer(),
+                                  max_length=32, num_samples=8, repeats=3, accuracy=False)
+    assert record["speedup_paired"] > 0 and record["dense_spread"] >= 0
+    once = trimformer.benchmark(pruned, synthetic_text_data(16), batch_size=4, tokenizer=make_tokenizer(),
+                                max_length=32, num_samples=8, repeats=1, accuracy=False)
+    assert once["dense_spread"] is None  # one repeat: nothing to compare

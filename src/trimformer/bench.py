@@ -192,7 +192,8 @@ def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, 
     text) on a seeded sample of ``num_samples`` examples of ``data`` (a ``TextDataset`` with its ``tokenizer``, or
     an image dataset) at ``batch_size``, in the model's execution options; counts FLOPs and kept tokens on the same
     sample; with ``accuracy``, scores pruned and dense on ``accuracy_limit`` examples (all by default). Returns the
-    record (the keys of ``trimformer bench --json``).
+    record (the keys of ``trimformer bench --json``), with ``speedup_paired`` (:func:`paired_speedup`) and
+    ``dense_spread`` (:func:`timing_spread`: above :data:`QUIET_SPREAD`, the machine was busy).
     """
     if model.policy is None:
         raise ValueError("benchmark compares a token-pruned model with its dense self: prune the model first "
@@ -209,8 +210,11 @@ def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, 
     batches = fixed_batches(data, collate, batch_size, indices=timed)
     speed = time_variants(speed_variants(model, masked=text if masked is None else masked), batches, repeats)
     counts = evaluate(model, fixed_batches(data, collate, batch_size, labels=True, indices=timed), progress=False)
+    base = fastest_dense(speed)
     record = {"batch_size": batch_size, "num_samples_timed": len(timed), "repeats": repeats,
-              **({"max_length": max_length} if text else {}), **speed_record(speed, counts, model)}
+              **({"max_length": max_length} if text else {}), **speed_record(speed, counts, model),
+              "speedup_paired": paired_speedup(speed, "packed", base),
+              "dense_spread": timing_spread(speed, base, len(batches))}
     if hasattr(model.policy, "level"):
         record["level"] = model.policy.level
     if accuracy:
