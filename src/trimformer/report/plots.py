@@ -79,7 +79,7 @@ def throughput_bars(rows: Sequence[dict], path: str | Path, title: str) -> Path:
     ax.set_ylabel("throughput relative to the faster dense")
     ax.set_title(title)
     ax.axhline(1.0, color="black", lw=0.8)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)  # below the bars
     return save_figure(fig, path)
 
 
