@@ -28,6 +28,8 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
     The variants are interleaved batch by batch (in an order that rotates from batch to batch), so that a
     burst of load on a shared machine hits every variant alike instead of one variant's whole pass. With
     batches on a GPU, each call is timed up to the end of its GPU work (synchronised before and after).
+    Each variant also keeps ``seconds``: every call's time, repeat by repeat and batch by batch, in the same order
+    for every variant (what :func:`paired_speedup` and :func:`timing_spread` read).
     """
     sync = _synchronizer(batches)
     for fn in variants.values():
@@ -52,8 +54,35 @@ def time_variants(variants: dict[str, Callable[[dict], object]], batches: list[d
             totals[name].append(spent[name])
     return {name: {"samples_per_s": samples / statistics.median(totals[name]),
                    "latency_ms_median": 1000 * statistics.median(per_batch[name]),
-                   "latency_ms_p90": 1000 * sorted(per_batch[name])[int(0.9 * (len(per_batch[name]) - 1))]}
+                   "latency_ms_p90": 1000 * sorted(per_batch[name])[int(0.9 * (len(per_batch[name]) - 1))],
+                   "seconds": tuple(per_batch[name])}
             for name in variants}
+
+
+QUIET_SPREAD = 0.10  # a timing spread above this (10%) marks the machine as busy during the measurement
+
+
+def paired_speedup(speed: dict[str, dict], name: str, base: str) -> float:
+    """The median, over every (repeat, batch) pair, of ``base``'s time over ``name``'s on the same batch, timed
+    back to back by :func:`time_variants`: a burst of load that hits one pair moves one ratio, not the median."""
+    pairs = list(zip(speed[base]["seconds"], speed[name]["seconds"], strict=True))
+    if not pairs:
+        raise ValueError("no timed calls to pair: time at least one batch")
+    return statistics.median(b / n for b, n in pairs)
+
+
+def timing_spread(speed: dict[str, dict], name: str, num_batches: int) -> float | None:
+    """How steady ``name``'s timings were: for each batch, the range of its times over the repeats relative to
+    their median; the median over the batches. About 0.01-0.05 on a quiet machine; above :data:`QUIET_SPREAD`
+    the machine was busy and every timing of the run is suspect. None with a single repeat (nothing to compare)."""
+    seconds = speed[name]["seconds"]
+    if num_batches < 1 or len(seconds) % num_batches:
+        raise ValueError(f"{len(seconds)} timings do not split into repeats of {num_batches} batches")
+    repeats = len(seconds) // num_batches
+    if repeats < 2:
+        return None
+    per_batch = [seconds[i::num_batches] for i in range(num_batches)]
+    return statistics.median((max(t) - min(t)) / statistics.median(t) for t in per_batch)
 
 
 DENSE_VARIANTS = ("dense", "engine_dense")
@@ -163,7 +192,8 @@ def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, 
     text) on a seeded sample of ``num_samples`` examples of ``data`` (a ``TextDataset`` with its ``tokenizer``, or
     an image dataset) at ``batch_size``, in the model's execution options; counts FLOPs and kept tokens on the same
     sample; with ``accuracy``, scores pruned and dense on ``accuracy_limit`` examples (all by default). Returns the
-    record (the keys of ``trimformer bench --json``).
+    record (the keys of ``trimformer bench --json``), with ``speedup_paired`` (:func:`paired_speedup`) and
+    ``dense_spread`` (:func:`timing_spread`: above :data:`QUIET_SPREAD`, the machine was busy).
     """
     if model.policy is None:
         raise ValueError("benchmark compares a token-pruned model with its dense self: prune the model first "
@@ -180,8 +210,11 @@ def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, 
     batches = fixed_batches(data, collate, batch_size, indices=timed)
     speed = time_variants(speed_variants(model, masked=text if masked is None else masked), batches, repeats)
     counts = evaluate(model, fixed_batches(data, collate, batch_size, labels=True, indices=timed), progress=False)
+    base = fastest_dense(speed)
     record = {"batch_size": batch_size, "num_samples_timed": len(timed), "repeats": repeats,
-              **({"max_length": max_length} if text else {}), **speed_record(speed, counts, model)}
+              **({"max_length": max_length} if text else {}), **speed_record(speed, counts, model),
+              "speedup_paired": paired_speedup(speed, "packed", base),
+              "dense_spread": timing_spread(speed, base, len(batches))}
     if hasattr(model.policy, "level"):
         record["level"] = model.policy.level
     if accuracy:

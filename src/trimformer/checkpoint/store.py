@@ -290,11 +290,14 @@ def convert_image_classifier(old: str | Path, new: str | Path, verify: bool = Tr
     return save(model, new, extra=extra, overwrite=Path(new).resolve() == Path(old).resolve())
 
 
-def load_model(path_or_name: str | Path, num_labels: int | None = None, label_names: list[str] | None = None):
+def load_model(path_or_name: str | Path, num_labels: int | None = None, label_names: list[str] | None = None,
+               seed: int = 0):
     """Any text model trimformer can run -> (TokenPrunedModel, tokenizer, metadata).
 
     Accepts a trimformer checkpoint, or a local folder / hub name of a transformers BERT or
-    RoBERTa model (a classification head is added when ``num_labels`` is given and missing).
+    RoBERTa model (a classification head is added when ``num_labels`` is given and missing). A new head is
+    initialised from ``seed`` (the global random state is left as it was), so that fine-tuning from it is
+    reproducible.
     """
     if is_checkpoint(path_or_name):
         meta = read_meta(path_or_name)
@@ -309,8 +312,10 @@ def load_model(path_or_name: str | Path, num_labels: int | None = None, label_na
                   "label2id": {n: i for i, n in enumerate(label_names)}}
     elif num_labels is not None:  # one output: a regression head (MSE loss)
         kwargs = {"num_labels": num_labels, **({"problem_type": "regression"} if num_labels == 1 else {})}
-    model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path_or_name, "text model",
-                            attn_implementation="sdpa", ignore_mismatched_sizes=bool(kwargs), **kwargs)
+    with torch.random.fork_rng(devices=[]):  # the new head's init depends on ``seed`` only
+        torch.manual_seed(seed)
+        model = from_pretrained(AutoModelForSequenceClassification.from_pretrained, path_or_name, "text model",
+                                attn_implementation="sdpa", ignore_mismatched_sizes=bool(kwargs), **kwargs)
     check_finite(dict(model.state_dict()), path_or_name)
     tokenizer = from_pretrained(AutoTokenizer.from_pretrained, path_or_name, "tokenizer")
     return TokenPrunedModel(model, None).eval(), tokenizer, {"method": "dense"}

@@ -18,7 +18,7 @@ from trimformer.pruned import TokenPrunedModel  # noqa: E402
 _COLORS = {"dense": "black", "engine_dense": "dimgray", "ltp": "tab:blue", "topk": "tab:orange", "masked": "tab:gray",
            "packed": "tab:blue"}
 _SPEED_LABELS = {"dense": "dense (transformers)", "engine_dense": "dense (trimformer engine)",
-                 "packed": "pruned (packed)", "masked": "pruned (masked only)"}
+                 "packed": "pruned (packed)", "masked": "pruned (masked only)", "topk": "top-k baseline (packed)"}
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -63,9 +63,10 @@ def kept_tokens_per_layer(series: dict[str, Sequence[float]], path: str | Path, 
 
 def throughput_bars(rows: Sequence[dict], path: str | Path, title: str) -> Path:
     """rows: dicts with 'label' (e.g. 'batch 32') and samples/s for 'dense' (transformers), optionally
-    'engine_dense' (trimformer's loop, pruning off), 'packed' and 'masked'. Bars are relative to the faster dense."""
+    'engine_dense' (trimformer's loop, pruning off), 'packed', 'masked' and 'topk' (a baseline's packed run). Bars
+    are relative to the faster dense."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    variants = [v for v in ("dense", "engine_dense", "packed", "masked") if all(v in r for r in rows)]
+    variants = [v for v in ("dense", "engine_dense", "packed", "masked", "topk") if all(v in r for r in rows)]
     width = 0.8 / len(variants)
     for i, variant in enumerate(variants):
         xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(rows))]
@@ -78,7 +79,7 @@ def throughput_bars(rows: Sequence[dict], path: str | Path, title: str) -> Path:
     ax.set_ylabel("throughput relative to the faster dense")
     ax.set_title(title)
     ax.axhline(1.0, color="black", lw=0.8)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)  # below the bars
     return save_figure(fig, path)
 
 
@@ -92,24 +93,27 @@ def kept_patch_masks(model: TokenPrunedModel, pixels: torch.Tensor, level: float
     return cap.records[0].keep[:, prefix:].cpu()
 
 
-def kept_patches(images: torch.Tensor, keeps: torch.Tensor, titles: Sequence[str], path: str | Path,
-                 title: str) -> Path:
-    """Each image above, the same with its pruned patches tinted red below; kept / total per image."""
+def kept_patches(images: torch.Tensor, keeps: torch.Tensor | dict[str, torch.Tensor], titles: Sequence[str],
+                 path: str | Path, title: str) -> Path:
+    """Each image on top; below it, one row per setting (``keeps``: bool [B, P], or {row label: bool [B, P]}) with
+    the pruned patches tinted red and the kept / total count of each image."""
+    rows = keeps if isinstance(keeps, dict) else {"": keeps}
     n = images.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
-    grid = int(keeps.shape[1] ** 0.5)
+    fig, axes = plt.subplots(1 + len(rows), n, figsize=(1.6 * n, 1.7 * (1 + len(rows))), squeeze=False)
     for i in range(n):
         img = images[i, 0]
         img = (img - img.min()) / (img.max() - img.min() + 1e-8)  # [H, W] in [0, 1]
-        mask = keeps[i].reshape(grid, grid).float()
-        mask = mask.repeat_interleave(img.shape[0] // grid, 0).repeat_interleave(img.shape[1] // grid, 1)
-        rgb = img[..., None].repeat(1, 1, 3)
-        red = torch.tensor([0.85, 0.1, 0.1])
-        rgb = torch.where(mask[..., None] > 0, rgb, 0.35 * rgb + 0.65 * red)
         axes[0, i].imshow(img.numpy(), cmap="gray")
-        axes[1, i].imshow(rgb.clamp(0, 1).numpy())
         axes[0, i].set_title(titles[i], fontsize=7)
-        axes[1, i].set_title(f"{int(keeps[i].sum())}/{keeps.shape[1]}", fontsize=8)
+        for row, (label, keep) in enumerate(rows.items(), start=1):
+            grid = int(keep.shape[1] ** 0.5)
+            mask = keep[i].reshape(grid, grid).float()
+            mask = mask.repeat_interleave(img.shape[0] // grid, 0).repeat_interleave(img.shape[1] // grid, 1)
+            rgb = img[..., None].repeat(1, 1, 3)
+            red = torch.tensor([0.85, 0.1, 0.1])
+            rgb = torch.where(mask[..., None] > 0, rgb, 0.35 * rgb + 0.65 * red)
+            axes[row, i].imshow(rgb.clamp(0, 1).numpy())
+            axes[row, i].set_title(f"{label + ': ' if label else ''}{int(keep[i].sum())}/{keep.shape[1]}", fontsize=7)
         for ax in axes[:, i]:
             ax.axis("off")
     fig.suptitle(title, fontsize=9)
