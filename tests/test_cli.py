@@ -165,4 +165,4 @@ def test_help_shows_the_real_defaults(capsys):
         build_parser().parse_args(["finetune", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "(default the model's; dinov2-s 112)" in out and "subset of N examples (default all)" in out
-    assert "(default text 0.0001, vision 5e-05)" in out and "(default auto)" not in out
+    assert "(default text 0.0001, vision 5e-05)" in out and "(default None)" not in out

@@ -220,8 +220,8 @@ def test_options_equal_to_their_default_still_count_as_given(models, tmp_path, c
 def test_a_local_path_that_does_not_exist_is_refused_at_once(name, tmp_path, capsys):
     """Not a minute of hub retries ending in 'check your internet connection': the path is named."""
     name = name.format(tmp=tmp_path)
-    _refused(capsys, ["eval", name], f"model path {name} does not exist")
-    _refused(capsys, ["prune", "--model", name, "--out", str(tmp_path / "o")], f"model path {name} does not exist")
+    _refused(capsys, ["eval", name], f"model folder {name} not found")
+    _refused(capsys, ["prune", "--model", name, "--out", str(tmp_path / "o")], f"model folder {name} not found")
 
 
 def test_an_org_slash_name_stays_a_hub_name(tmp_path, monkeypatch):
@@ -230,5 +230,5 @@ def test_an_org_slash_name_stays_a_hub_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     check_local_path("google/vit-base-patch16-224")  # no folder 'google' here: a hub name, left to the hub
     (tmp_path / "runs").mkdir()
-    with pytest.raises(FileNotFoundError, match="runs/dense does not exist"):
+    with pytest.raises(FileNotFoundError, match="runs/dense not found"):
         check_local_path("runs/dense")

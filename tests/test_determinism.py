@@ -12,7 +12,7 @@ from trimformer.testing import make_tokenizer, synthetic_text_data, tiny_bert
 from trimformer.train.finetune import finetune_dense
 from trimformer.train.loop import TrainConfig
 
-LABELS = ["negative", "positive"]
+LABELS = ["neg", "pos"]  # synthetic_text_data's classes
 CONFIG = TrainConfig(batch_size=8, lr=1e-3, max_length=32)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from trimformer.assets import OFFLINE_MODELS, minilm_path
 from trimformer.checkpoint import is_checkpoint, read_meta
+from trimformer.checkpoint.sources import require_local
 from trimformer.cli.options import Rule, settle
 from trimformer.data.hf import hf_image_data, is_hf_source
 from trimformer.data.images import load_image_data
@@ -45,16 +45,12 @@ def resolve_model_name(name: str) -> str:
 
 
 def check_local_path(name: str) -> None:
-    """FileNotFoundError for a model path that does not exist (instead of a minute of hub retries): a name that
-    can only be a path (absolute, ``./``, ``~``, three or more parts, a Windows drive) or whose first folder
-    exists here; 'org/name' with no such folder stays a hub name."""
-    path = Path(name).expanduser()
-    parts = Path(name).parts
-    looks_local = path.is_absolute() or name.startswith((".", "~")) or len(parts) > 2 or \
-        (len(parts) == 2 and Path(parts[0]).is_dir()) or "\\" in name
-    if looks_local and not path.exists():
-        raise FileNotFoundError(f"model path {name} does not exist (not a hub name either); check the path, or "
-                                f"use one of the offline names: {', '.join(OFFLINE_MODELS)}")
+    """FileNotFoundError for a model path that does not exist (instead of a minute of hub retries), by the rule of
+    :func:`trimformer.checkpoint.sources.looks_like_path`; 'org/name' with no folder 'org' here stays a hub name."""
+    try:
+        require_local(name)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{err}; or use one of the offline names: {', '.join(OFFLINE_MODELS)}") from None
 
 
 def settle_task(args: argparse.Namespace, path: str) -> str:
