@@ -149,7 +149,8 @@ class TokenPrunedModel(nn.Module):
             head=lambda hidden, live: self.adapter.head(self.model, hidden, live),
             # Regrouping trades padding for more, smaller steps: a gain on a CPU, a loss on a GPU (measured on an
             # H100: 0.76x against 1.13x of dense at batch 256 for SaiT's input-adaptive policy).
-            regroup=splittable and options.regroup and options.mode == "packed" and on_cpu,
+            regroup=splittable and options.regroup and options.mode == "packed" and on_cpu and not options.traceable,
+            traceable=options.traceable,
         )
         out = run.blocks_from(0, TokenState(x, alive, positions, n_live=lengths.to(x.dtype)))
         n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in RECORDS)  # [B, L]

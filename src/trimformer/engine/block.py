@@ -114,7 +114,9 @@ def run_block(block: BlockView, state: TokenState, hooks: LayerHooks, settings: 
     x, alive = state.x, state.alive
     h = block.norm_attn(x) if block.pre_norm else x
     n_in = alive.sum(dim=1).to(x.dtype) if state.n_live is None else state.n_live
-    all_live = bool(alive.all()) if state.all_live is None else state.all_live
+    all_live = state.all_live
+    if all_live is None:  # a trace must not fix it from its example: then every key is masked
+        all_live = False if settings.traceable else bool(alive.all())
     decide, merge = hooks.decide, hooks.merge
     if decide is None and merge is None and state.soft_keep is None and settings.fused_attention:
         q, k, v = scaled_qkv(block, h, settings.linears)  # [B, H, N, Dh] each
