@@ -168,3 +168,30 @@ def test_descending_ranks_equal_a_stable_sort():
     values[0, 2] = float("-inf")
     expected = values.sort(dim=1, descending=True, stable=True).indices.argsort(dim=1)
     assert torch.equal(_descending_ranks(values), expected)
+
+
+def test_cli_export(tmp_path, tokenizer):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from trimformer.checkpoint import save_pruned
+
+    model = tiny_bert(num_labels=2, vocab_size=32, id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+    save_pruned(trimformer.prune(model, LTPConfig(final_threshold=0.08, target_flops=None)), tmp_path / "ckpt",
+                tokenizer)
+    rows = [{"text": "good fun movie the plot was great", "label": "pos"}, {"text": "bad boring", "label": "neg"}] * 8
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    command = [sys.executable, "-m", "trimformer.cli", "export", str(tmp_path / "ckpt"), "--out",
+               str(tmp_path / "m.onnx"), "--data", str(data), "--check", "8", "--accuracy-limit", "16", "--int8",
+               "--json", str(tmp_path / "r.json")]
+    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["method"] == "ltp" and report["int8"] == "dynamic" and report["check"]["rows"] == 8
+    assert report["onnx_accuracy"]["num_examples"] == 16 and 0 <= report["onnx_accuracy"]["accuracy"] <= 100
+    bad = subprocess.run(command[:6] + [str(tmp_path / "m.txt"), "--check", "0"], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=300)
+    assert bad.returncode == 2 and "trimformer export: error" in bad.stderr and ".onnx" in bad.stderr

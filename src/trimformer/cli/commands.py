@@ -121,6 +121,29 @@ def run_bench(args: argparse.Namespace) -> int:
                   "regroup": not args.no_regroup, **record}, args.json)
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from trimformer.data.batching import calibration_batches, fixed_batches
+    from trimformer.data.images import image_collate
+    from trimformer.export import export_onnx, onnx_accuracy, session
+
+    loaded = load_model_for(args, args.checkpoint)
+    set_level(loaded, args.level)
+    collate = text_collate(loaded.tokenizer, args.max_length) if loaded.task == "text" else image_collate
+    calibration = None
+    if args.int8 == "qdq":
+        calibration = calibration_batches(split_data(args, loaded, "train"), collate, 32, args.calib_batches)
+    check = fixed_batches(split_data(args, loaded, "test", args.check), collate, args.check)[0] if args.check else None
+    resolution = model_resolution(loaded.model, loaded.meta) if loaded.task == "vision" else None
+    report = export_onnx(loaded.model, args.out, int8=args.int8, calibration=calibration, check_inputs=check,
+                         resolution=resolution).to_dict()
+    report["check"].pop("kept_tokens", None)
+    if args.accuracy_limit:
+        limit = None if args.accuracy_limit < 0 else args.accuracy_limit
+        test = split_data(args, loaded, "test", limit)
+        report["onnx_accuracy"] = onnx_accuracy(session(args.out), fixed_batches(test, collate, 32, labels=True))
+    return _emit({"checkpoint": args.checkpoint, **report}, args.json)
+
+
 def parse_layer_bits(items: list[str]) -> dict[str, int]:
     """['classifier=8', ...] -> {'classifier': 8}."""
     out = {}

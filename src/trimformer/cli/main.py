@@ -156,6 +156,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N test texts / images")
     p.add_argument("--json", default=None, help="also write the report to this JSON file")
 
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, the pruning decision in the graph (tokens removed)")
+    _add_run_options(p, "pruned (or dense, or quantized) checkpoint folder")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--int8", nargs="?", const="dynamic", choices=("dynamic", "qdq"), default=None,
+                   help="int8 weights per channel through ONNX Runtime: dynamic (quantize_dynamic, the default of "
+                        "--int8) or qdq (static, activations calibrated on --calib-batches training batches)")
+    p.add_argument("--calib-batches", type=int, default=8, help="qdq: calibration batches of 32 (default 8)")
+    p.add_argument("--check", type=int, default=32,
+                   help="compare the graph with PyTorch on N test inputs: kept tokens per block and logits "
+                        "(default 32; 0: no check, and no data needed)")
+    p.add_argument("--accuracy-limit", type=int, default=0,
+                   help="also measure the graph's accuracy on a seeded subset of N test inputs (-1: all; default 0)")
+    p.add_argument("--json", default=None, help="also write the export report to this JSON file")
+
     p = sub.add_parser("demo", help="offline end-to-end demo: fine-tune, prune, evaluate, benchmark, report")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--target-flops", type=float, default=0.5, help="FLOPs target (default 0.5)")

@@ -7,7 +7,7 @@ Layers inside: ``graph`` (the traced module) -> ``onnx_export`` (``export_onnx``
 from trimformer.export.graph import KEPT_OUTPUT, ExportGraph, signature
 from trimformer.export.onnx_export import OPSET, ExportReport, export_onnx, trace_to_onnx
 from trimformer.export.runtime import run, session
-from trimformer.export.verify import compare
+from trimformer.export.verify import compare, onnx_accuracy
 
-__all__ = ["KEPT_OUTPUT", "OPSET", "ExportGraph", "ExportReport", "compare", "export_onnx", "run", "session",
-           "signature", "trace_to_onnx"]
+__all__ = ["KEPT_OUTPUT", "OPSET", "ExportGraph", "ExportReport", "compare", "export_onnx", "onnx_accuracy", "run",
+           "session", "signature", "trace_to_onnx"]

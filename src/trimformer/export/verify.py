@@ -37,3 +37,21 @@ def compare(model: TokenPrunedModel, path: str | Path, inputs: dict[str, torch.T
     if main == "logits":
         result["top1_agreement"] = float((got[main].argmax(-1) == want[main].argmax(-1)).mean())
     return result
+
+
+def onnx_accuracy(sess: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Top-1 accuracy (%) of a classifier graph on labelled ``batches``, with the mean share of each input's tokens
+    that the last block kept (padding excluded)."""
+    correct = total = 0
+    kept_share = []
+    for batch in batches:
+        out = run(sess, batch)
+        correct += int((out["logits"].argmax(-1) == batch["labels"].numpy()).sum())
+        total += len(batch["labels"])
+        lengths = (batch["attention_mask"].sum(1).numpy() if "attention_mask" in batch
+                   else np.full(len(batch["labels"]), out[KEPT_OUTPUT][:, 0].max()))
+        kept_share.append(out[KEPT_OUTPUT][:, -1] / lengths)
+    if not total:
+        raise ValueError("no labelled examples to measure the accuracy on")
+    return {"accuracy": 100.0 * correct / total, "num_examples": total,
+            "last_block_kept_share": float(np.concatenate(kept_share).mean())}
