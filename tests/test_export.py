@@ -195,3 +195,19 @@ def test_cli_export(tmp_path, tokenizer):
     bad = subprocess.run(command[:6] + [str(tmp_path / "m.txt"), "--check", "0"], capture_output=True, text=True,
                          env=dict(os.environ), timeout=300)
     assert bad.returncode == 2 and "trimformer export: error" in bad.stderr and ".onnx" in bad.stderr
+
+
+def test_benchmark_on_onnxruntime_has_the_torch_keys():
+    from trimformer.testing import make_tokenizer, synthetic_text_data
+
+    model = trimformer.prune(tiny_bert(), TEXT_METHODS["ltp"]).eval()
+    common = dict(batch_size=4, tokenizer=make_tokenizer(), num_samples=8, repeats=1, accuracy=False, masked=False)
+    data = synthetic_text_data(16)
+    on_torch = trimformer.benchmark(model, data, **common)
+    on_ort = trimformer.benchmark(model, data, runtime="onnxruntime", **common)
+    assert on_ort["runtime"] == "onnxruntime" and on_torch["runtime"] == "torch"
+    assert set(on_ort) == set(on_torch)
+    assert on_ort["pruned_samples_per_s"] > 0 and on_ort["flops_ratio"] == on_torch["flops_ratio"]
+    assert not model.execution.traceable  # the model is left as it was
+    with pytest.raises(ValueError, match="runtime"):
+        trimformer.benchmark(model, data, runtime="tensorrt", **common)

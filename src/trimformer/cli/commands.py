@@ -116,7 +116,7 @@ def run_bench(args: argparse.Namespace) -> int:
     test = split_data(args, loaded, "test")
     record = benchmark(loaded.model, test, args.batch_size, tokenizer=loaded.tokenizer, max_length=args.max_length,
                        num_samples=args.num_samples, repeats=args.repeats, accuracy=not args.no_accuracy,
-                       accuracy_limit=args.accuracy_limit)
+                       accuracy_limit=args.accuracy_limit, runtime=args.runtime)
     return _emit({"checkpoint": args.checkpoint, "data": args.eval_data or data_name(args),
                   "regroup": not args.no_regroup, **record}, args.json)
 

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-regroup", action="store_true",
                    help="run each packed batch in one piece, padded to its longest row, instead of regrouping "
                         "rows by kept-token count (same outputs; for comparison)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "compile"), default="torch",
+                   help="what runs the dense and pruned models: trimformer's engine (default), ONNX Runtime (both "
+                        "exported, the pruning in the graph) or torch.compile (inductor); same JSON keys")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
 
     p = sub.add_parser("quantize", help="post-training quantization (PWLQ or uniform) of a text or vision checkpoint")

@@ -137,7 +137,10 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, alive: torch.Tensor, n
     weight = torch.ones(alive.shape, dtype=metric.dtype, device=metric.device) if weight is None else weight
     macs = (channels * a_live.sum(dim=1) * b_live.sum(dim=1)).to(metric.dtype)  # [B] the similarity matmul
     r_row = torch.clamp(mergeable.sum(dim=1) // 2, max=r)  # [B]
-    if r == 0 or a_index.shape[1] == 0 or b_index.shape[1] == 0:
+    if torch.compiler.is_compiling():  # a compiled graph cannot branch on the set sizes: rows of one token are refused
+        torch._check(a_index.shape[1] > 0, lambda: "ToMe: compiled merges need two live tokens in some row")
+        torch._check(b_index.shape[1] > 0, lambda: "ToMe: compiled merges need two live tokens in some row")
+    elif r == 0 or a_index.shape[1] == 0 or b_index.shape[1] == 0:
         return MergePlan(keep=alive.clone(), into=into, weight=weight, macs=torch.zeros_like(macs))
 
     unit = F.normalize(metric, dim=-1)  # [B, N, C]

@@ -14,8 +14,8 @@ def packing_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if keep.shape[0] == 1:  # one row: its kept positions, no padding (a fast path for batch 1)
         index = keep[0].nonzero().view(1, -1)  # [1, M]
         return index, torch.ones(index.shape, dtype=torch.bool, device=keep.device)
-    if keep.numel() == 0:
-        return keep.new_zeros(keep.shape[0], 0, dtype=torch.long), keep.new_zeros(keep.shape[0], 0)
+    if keep.shape[0] == 0:  # no rows (the batch size is never data-dependent; an empty row is fine below)
+        return keep.new_zeros(0, 0, dtype=torch.long), keep.new_zeros(0, 0)
     # A top-k whose k is a tensor computed here, so that a traced graph (ONNX TopK) decides the width itself.
     index = kept_first(keep, keep.sum(dim=1).max())  # [B, M]
     return index, keep.gather(1, index)  # packed_mask bool [B, M]: True for the kept tokens

@@ -39,7 +39,7 @@ class StepSettings:
         packed = options.mode == "packed"
         cpu_inference = splittable and on_cpu and not options.traceable
         return cls(
-            linears=Linears("torch" if options.traceable else options.linear_kernel, cache),
+            linears=Linears(options.linear_kernel, cache, traceable=options.traceable),
             packed=packed,
             fused_attention=options.fused_attention,
             chunk_bytes=options.attention_chunk_bytes if cpu_inference else 0,
