@@ -85,7 +85,7 @@ def untrained(task: str, level: float):
     from trimformer.vision.dinov2_onnx import convert_onnx_to_dinov2, dinov2_vits14_config
 
     torch.manual_seed(0)
-    model = Dinov2ForImageClassification(dinov2_vits14_config(num_labels=10, image_size=168)).eval()
+    model = Dinov2ForImageClassification(dinov2_vits14_config(num_labels=10)).eval()  # 518 px positions, interpolated
     model.dinov2.load_state_dict(convert_onnx_to_dinov2().state_dict(), strict=False)
     pruned = trimformer.prune(model, trimformer.SaiTConfig(default_level=level)).eval()
     return pruned, load_image_data("fashion_mnist", "test", 168), image_collate, 168
