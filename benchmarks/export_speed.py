@@ -13,7 +13,7 @@ to 0.5 FLOPs on training texts; the converted DINOv2 backbone with a random head
 their accuracies mean nothing, and the JSON says so.
 
 Usage: python benchmarks/export_speed.py [--task text vision] [--threads 2] [--repeats 3] [--accuracy-limit N]
-       [--untrained] [--tag TAG]   -> benchmarks/results/export_speed[_TAG].json and .png
+       [--qdq 8] [--untrained] [--tag TAG]   -> benchmarks/results/export_speed[_TAG].json and .png
 """
 
 from __future__ import annotations
@@ -91,8 +91,21 @@ def untrained(task: str, level: float):
     return pruned, load_image_data("fashion_mnist", "test", 168), image_collate, 168
 
 
-def export_variants(model: TokenPrunedModel, workdir: Path, resolution: int | None) -> dict[str, dict]:
-    """Dense and pruned graphs, fp32 and int8 (quantize_dynamic), with their export times and sizes."""
+def train_split(task: str, resolution: int | None):
+    """The training data of the benchmark's task (QDQ calibration)."""
+    if task == "text":
+        from trimformer.data.text import load_text_data
+
+        return load_text_data("20newsgroups", "train")
+    from trimformer.data.images import load_image_data
+
+    return load_image_data("fashion_mnist", "train", resolution)
+
+
+def export_variants(model: TokenPrunedModel, workdir: Path, resolution: int | None,
+                    calibration: list[dict] | None = None) -> dict[str, dict]:
+    """Dense and pruned graphs, fp32 and int8 (quantize_dynamic; with ``calibration`` batches also the pruned QDQ
+    graph, to settle which int8 scheme is faster), with their export times and sizes."""
     dense = TokenPrunedModel(model.model).eval()
     out = {}
     for name, m in (("ort_dense", dense), ("ort_pruned", model)):
@@ -103,12 +116,21 @@ def export_variants(model: TokenPrunedModel, workdir: Path, resolution: int | No
         end = time.perf_counter()
         out[f"{name}_fp32"] = {"path": fp32, "export_s": mid - start, "size_mb": fp32.stat().st_size / 2**20}
         out[f"{name}_int8"] = {"path": int8, "export_s": end - start, "size_mb": int8.stat().st_size / 2**20}
+        if calibration and name == "ort_pruned":
+            qdq = quantize_onnx(fp32, workdir / f"{name}_qdq.onnx", "qdq", calibration)
+            out[f"{name}_qdq"] = {"path": qdq, "export_s": time.perf_counter() - start,
+                                  "size_mb": qdq.stat().st_size / 2**20}
     return out
 
 
 def measure(task: str, model: TokenPrunedModel, data, collate, resolution, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        graphs = export_variants(model, Path(tmp), resolution)
+        calibration = None
+        if args.qdq:  # a fixed sample of training batches, as trimformer's calibration draws them
+            from trimformer.data.batching import calibration_batches
+
+            calibration = calibration_batches(train_split(task, resolution), collate, 32, args.qdq)
+        graphs = export_variants(model, Path(tmp), resolution, calibration)
         sessions = {name: session(g["path"]) for name, g in graphs.items()}
         variants = {"eager_fp32": lambda b: model.model(**b).logits,
                     **{name: (lambda b, s=s: run(s, b)) for name, s in sessions.items()}}
@@ -139,7 +161,7 @@ def ratios(timing: dict) -> dict:
     for bs, speed in timing.items():
         out[bs] = {f"{p}_vs_{ref}": {"latency": speed[ref]["latency_ms_median"] / speed[p]["latency_ms_median"],
                                      "throughput": speed[p]["samples_per_s"] / speed[ref]["samples_per_s"]}
-                   for p in ("ort_pruned_fp32", "ort_pruned_int8")
+                   for p in ("ort_pruned_fp32", "ort_pruned_int8", "ort_pruned_qdq") if p in speed
                    for ref in ("eager_fp32", "ort_dense_fp32", "ort_dense_int8")}
     return out
 
@@ -153,7 +175,7 @@ def plot(results: dict, path: Path) -> None:
         names = list(speed)
         base = speed["eager_fp32"]["samples_per_s"]
         ax.bar(range(len(names)), [speed[n]["samples_per_s"] / base for n in names],
-               color=["k", "grey", "silver", "C0", "C1"][: len(names)])
+               color=["k", "grey", "silver", "C0", "C1", "C2"][: len(names)])
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=7)
         ax.axhline(1.0, color="k", lw=0.5)
         ax.set_title(f"{task}, batch {bs}", fontsize=9)
@@ -174,6 +196,8 @@ def main() -> None:
     ap.add_argument("--batch1-samples", type=int, default=48, help="inputs timed one by one (default 48)")
     ap.add_argument("--batches", type=int, default=4, help="batches timed at the larger sizes (default 4)")
     ap.add_argument("--accuracy-limit", type=int, default=None, help="seeded subset of the test set (default: all)")
+    ap.add_argument("--qdq", type=int, default=0, metavar="N",
+                    help="also time the pruned graph in static QDQ int8, calibrated on N training batches of 32")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
