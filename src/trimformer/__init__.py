@@ -40,6 +40,7 @@ _EXPORTS = {
     "fold_batchnorm_": "trimformer.quant",
     "save_packed": "trimformer.quant",
     "load_packed": "trimformer.quant",
+    "export_onnx": "trimformer.export",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -185,7 +185,8 @@ def speed_record(speed: dict[str, dict[str, float]], counts: EvalResult, model: 
 
 def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, tokenizer: Any = None,
               max_length: int = 128, num_samples: int = 256, repeats: int = 3, accuracy: bool = True,
-              accuracy_limit: int | None = None, seed: int = 0, masked: bool | None = None) -> dict:
+              accuracy_limit: int | None = None, seed: int = 0, masked: bool | None = None,
+              runtime: str = "torch") -> dict:
     """``trimformer.benchmark``: the pruned model against its dense self, timed in the same run, interleaved.
 
     Times transformers' own forward, the engine with pruning off, the pruned model packed (and masked: default for
@@ -193,7 +194,11 @@ def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, 
     an image dataset) at ``batch_size``, in the model's execution options; counts FLOPs and kept tokens on the same
     sample; with ``accuracy``, scores pruned and dense on ``accuracy_limit`` examples (all by default). Returns the
     record (the keys of ``trimformer bench --json``), with ``speedup_paired`` (:func:`paired_speedup`) and
-    ``dense_spread`` (:func:`timing_spread`: above :data:`QUIET_SPREAD`, the machine was busy).
+    ``dense_spread`` (:func:`timing_spread`: above :data:`QUIET_SPREAD`, the machine was busy). ``runtime``:
+    'torch' (trimformer's engine), 'onnxruntime' (dense and pruned exported, ``trimformer.export_onnx``) or
+    'compile' (``torch.compile``, inductor) for the engine_dense and packed variants (no masked variant there);
+    FLOPs, counts and accuracy come from the PyTorch model, which the exported graph matches
+    (tests/test_export.py).
     """
     if model.policy is None:
         raise ValueError("benchmark compares a token-pruned model with its dense self: prune the model first "
@@ -208,10 +213,20 @@ def benchmark(model: TokenPrunedModel, data: Sequence, batch_size: int = 32, *, 
     collate = text_collate(tokenizer, max_length) if text else image_collate
     timed = sample_indices(len(data), num_samples, seed)
     batches = fixed_batches(data, collate, batch_size, indices=timed)
-    speed = time_variants(speed_variants(model, masked=text if masked is None else masked), batches, repeats)
+    if runtime == "torch":
+        variants = speed_variants(model, masked=text if masked is None else masked)
+        speed = time_variants(variants, batches, repeats)
+    else:
+        import tempfile
+
+        from trimformer.export.variants import runtime_variants
+
+        with tempfile.TemporaryDirectory() as workdir:
+            resolution = None if text else int(batches[0]["pixel_values"].shape[-1])
+            speed = time_variants(runtime_variants(model, runtime, workdir, resolution), batches, repeats)
     counts = evaluate(model, fixed_batches(data, collate, batch_size, labels=True, indices=timed), progress=False)
     base = fastest_dense(speed)
-    record = {"batch_size": batch_size, "num_samples_timed": len(timed), "repeats": repeats,
+    record = {"runtime": runtime, "batch_size": batch_size, "num_samples_timed": len(timed), "repeats": repeats,
               **({"max_length": max_length} if text else {}), **speed_record(speed, counts, model),
               "speedup_paired": paired_speedup(speed, "packed", base),
               "dense_spread": timing_spread(speed, base, len(batches))}

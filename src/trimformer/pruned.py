@@ -145,7 +145,8 @@ class TokenPrunedModel(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                   "pixel_values": pixel_values}
         inputs = {k: v.to(device) if v is not None else None for k, v in inputs.items()}
-        self.adapter.check_inputs(inputs)
+        if not options.traceable:  # a graph cannot raise: a traced or compiled forward takes its inputs as they are
+            self.adapter.check_inputs(inputs)
         x, alive = self.adapter.embed(self.model, inputs)  # [B, N, D], bool [B, N]
         lengths = alive.sum(dim=1)  # [B] real tokens
         batch, length, _ = x.shape
@@ -162,7 +163,8 @@ class TokenPrunedModel(nn.Module):
             head=lambda hidden, live: self.adapter.head(self.model, hidden, live),
             # Regrouping trades padding for more, smaller steps: a gain on a CPU, a loss on a GPU (measured on an
             # H100: 0.76x against 1.13x of dense at batch 256 for SaiT's input-adaptive policy).
-            regroup=splittable and options.regroup and options.mode == "packed" and on_cpu,
+            regroup=splittable and options.regroup and options.mode == "packed" and on_cpu and not options.traceable,
+            traceable=options.traceable,
         )
         protected = None if special_tokens_mask is None else special_tokens_mask.to(device).bool() & alive  # [B, N]
         out = run.blocks_from(0, TokenState(x, alive, positions, n_live=lengths.to(x.dtype), protected=protected))

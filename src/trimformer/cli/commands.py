@@ -245,7 +245,7 @@ def run_bench(args: argparse.Namespace) -> int:
     test = split_data(args, loaded, "test")
     record = benchmark(loaded.model, test, args.batch_size, tokenizer=loaded.tokenizer, max_length=args.max_length,
                        num_samples=args.num_samples, repeats=args.repeats, accuracy=not args.no_accuracy,
-                       accuracy_limit=args.accuracy_limit)
+                       accuracy_limit=args.accuracy_limit, runtime=args.runtime)
     record = {"checkpoint": args.checkpoint, "data": args.eval_data or data_name(args), "task": loaded.task,
               "regroup": not args.no_regroup, "linear_kernel_requested": args.linear_kernel,
               "threads_requested": args.threads, "interop_threads": torch.get_num_interop_threads(),
@@ -263,12 +263,36 @@ def _bench_table(record: dict) -> None:
              record.get("accuracy_pruned"), record["gflops_pruned"])]
     if "masked_samples_per_s" in record:
         rows.append(("pruned, masked only", record["masked_samples_per_s"], latency["masked"], None, None))
-    print_table(f"bench: batch {record['batch_size']}, {record['threads']} threads, {record['repeats']} repeats",
+    print_table(f"bench: batch {record['batch_size']}, {record['threads']} threads, {record['repeats']} repeats, "
+                f"runtime {record['runtime']}",
                 [(name, f"{speed:.1f}", f"{ms:.1f}", _pct(acc), "-" if gf is None else f"{gf:.3f}")
-                 for name, speed, ms, acc, gf in rows],
+                 for name, speed, ms, acc, gf in rows if speed is not None],
                 header=("variant", "examples/s", "latency ms", "accuracy", "GFLOPs/ex"),
                 footer=f"speed-up {record['speedup']:.2f}x over {record['dense_baseline']} at "
                        f"{record['flops_ratio']:.1%} of the dense FLOPs")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from trimformer.data.batching import calibration_batches, fixed_batches
+    from trimformer.data.images import image_collate
+    from trimformer.export import export_onnx, onnx_accuracy, session
+
+    loaded = load_model_for(args, args.checkpoint)
+    set_level(loaded, args.level)
+    collate = text_collate(loaded.tokenizer, args.max_length) if loaded.task == "text" else image_collate
+    calibration = None
+    if args.int8 == "qdq":
+        calibration = calibration_batches(split_data(args, loaded, "train"), collate, 32, args.calib_batches)
+    check = fixed_batches(split_data(args, loaded, "test", args.check), collate, args.check)[0] if args.check else None
+    resolution = model_resolution(loaded.model, loaded.meta) if loaded.task == "vision" else None
+    report = export_onnx(loaded.model, args.out, int8=args.int8, calibration=calibration, check_inputs=check,
+                         resolution=resolution, overwrite=args.overwrite).to_dict()
+    report["check"].pop("kept_tokens", None)
+    if args.accuracy_limit:
+        limit = None if args.accuracy_limit == "all" else args.accuracy_limit
+        test = split_data(args, loaded, "test", limit)
+        report["onnx_accuracy"] = onnx_accuracy(session(args.out), fixed_batches(test, collate, 32, labels=True))
+    return _emit({"checkpoint": args.checkpoint, **report}, args.json)
 
 
 def parse_layer_bits(items: list[str]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from trimformer.cli.options import (
     DEFAULTS_KEY,
     LazyParser,
     add,
+    count_or_all,
     fraction,
     json_path,
     nonnegative_int,
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-regroup", action="store_true",
                    help="run each packed batch in one piece, padded to its longest row, instead of regrouping "
                         "rows by kept-token count (same outputs; for comparison)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "compile"), default="torch",
+                   help="what runs the dense and pruned models: trimformer's engine (default), ONNX Runtime (both "
+                        "exported, the pruning in the graph) or torch.compile (inductor); same JSON keys")
     _add_json_option(p, "the results")
     p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
 
@@ -210,6 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="evaluate on a seeded subset of N test texts / images")
     _add_json_option(p, "the report")
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
+
+    d = {}
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, the pruning decision in the graph (tokens removed)")
+    _add_run_options(p, d, "pruned (or dense, or quantized) checkpoint folder")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing .onnx file at --out")
+    p.add_argument("--int8", nargs="?", const="dynamic", choices=("dynamic", "qdq"), default=None,
+                   help="int8 weights per channel through ONNX Runtime: dynamic (quantize_dynamic, the default of "
+                        "--int8) or qdq (static, activations calibrated on --calib-batches training batches)")
+    p.add_argument("--calib-batches", type=positive_int, default=8, help="qdq: calibration batches of 32 (default 8)")
+    p.add_argument("--check", type=nonnegative_int, default=32,
+                   help="compare the graph with PyTorch on N test inputs: kept tokens per block and logits "
+                        "(default 32; 0: no check, and no data needed)")
+    p.add_argument("--accuracy-limit", type=count_or_all, default=0, metavar="N|all",
+                   help="also measure the graph's accuracy on a seeded subset of N test inputs, or 'all' (default 0: "
+                        "not measured)")
+    _add_json_option(p, "the export report")
     p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
 
     d = {}

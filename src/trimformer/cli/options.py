@@ -99,6 +99,11 @@ def fraction_or_zero(text: str) -> float:
     return value
 
 
+def count_or_all(text: str) -> int | str:
+    """An integer >= 0, or 'all'."""
+    return "all" if text == "all" else nonnegative_int(text)
+
+
 def json_path(text: str) -> str:
     """A JSON file to write: not a folder, in a folder that exists."""
     path = Path(text)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trimformer.core.packing import gather_tokens, packing_index
+from trimformer.core.packing import gather_tokens, kept_first, packing_index
 from trimformer.core.selection import keep_counts_from_rate, topk_mask
 
 FUSE_MODES = ("sum", "average")  # EViT's fused token; the first is the default (the official code's)
@@ -127,7 +127,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, alive: torch.Tensor, n
     batch, n, channels = metric.shape
     mergeable = alive & ~_prefix_mask(alive, num_prefix)  # [B, N]
     pool = alive if split == "official" else mergeable  # the tokens that alternate between A and B
-    rank = pool.cumsum(dim=1) - 1  # [B, N] rank in the pool
+    rank = pool.long().cumsum(dim=1) - 1  # [B, N] rank in the pool (long: ONNX has no bool CumSum)
     set_a = pool & (rank % 2 == 0)  # [B, N]
     a_index, a_live = packing_index(set_a)  # [B, Na]
     b_index, b_live = packing_index(pool & (rank % 2 == 1))  # [B, Nb]
@@ -137,7 +137,10 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, alive: torch.Tensor, n
     weight = torch.ones(alive.shape, dtype=metric.dtype, device=metric.device) if weight is None else weight
     macs = (channels * a_live.sum(dim=1) * b_live.sum(dim=1)).to(metric.dtype)  # [B] the similarity matmul
     r_row = torch.clamp(mergeable.sum(dim=1) // 2, max=r)  # [B]
-    if r == 0 or a_index.shape[1] == 0 or b_index.shape[1] == 0:
+    if torch.compiler.is_compiling():  # a compiled graph cannot branch on the set sizes: rows of one token are refused
+        torch._check(a_index.shape[1] > 0, lambda: "ToMe: compiled merges need two live tokens in some row")
+        torch._check(b_index.shape[1] > 0, lambda: "ToMe: compiled merges need two live tokens in some row")
+    elif r == 0 or a_index.shape[1] == 0 or b_index.shape[1] == 0:
         return MergePlan(keep=alive.clone(), into=into, weight=weight, macs=torch.zeros_like(macs))
 
     unit = F.normalize(metric, dim=-1)  # [B, N, C]
@@ -145,7 +148,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, alive: torch.Tensor, n
     scores = scores.masked_fill(~b_ok[:, None, :], float("-inf"))
     best, best_b = scores.max(dim=-1)  # [B, Na]: each A token's most similar B token
     best = best.masked_fill(~a_ok, float("-inf"))
-    ranks = best.sort(dim=1, descending=True, stable=True).indices.argsort(dim=1)  # [B, Na] rank of each edge
+    ranks = _descending_ranks(best)  # [B, Na] rank of each edge
     merged = (ranks < r_row[:, None]) & a_ok & torch.isfinite(best)  # [B, Na]
 
     destination = b_index.gather(1, best_b)  # [B, Na] original index of each A token's match
@@ -159,7 +162,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, alive: torch.Tensor, n
     group = torch.where(mergeable, torch.where(set_a, 1, 2), 0)  # [B, N] 0 prefix, 1 set A, 2 set B
     key = torch.where(keep, group, 3) * n + _identity(alive)  # [B, N]; non-survivors (3) last
     ordered = key.argsort(dim=1)  # [B, N] input slot of the k-th survivor (a permutation of each row)
-    slots = (~alive).to(torch.int8).argsort(dim=1, stable=True)  # [B, N] live slots first, in order
+    slots = kept_first(alive, n)  # [B, N] live slots first, in order
     reorder = r_row > 0  # [B] rows the official code would touch
     ordered = torch.where(reorder[:, None], ordered, _identity(alive))
     slots = torch.where(reorder[:, None], slots, _identity(alive))
@@ -169,6 +172,18 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, alive: torch.Tensor, n
     keep = torch.zeros_like(keep).scatter_(1, moved_to, keep)  # [B, N] the slots the survivors now occupy
     source = torch.where(keep, source, _identity(alive))
     return MergePlan(keep=keep, into=into, weight=weight, macs=macs, source=source)
+
+
+def _descending_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Rank of each value in a stable descending sort of its row (ties by position): [B, K] -> long [B, K].
+
+    Counted by comparing all pairs ([B, K, K], small next to the similarity matrix) instead of sorting twice, so
+    that the merge traces into an ONNX graph (stable sorts do not export).
+    """
+    k = values.shape[1]
+    earlier = torch.ones(k, k, dtype=torch.bool, device=values.device).tril(-1)  # [K, K]: j < i
+    pairs_i, pairs_j = values[:, :, None], values[:, None, :]  # [B, K, 1], [B, 1, K]
+    return ((pairs_j > pairs_i) | ((pairs_j == pairs_i) & earlier)).sum(dim=-1)
 
 
 def fuse_inattentive(scores: torch.Tensor, alive: torch.Tensor, num_prefix: int, keep_rate: float,

@@ -14,12 +14,21 @@ def packing_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if keep.shape[0] == 1:  # one row: its kept positions, no padding (a fast path for batch 1)
         index = keep[0].nonzero().view(1, -1)  # [1, M]
         return index, torch.ones(index.shape, dtype=torch.bool, device=keep.device)
-    counts = keep.sum(dim=1)  # [B]
-    width = int(counts.max().item()) if keep.numel() else 0
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept first, order kept
-    index = order[:, :width]  # [B, M]
-    packed_mask = torch.arange(width, device=keep.device)[None, :] < counts[:, None]  # [B, M]
-    return index, packed_mask
+    if keep.shape[0] == 0:  # no rows (the batch size is never data-dependent; an empty row is fine below)
+        return keep.new_zeros(0, 0, dtype=torch.long), keep.new_zeros(0, 0)
+    # A top-k whose k is a tensor computed here, so that a traced graph (ONNX TopK) decides the width itself.
+    index = kept_first(keep, keep.sum(dim=1).max())  # [B, M]
+    return index, keep.gather(1, index)  # packed_mask bool [B, M]: True for the kept tokens
+
+
+def kept_first(keep: torch.Tensor, width: torch.Tensor | int) -> torch.Tensor:
+    """The first ``width`` positions of each row in a stable partition, kept ones first: keep bool [B, N] ->
+    long [B, width]. The ``width`` largest of (2N if kept) - position (distinct, exact below 2^23 tokens): no sort,
+    so that it traces (ONNX TopK, with a computed k)."""
+    n = keep.shape[1]
+    positions = torch.arange(n, device=keep.device, dtype=torch.float32)
+    key = keep.to(torch.float32) * (2 * n) - positions  # [B, N]
+    return key.topk(width, dim=1).indices
 
 
 def kept_counts(keep: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

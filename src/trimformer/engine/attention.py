@@ -56,15 +56,13 @@ def attn_drop(block: BlockView, probs: torch.Tensor) -> torch.Tensor:
     return drop(block.attn_dropout, probs)
 
 
-def _stacked_qkv_weights(block: BlockView, linears: Linears) -> tuple[torch.Tensor, torch.Tensor, tuple] | None:
+def _stacked_qkv_weights(block: BlockView,
+                         linears: Linears) -> tuple[torch.Tensor, torch.Tensor, tuple | None] | None:
     """([3D, D], [3D], stamp): query (pre-scaled), key and value weights and biases stacked, cached while the six
     tensors are unchanged; None where they cannot be stacked (no plain ``nn.Linear`` with a bias, e.g. quantized
     layers; weights created under ``torch.inference_mode``, which keep no version counter)."""
     projections = (block.query, block.key, block.value)
     if any(type(lin) is not nn.Linear or lin.bias is None for lin in projections):
-        return None
-    stamp = tensor_stamp(*(t for lin in projections for t in (lin.weight, lin.bias)))
-    if stamp is None:
         return None
 
     def stack() -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +72,11 @@ def _stacked_qkv_weights(block: BlockView, linears: Linears) -> tuple[torch.Tens
             bias = torch.cat([block.query.bias * scale, block.key.bias, block.value.bias])  # [3D]
         return weight, bias
 
+    if linears.traceable:  # in the graph (an exporter folds it into one constant)
+        return (*stack(), None)
+    stamp = tensor_stamp(*(t for lin in projections for t in (lin.weight, lin.bias)))
+    if stamp is None:
+        return None
     weight, bias = linears.cache.get(block.query, stamp, stack, kind="qkv")
     return weight, bias, stamp
 
@@ -86,8 +89,9 @@ def _fused_qkv_weights(block: BlockView, qkv: nn.Linear,
     The stamp returned (for the oneDNN packing, also kept under ``qkv``) is marked as the scaled copy's, so a
     packing of the module's own weight (same tensors, same stamp) is never taken for it.
     """
-    stamp = tensor_stamp(qkv.weight) if qkv.bias is None else tensor_stamp(qkv.weight, qkv.bias)
-    if stamp is None:
+    stamp = None if linears.traceable else \
+        tensor_stamp(qkv.weight) if qkv.bias is None else tensor_stamp(qkv.weight, qkv.bias)
+    if stamp is None and not linears.traceable:
         return None
 
     def scaled() -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -100,6 +104,8 @@ def _fused_qkv_weights(block: BlockView, qkv: nn.Linear,
                 bias[:rows] *= block.query_scale
         return weight, bias
 
+    if linears.traceable:  # in the graph (an exporter folds it into one constant)
+        return (*scaled(), None)
     weight, bias = linears.cache.get(qkv, stamp, scaled, kind="qkv")
     return weight, bias, (*stamp, "q-scaled")
 
@@ -172,9 +178,19 @@ def attention_parts(block: BlockView, h: torch.Tensor, key_mask: torch.Tensor, l
 
 
 def fused_context(block: BlockView, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
-                  key_bias: torch.Tensor | None = None, all_live: bool | None = None) -> torch.Tensor:
+                  key_bias: torch.Tensor | None = None, all_live: bool | None = None,
+                  explicit: bool = False) -> torch.Tensor:
     """Attention context with ``F.scaled_dot_product_attention``, heads merged: scaled queries q [B, H, M, Dh]
-    (any M query rows), keys and values [B, H, N, Dh], key_mask bool [B, N], key_bias [B, N] -> [B, M, D]."""
+    (any M query rows), keys and values [B, H, N, Dh], key_mask bool [B, N], key_bias [B, N] -> [B, M, D].
+
+    ``explicit`` (traceable execution): softmax(q k^T) v written out, since the fused kernel's choice of backend
+    asks whether a computed row count M is 1, which a compiled graph cannot answer (an ONNX graph has no fused
+    attention either)."""
+    if explicit:
+        probs = softmax_probs(q, k, key_mask, key_bias, all_live)  # [B, H, M, N]
+        context = torch.matmul(attn_drop(block, probs), v)  # [B, H, M, Dh]
+        batch, _, m, _ = context.shape
+        return context.transpose(1, 2).reshape(batch, m, -1)
     mask = None
     if key_bias is not None or keys_need_mask(key_mask, all_live):
         mask = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)  # [B, N]
@@ -271,6 +287,6 @@ def decide_with_context(block: BlockView, h: torch.Tensor, alive: torch.Tensor, 
 
     def context_of(index: torch.Tensor | None) -> torch.Tensor:
         queries = q if index is None else gather_tokens(q, index, dim=2)  # [B, H, M, Dh]
-        return fused_context(block, queries, k, v, alive, key_bias, all_live)
+        return fused_context(block, queries, k, v, alive, key_bias, all_live, settings.traceable)
 
     return keep, context_of

@@ -117,11 +117,13 @@ def run_block(block: BlockView, state: TokenState, hooks: LayerHooks, settings: 
     x, alive = state.x, state.alive
     h = block.norm_attn(x) if block.pre_norm else x
     n_in = alive.sum(dim=1).to(x.dtype) if state.n_live is None else state.n_live
-    all_live = bool(alive.all()) if state.all_live is None else state.all_live
+    all_live = state.all_live
+    if all_live is None:  # a trace must not fix it from its example: then every key is masked
+        all_live = False if settings.traceable else bool(alive.all())
     decide, merge = hooks.decide, hooks.merge
     if decide is None and merge is None and state.soft_keep is None and settings.fused_attention:
         q, k, v = scaled_qkv(block, h, settings.linears)  # [B, H, N, Dh] each
-        context = fused_context(block, q, k, v, alive, attn_bias, all_live)  # [B, N, D]
+        context = fused_context(block, q, k, v, alive, attn_bias, all_live, settings.traceable)  # [B, N, D]
         live = alive if _compacting(settings) and not all_live else None
         out = per_token_half(block, x, context, settings, live)
         return BlockResult(TokenState(out, alive, state.positions, None, state.sizes, n_in, all_live, state.protected),
@@ -173,10 +175,13 @@ def _apply_decision(block: BlockView, state: TokenState, keep, context_of, setti
                            n_out)
 
     index, packed_alive = packing_index(keep)  # [B, M]
+    if torch.compiler.is_compiling():  # prefix tokens are always kept: M >= 1 (a compiled graph needs telling)
+        torch._check(index.shape[1] > 0)
     n_out = kept_counts(keep, index, x.dtype)
     padded = index.shape[0] > 1  # one packed row has no padding
     compact = _compacting(settings) and padded
-    kept_x = x if x.shape[0] == 1 and index.shape[1] == x.shape[1] else gather_tokens(x, index)  # [B, M, D]
+    unchanged = not settings.traceable and x.shape[0] == 1 and index.shape[1] == x.shape[1]  # nothing dropped
+    kept_x = x if unchanged else gather_tokens(x, index)  # [B, M, D]
     out = per_token_half(block, kept_x, context_of(index), settings, packed_alive if compact else None)
     if padded and not compact:  # zero the padding slots (compaction did)
         out = out * packed_alive[..., None].to(out.dtype)
@@ -202,7 +207,8 @@ def _merge_step(block: BlockView, state: TokenState, h: torch.Tensor, merge: Mer
         mid = attention_branch(block, x, context.transpose(1, 2).reshape(batch, n, -1), linears)  # [B, N, D]
     else:  # the merge reads ``rows`` query rows of the probabilities at most: fused attention for the context
         q, keys, v, probs = leading_rows_attention(block, h, alive, linears, attn_bias, all_live, rows)
-        mid = attention_branch(block, x, fused_context(block, q, keys, v, alive, attn_bias, all_live), linears)
+        context = fused_context(block, q, keys, v, alive, attn_bias, all_live, settings.traceable)  # [B, N, D]
+        mid = attention_branch(block, x, context, linears)
     sizes = alive.to(x.dtype) if state.sizes is None else state.sizes  # [B, N]
     plan = merge(AttentionState(probs=probs, keys=keys, hidden=mid, alive=alive, sizes=sizes))
     if plan is None:
@@ -216,6 +222,8 @@ def _merge_step(block: BlockView, state: TokenState, h: torch.Tensor, merge: Mer
     n_out = keep.sum(dim=1).to(x.dtype)
     if settings.packed:
         index, keep = packing_index(keep)  # [B, M]
+        if torch.compiler.is_compiling():  # prefix tokens are never merged away: M >= 1
+            torch._check(index.shape[1] > 0)
         merged, sizes, positions = (gather_tokens(t, index) for t in (merged, sizes, positions))
     out = mlp_residual(block, merged, linears) * keep[..., None].to(merged.dtype)  # [B, M, D]
     extra = None if plan.macs is None else plan.macs.to(x.dtype)

@@ -60,12 +60,14 @@ class WeightCache:
 class Linears:
     """The linear kernel of one forward (from the model's options) over the model's :class:`WeightCache`."""
 
-    __slots__ = ("kernel", "cache", "_packs")
+    __slots__ = ("kernel", "cache", "traceable", "_packs")
 
-    def __init__(self, kernel: str, cache: WeightCache, use_onednn: bool = onednn.AVAILABLE) -> None:
+    def __init__(self, kernel: str, cache: WeightCache, use_onednn: bool = onednn.AVAILABLE,
+                 traceable: bool = False) -> None:
         self.kernel = kernel
         self.cache = cache
-        self._packs = use_onednn and kernel != "torch"
+        self.traceable = traceable  # derived weights are computed in the graph, never cached (no stamps to read)
+        self._packs = use_onednn and kernel != "torch" and not traceable
 
     def applies(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
         """Whether ``x @ weight.T`` runs on a prepacked weight."""

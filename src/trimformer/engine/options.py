@@ -43,11 +43,12 @@ class ExecutionOptions:
     compact_min_padding: float = 0.1
     fused_attention: bool = True
     linear_kernel: str = "auto"
+    traceable: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in EXECUTION_MODES:
             raise ValueError(f"execution mode must be one of {EXECUTION_MODES}, got {self.mode!r}")
-        for name in ("pruning", "regroup", "fused_attention"):
+        for name in ("pruning", "regroup", "fused_attention", "traceable"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.attention_chunk_bytes, bool) or not isinstance(self.attention_chunk_bytes, int) \

@@ -43,6 +43,7 @@ class BlockRun:
     settings: StepSettings
     head: Head
     regroup: bool = False
+    traceable: bool = False  # always unpack a base model's hidden states (no Python test of the positions)
 
     def blocks_from(self, first: int, state: TokenState) -> Outcome:
         records: dict[str, list[torch.Tensor]] = {k: [] for k in RECORDS}
@@ -69,7 +70,7 @@ class BlockRun:
                     return self._split(i + 1, state, counts, groups, records)
         head = self.head(state.x, state.alive)
         hidden = head.get("last_hidden_state")
-        if hidden is not None and (hidden.shape[1] != self.length or _moved(state.positions)):
+        if hidden is not None and (self.traceable or hidden.shape[1] != self.length or _moved(state.positions)):
             head = {**head, "last_hidden_state": unpack(hidden, state.positions, state.alive, self.length)}
         return Outcome(records, head, state.sizes)
 

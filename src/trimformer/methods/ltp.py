@@ -100,7 +100,9 @@ class LTPPolicy(PruningPolicy):
     def decision(self, layer: int, num_prefix: int) -> Decision:
         soft = self.stage == "soft"
         # hard stage: thresholds are frozen, so their cached float values serve (no threshold arithmetic per block)
-        threshold = self.thresholds()[layer] if soft else self._frozen_thresholds()[layer]
+        # (compiled: the tensors, which a graph reads without a break)
+        frozen = not soft and not torch.compiler.is_compiling()
+        threshold = self._frozen_thresholds()[layer] if frozen else self.thresholds()[layer]
         temperature = self.ltp_config.temperature
 
         def decide(probs: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
