@@ -17,7 +17,15 @@ from trimformer.data.text import text_collate
 from trimformer.evaluation import evaluate
 from trimformer.loading import Loaded, model_resolution
 from trimformer.pruned import TokenPrunedModel
-from trimformer.quant import BaseQuantConfig, UniformConfig, calibrate, is_quantized, quantize_, quantize_weight
+from trimformer.quant import (
+    BaseQuantConfig,
+    ReconFields,
+    UniformConfig,
+    calibrate,
+    is_quantized,
+    quantize_,
+    quantize_weight,
+)
 
 
 def fp32_nbytes(model: nn.Module) -> int:
@@ -79,7 +87,7 @@ def quantize_loaded(
     size_fp32 = fp32_nbytes(model)
     originals = float_weights(model.model)
     quantize_(model.model, config)
-    if config.act is not None:
+    if config.act is not None or isinstance(config, ReconFields):  # reconstruction learns during calibrate
         unseen = calibrate(model, calibration_batches)
         if unseen:
             raise ValueError(f"calibration never reached {len(unseen)} quantized layer(s), e.g. {unseen[:3]}")

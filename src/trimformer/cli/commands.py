@@ -144,17 +144,22 @@ def quant_config_from_args(args: argparse.Namespace):
     fields = cls.field_names()
     act = (ActSpec(bits=args.abits, clip=args.act_clip, scheme=args.act_scheme, region_bit=args.region_bit)
            if args.abits else None)
-    kwargs = {"wbits": args.wbits, "act": act, "bias_correction": args.bias_correction,
-              "per_channel": not args.per_tensor, "pow2_scale": args.pow2_scale, "exclude": list(args.exclude),
+    kwargs = {"wbits": args.wbits, "act": act, "per_channel": not args.per_tensor, "exclude": list(args.exclude),
               "layer_wbits": parse_layer_bits(args.layer_wbits)}
+    if args.bias_correction is not None:
+        kwargs["bias_correction"] = args.bias_correction
+    if args.pow2_scale:
+        kwargs["pow2_scale"] = True
     if "region_bit" in fields:
         kwargs["region_bit"] = args.region_bit
-    for name in ("breakpoint", "num_breakpoints", "weight_clip"):
-        value = getattr(args, name)
+    given = {**vars(args), "calib_samples": args.calib_images}
+    for name in ("breakpoint", "num_breakpoints", "weight_clip", "iters", "calib_samples"):
+        value = given[name]
         if value is None:
             continue
         if name not in fields:
-            raise ValueError(f"--{name.replace('_', '-')} does not apply to --scheme {args.scheme}")
+            flag = "calib-images" if name == "calib_samples" else name.replace("_", "-")
+            raise ValueError(f"--{flag} does not apply to --scheme {args.scheme}")
         kwargs[name] = value
     return cls(**kwargs)
 
