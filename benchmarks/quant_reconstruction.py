@@ -50,6 +50,7 @@ from trimformer.quant import (
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quant_reconstruction.json"
+NOTE = " ".join(__doc__.split("\n\n")[1].split())  # the paragraph on models, settings, timing and load
 EDGE_LAYERS = {"stem.0": 8, "classifier": 8}  # first conv and classifier: 8-bit weights
 
 
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     out = Path(args.results)
     results = json.loads(out.read_text()) if out.is_file() else {"models": {}}
-    results.update({"machine": machine_info(), "note": __doc__.split("\n\n")[2].replace("\n", " "),
+    results.update({"machine": machine_info(), "note": NOTE,
                     "settings": {k: v for k, v in vars(args).items() if k not in ("results", "force")}})
     x, y = fmnist_tensors("test", args.test_images)
     xt, _ = fmnist_tensors("train")
