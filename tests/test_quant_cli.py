@@ -45,3 +45,15 @@ def test_a_flag_of_another_scheme_is_refused(flags, match, capsys):
         _config(*flags)
     assert main(["quantize", "missing-checkpoint", "--data", "d.csv", "--out", "o", *flags]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_reconstruction_flags_reach_the_config():
+    from trimformer.quant import AdaRoundConfig, RAPQConfig
+
+    assert _config("--scheme", "rapq", "--iters", "50", "--calib-images", "64") == RAPQConfig(iters=50,
+                                                                                             calib_samples=64)
+    assert _config("--scheme", "adaround", "--bias-correction") == AdaRoundConfig(bias_correction=True)
+    with pytest.raises(ValueError, match="--iters does not apply to --scheme pwlq"):
+        _config("--iters", "5")
+    with pytest.raises(ValueError, match="--calib-images does not apply to --scheme uniform"):
+        _config("--scheme", "uniform", "--calib-images", "5")

@@ -15,9 +15,13 @@ from torch import nn
 from trimformer.quant import (
     HANDLERS,
     ActSpec,
+    AdaRoundConfig,
     BaseQuantConfig,
+    BRECQConfig,
     Encoded,
+    PWLQAdaRoundConfig,
     PWLQConfig,
+    RAPQConfig,
     UniformConfig,
     WeightHandler,
     calibrate,
@@ -30,10 +34,11 @@ from trimformer.quant import (
 )
 
 CONFIG_TYPES = (PWLQConfig, UniformConfig)
+RECON_CONFIGS = (AdaRoundConfig, BRECQConfig, PWLQAdaRoundConfig, RAPQConfig)
 
 
 def test_every_config_type_has_a_handler_and_a_distinct_scheme():
-    assert set(HANDLERS) == set(CONFIG_TYPES)
+    assert set(HANDLERS) == set(CONFIG_TYPES) | set(RECON_CONFIGS)  # the latter: tests/test_quant_reconstruct.py
     assert len({t.scheme for t in HANDLERS}) == len(HANDLERS)
     assert len({h.format_id for h in HANDLERS.values()}) == len(HANDLERS)
 
@@ -125,6 +130,7 @@ ACT_KNOBS = {
     "percentile": ({"clip": "percentile"}, {"percentile": 99.0}),
     "scheme": ({"bits": 4}, {"scheme": "pwlq"}),
     "region_bit": ({"bits": 4, "scheme": "pwlq"}, {"region_bit": "inside"}),
+    "pow2": ({"bits": 4}, {"pow2": True}),
 }
 
 

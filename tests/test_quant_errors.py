@@ -128,7 +128,7 @@ def test_bad_function_arguments():
         piece_layout(2, 2)
     with pytest.raises(ValueError, match="codes must lie in"):
         pack_bits(torch.tensor([4]), 2)
-    with pytest.raises(ValueError, match="config must be one of PWLQConfig, UniformConfig, got dict.*config_from_dict"):
+    with pytest.raises(ValueError, match="config must be one of PWLQConfig, .*got dict.*config_from_dict"):
         quantize_(nn.Linear(2, 2), {"wbits": 4})
     with pytest.raises(ValueError, match="config must be one of"):
         quantize_weight(torch.ones(2, 2), ActSpec())

@@ -19,6 +19,7 @@ from trimformer.loading import Loaded, model_resolution
 from trimformer.pruned import TokenPrunedModel
 from trimformer.quant import (
     BaseQuantConfig,
+    ReconFields,
     UniformConfig,
     calibrate,
     check_globs,
@@ -92,7 +93,7 @@ def quantize_loaded(
     size_fp32 = fp32_nbytes(model)
     originals = float_weights(model.model)
     quantize_(model.model, config)
-    if config.act is not None:
+    if config.act is not None or isinstance(config, ReconFields):  # reconstruction learns during calibrate
         unseen = calibrate(model, calibration_batches)
         if unseen:
             raise ValueError(f"calibration never reached {len(unseen)} quantized layer(s), e.g. {unseen[:3]}")

@@ -18,7 +18,7 @@ from trimformer.pruned import TokenPrunedModel
 def quantize_(model: nn.Module, config: quant.BaseQuantConfig,
               filter_fn: Callable[[nn.Module, str], bool] | None = None) -> nn.Module:
     """Quantize ``model`` (a ``TokenPrunedModel`` or a bare model) in place with ``config`` (``PWLQConfig``,
-    ``UniformConfig``) and return it; ``filter_fn(module, name)`` can veto layers."""
+    ``UniformConfig``, or a reconstruction config) and return it; ``filter_fn(module, name)`` can veto layers."""
     quant.quantize_(model, config, filter_fn)
     if isinstance(model, TokenPrunedModel):
         model.rebuild_views()
@@ -27,8 +27,12 @@ def quantize_(model: nn.Module, config: quant.BaseQuantConfig,
 
 def calibrate(model: nn.Module, batches: Iterable[Any], forward: Callable[[nn.Module, Any], Any] | None = None,
               ) -> list[str]:
-    """Calibrate the activation ranges of a quantized ``model`` (wrapper or bare) on ``batches``; returns the
-    names of quantizers that saw no data."""
+    """Calibrate the activation ranges of a quantized ``model`` (wrapper or bare) on ``batches`` and, for a
+    reconstruction scheme (``AdaRoundConfig``, ``BRECQConfig``, ``RAPQConfig``, ``PWLQAdaRoundConfig``), learn
+    the weights' rounding; returns the names of quantizers that saw no data."""
     if isinstance(model, TokenPrunedModel):
         model.rebuild_views()
-    return quant.calibrate(model, batches, forward)
+    unseen = quant.calibrate(model, batches, forward)
+    if isinstance(model, TokenPrunedModel):
+        model.rebuild_views()  # reconstruction replaced weights
+    return unseen

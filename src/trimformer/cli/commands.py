@@ -328,18 +328,22 @@ def quant_config_from_args(args: argparse.Namespace):
         refuse(args, ["region_bit"], f"to --scheme {args.scheme} with {value('act_scheme')} activations")
     act = (ActSpec(bits=args.abits, clip=value("act_clip"), scheme=value("act_scheme"),
                    region_bit=value("region_bit")) if args.abits else None)
-    kwargs = {"wbits": args.wbits, "act": act, "bias_correction": args.bias_correction,
-              "per_channel": not args.per_tensor, "pow2_scale": args.pow2_scale, "exclude": list(args.exclude),
+    kwargs = {"wbits": args.wbits, "act": act, "per_channel": not args.per_tensor, "exclude": list(args.exclude),
               "layer_wbits": parse_layer_bits(args.layer_wbits)}
+    if args.bias_correction is not None:
+        kwargs["bias_correction"] = args.bias_correction
+    if args.pow2_scale:
+        kwargs["pow2_scale"] = True
     if "region_bit" in fields:
         kwargs["region_bit"] = value("region_bit")
-    for name in ("breakpoint", "num_breakpoints", "weight_clip"):
-        given = getattr(args, name)
-        if given is None:
+    given = {**vars(args), "calib_samples": args.calib_images}
+    for name in ("breakpoint", "num_breakpoints", "weight_clip", "iters", "calib_samples"):
+        if given[name] is None:
             continue
         if name not in fields:
-            raise ValueError(f"--{name.replace('_', '-')} does not apply to --scheme {args.scheme}")
-        kwargs[name] = given
+            flag = "calib-images" if name == "calib_samples" else name.replace("_", "-")
+            raise ValueError(f"--{flag} does not apply to --scheme {args.scheme}")
+        kwargs[name] = given[name]
     return cls(**kwargs)
 
 

@@ -182,13 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_option(p)
     _add_data_options(p, d)
     _add_out_option(p, "output folder of the quantized checkpoint")
-    p.add_argument("--scheme", choices=("pwlq", "uniform"), default="pwlq", help="weight scheme (default pwlq)")
+    p.add_argument("--scheme", choices=("pwlq", "uniform", "adaround", "brecq", "rapq", "pwlq_adaround"),
+                   default="pwlq", help="weight scheme (default pwlq); adaround, brecq, rapq and pwlq_adaround "
+                   "learn the rounding on the calibration images (see docs/quantization.md)")
+    p.add_argument("--iters", type=positive_int, default=None,
+                   help="reconstruction schemes: optimisation steps per layer / block (default 1000)")
+    p.add_argument("--calib-images", type=positive_int, default=None,
+                   help="reconstruction schemes: calibration samples used for reconstruction (default 256)")
     p.add_argument("--wbits", type=positive_int, default=4,
                    help="weight bits (default 4); PWLQ stores one region bit more, see --region-bit")
     p.add_argument("--abits", type=nonnegative_int, default=8,
                    help="input-activation bits; 0 = weights only (default 8)")
-    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=True,
-                   help="data-free per-channel bias correction of the weights (default on)")
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
+                   help="data-free per-channel bias correction of the weights (default: on for pwlq and uniform, "
+                        "off for the reconstruction schemes)")
     p.add_argument("--breakpoint", choices=("gaussian", "laplace", "search"), default=None,
                    help="PWLQ breakpoint: closed form for Gaussian/Laplacian weights, or MSE search (default "
                         "gaussian)")

@@ -5,6 +5,7 @@ Typical use::
     cfg = PWLQConfig(wbits=4, act=ActSpec(bits=8), breakpoint="gaussian", bias_correction=True)
     quantize_(model, cfg)              # weights quantized once, input quantizers installed
     calibrate(model, batches)          # activation ranges (median of top-10 per batch, averaged)
+                                       # (+ learned rounding for AdaRoundConfig, BRECQConfig, RAPQConfig, ...)
     save_packed(model, "model.qsafetensors")  # bit-packed codes + per-channel params
 
 One config dataclass per weight scheme (``PWLQConfig``, ``UniformConfig``; shared fields in ``BaseQuantConfig``,
@@ -12,9 +13,10 @@ activations in ``ActSpec``); ``HANDLERS`` maps each config type to the code that
 ``config_from_dict`` reads any saved recipe back (``"scheme"`` picks the type).
 """
 
+from .adaround import RoundingGrid, rectified_sigmoid
 from .api import ORDER, check_globs, is_quantized, load_quantized_, quantize_, refuse_quantized, select_layers
 from .bn_fold import find_conv_bn_pairs, fold_batchnorm_, fold_bn_into
-from .calibrate import ActQuantizer, calibrate, calibration
+from .calibrate import ActQuantizer, calibration
 from .config import ActSpec, BaseQuantConfig, PWLQConfig, UniformConfig
 from .handlers import HANDLERS, Encoded, WeightHandler, config_from_dict, config_type, handler_for
 from .modules import QuantConv2d, QuantLinear
@@ -41,6 +43,8 @@ from .pwlq import (
     pwlq_params,
     search_breakpoints,
 )
+from .recon_config import AdaRoundConfig, BRECQConfig, PWLQAdaRoundConfig, RAPQConfig, ReconFields
+from .reconstruct import calibrate, find_units, float_mode, reconstruct
 from .uniform import (
     asymmetric_qparams,
     dequantize_symmetric,
@@ -53,6 +57,16 @@ from .uniform import (
 from .weights import QuantizedWeight, bias_correction_params, fake_quantize_weight, quantize_weight
 
 __all__ = [
+    "AdaRoundConfig",
+    "BRECQConfig",
+    "PWLQAdaRoundConfig",
+    "RAPQConfig",
+    "ReconFields",
+    "RoundingGrid",
+    "find_units",
+    "float_mode",
+    "reconstruct",
+    "rectified_sigmoid",
     "ActQuantizer",
     "ActSpec",
     "BaseQuantConfig",

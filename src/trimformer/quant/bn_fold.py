@@ -65,6 +65,8 @@ def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
     new_w = w.double() * g.reshape(-1, *([1] * (w.ndim - 1)))
     new_b = (b - bn.running_mean.double()) * g + beta
     layer.weight.copy_(new_w.to(w.dtype))
+    layer.folded_bn_weight = (bn.weight.detach().clone() if bn.weight is not None
+                              else torch.ones(out, dtype=w.dtype))  # RAPQ's block loss norm reads it
     if layer.bias is None:
         layer.bias = nn.Parameter(new_b.to(w.dtype))
     else:

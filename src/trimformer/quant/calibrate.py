@@ -18,9 +18,25 @@ from torch import nn
 
 from .act_pwlq import act_levels, fake_quant_act_pwlq, is_one_sided, search_act_breakpoint
 from .config import ActSpec
-from .uniform import fake_quant_asymmetric
+from .uniform import asymmetric_qparams, fake_quant_asymmetric
 
 MSE_SAMPLE = 4096  # activations kept per batch for the MSE range search
+
+
+def pow2_range(lo: float, hi: float, bits: int) -> tuple[float, float]:
+    """(lo, hi) whose asymmetric ``bits`` grid has a power-of-two step (the nearest in log scale) and an integer
+    zero point: both ends are integer multiples of the step, so ``asymmetric_qparams`` gives the step exactly."""
+    n = 2**bits - 1
+    step = 2.0 ** round(math.log2(max((hi - lo) / n, 1e-30)))
+    zp = min(max(round(-lo / step), 0), n)
+    return -zp * step, (n - zp) * step
+
+
+def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, zero_point: float, bits: int) -> torch.Tensor:
+    """Asymmetric fake quantization with a trainable ``step`` (straight-through rounding, LSQ's gradient)."""
+    q = x / step
+    q = q + (torch.round(q) - q).detach()
+    return (torch.clamp(q + zero_point, 0, 2**bits - 1) - zero_point) * step
 
 
 class RangeObserver:
@@ -97,11 +113,14 @@ class ActQuantizer(nn.Module):
         if spec.scheme == "pwlq":
             self.register_buffer("breakpoint", torch.zeros(()))
         self.observer: RangeObserver | None = None
+        self.log_step: nn.Parameter | None = None  # set while reconstruction learns the step (LSQ-style)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer.update(x)
             return x
+        if self.log_step is not None:
+            return lsq_fake_quant(x, self.log_step.exp(), self._zero_point(), self.spec.bits)
         if not bool(self.calibrated):
             raise RuntimeError(
                 f"activation quantizer of {self.name or 'a layer'} is not calibrated; run "
@@ -124,9 +143,31 @@ class ActQuantizer(nn.Module):
         return lo, hi, act_levels(self.spec.bits, one_sided, self.spec.region_bit), one_sided
 
     def set_range(self, lo: float, hi: float) -> None:
-        self.lo.fill_(min(lo, 0.0))
-        self.hi.fill_(max(hi, 0.0))
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if self.spec.pow2:
+            lo, hi = pow2_range(lo, hi, self.spec.bits)
+        self.lo.fill_(lo)
+        self.hi.fill_(hi)
         self.calibrated.fill_(True)
+
+    def _zero_point(self) -> float:
+        _, zp = asymmetric_qparams(self.lo, self.hi, self.spec.bits)
+        return float(zp)
+
+    def start_learning(self) -> nn.Parameter:
+        """Make the step of a calibrated uniform quantizer trainable (zero point fixed); returns it."""
+        if self.spec.scheme != "uniform" or not bool(self.calibrated):
+            raise ValueError(f"only a calibrated uniform activation quantizer can learn its step ({self.name})")
+        scale, _ = asymmetric_qparams(self.lo, self.hi, self.spec.bits)
+        self.log_step = nn.Parameter(scale.log().reshape(()).clone())
+        return self.log_step
+
+    def finish_learning(self) -> None:
+        """Freeze the learned step back into ``lo`` / ``hi`` (snapped to a power of two when ``spec.pow2``)."""
+        assert self.log_step is not None
+        step, zp, n = float(self.log_step.detach().exp()), self._zero_point(), 2**self.spec.bits - 1
+        self.log_step = None
+        self.set_range(-zp * step, (n - zp) * step)
 
     def extra_repr(self) -> str:
         rng = f"({float(self.lo):.4g}, {float(self.hi):.4g})"

@@ -68,7 +68,9 @@ class ActSpec:
     bits: activation bits; clip: range rule, "topk_median" (paper: median of the top-``topk`` values per batch,
     averaged), "percentile" (``percentile``-th), "mse" or "minmax"; scheme: "uniform" (asymmetric) or "pwlq"
     (one searched breakpoint inside the calibrated range, see :mod:`trimformer.quant.act_pwlq`); region_bit:
-    PWLQ activations only, "extra" or "inside" as for :class:`PWLQConfig`.
+    PWLQ activations only, "extra" or "inside" as for :class:`PWLQConfig`; pow2: uniform activations only,
+    snap the calibrated step to the nearest power of two (range ends become integer multiples of it, so the
+    zero point stays an exact integer).
     """
 
     bits: int = 8
@@ -77,9 +79,13 @@ class ActSpec:
     percentile: float = 99.99
     scheme: str = "uniform"
     region_bit: str = "extra"
+    pow2: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "activation bits (ActSpec.bits)")
+        _check_bool(self.pow2, "ActSpec.pow2")
+        if self.pow2 and self.scheme != "uniform":
+            raise ValueError("ActSpec.pow2 applies to uniform activations; use scheme='uniform' or pow2=False")
         check_choice(self.clip, ACT_CLIPS, "ActSpec.clip")
         check_choice(self.scheme, ACT_SCHEMES, "ActSpec.scheme")
         check_choice(self.region_bit, REGION_BIT_MODES, "ActSpec.region_bit")

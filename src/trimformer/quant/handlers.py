@@ -20,9 +20,11 @@ from typing import Any, ClassVar
 import torch
 
 from ._checks import check_choice
+from .adaround import RoundingGrid
 from .config import BaseQuantConfig, PWLQConfig, UniformConfig
-from .pwlq import code_bits, pwlq_decode, pwlq_encode, pwlq_params
-from .uniform import dequantize_symmetric, mse_clip_absmax, quantize_symmetric, symmetric_scale
+from .pwlq import code_bits, pwlq_decode, pwlq_encode, pwlq_params, pwlq_rounding_grid
+from .recon_config import AdaRoundConfig, BRECQConfig, PWLQAdaRoundConfig, RAPQConfig
+from .uniform import dequantize_symmetric, mse_clip_absmax, qmax_symmetric, quantize_symmetric, symmetric_scale
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class WeightHandler(ABC):
                region_bits: int) -> torch.Tensor:
         """Grid values [C, N] float32 of ``codes`` (before bias correction)."""
 
+    def rounding_grid(self, w2d: torch.Tensor, params: Mapping[str, torch.Tensor], bits: int,
+                      region_bits: int) -> RoundingGrid:
+        """The grid AdaRound rounds ``w2d`` on (schemes that support reconstruction override this)."""
+        raise ValueError(f"{type(self).__name__} does not support learned rounding")
+
     def pack_params(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The tensors stored in a packed file for ``params`` (default: as they are)."""
         return dict(params)
@@ -71,7 +78,66 @@ class UniformHandler(WeightHandler):
 
     def decode(self, codes: torch.Tensor, params: Mapping[str, torch.Tensor], bits: int,
                region_bits: int) -> torch.Tensor:
-        return dequantize_symmetric(codes, params["scale"], bits)
+        return dequantize_symmetric(codes, self.row_scale(params), bits)
+
+    def row_scale(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Step size [C] of each row's symmetric grid."""
+        return params["scale"]
+
+    def rounding_grid(self, w2d: torch.Tensor, params: Mapping[str, torch.Tensor], bits: int,
+                      region_bits: int) -> RoundingGrid:
+        scale = self.row_scale(params).to(w2d.device)[:, None]
+        qmax = qmax_symmetric(bits)
+        one = torch.ones((), dtype=w2d.dtype, device=w2d.device)
+        return RoundingGrid(t=w2d / scale, sign=one, offset=torch.zeros_like(one), step=scale,
+                            base=torch.full((), qmax, dtype=torch.int64, device=w2d.device), lo=-qmax, hi=qmax)
+
+
+class AdaRoundHandler(UniformHandler):
+    """The uniform grid; ``calibrate`` then learns each weight's rounding (codes change, the scale does not)."""
+
+    format_id = 2
+
+
+class BRECQHandler(AdaRoundHandler):
+    """As :class:`AdaRoundHandler`, rounding learned block by block."""
+
+    format_id = 3
+
+
+EXPONENT_DTYPE = torch.int8  # RAPQ's stored exponents: scales 2^-128 .. 2^127
+
+
+def exponent_of(scale: torch.Tensor) -> torch.Tensor:
+    """Integer e [C] (int8) with scale == 2^e exactly; ValueError when a scale is not a power of two."""
+    mantissa, exp = torch.frexp(scale.to(torch.float32))
+    if not bool((mantissa == 0.5).all()):
+        raise ValueError("scale is not an exact power of two")
+    e = exp.to(torch.int64) - 1
+    info = torch.iinfo(EXPONENT_DTYPE)
+    if int(e.min()) < info.min or int(e.max()) > info.max:
+        raise ValueError(f"power-of-two exponent outside [{info.min}, {info.max}]: cannot be stored")
+    return e.to(EXPONENT_DTYPE)
+
+
+def pow2_of(exponent: torch.Tensor) -> torch.Tensor:
+    """2^exponent as float32, exact (no exp/log rounding)."""
+    return torch.ldexp(torch.ones(exponent.shape, dtype=torch.float32, device=exponent.device),
+                       exponent.to(torch.int32))
+
+
+class RAPQHandler(UniformHandler):
+    """Symmetric grid whose step is 2^exponent: only the small integer ``exponent`` [C] is stored."""
+
+    format_id = 4
+
+    def encode(self, w2d: torch.Tensor, config: RAPQConfig) -> Encoded:
+        bits = config.wbits
+        scale = symmetric_scale(mse_clip_absmax(w2d, bits, pow2=True), bits, pow2=True)
+        return Encoded(quantize_symmetric(w2d, scale, bits), bits, {"exponent": exponent_of(scale)})
+
+    def row_scale(self, params: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return pow2_of(params["exponent"])
 
 
 class PWLQHandler(WeightHandler):
@@ -90,6 +156,10 @@ class PWLQHandler(WeightHandler):
                region_bits: int) -> torch.Tensor:
         return pwlq_decode(codes, params["offsets"], params["steps"], bits, region_bits)
 
+    def rounding_grid(self, w2d: torch.Tensor, params: Mapping[str, torch.Tensor], bits: int,
+                      region_bits: int) -> RoundingGrid:
+        return pwlq_rounding_grid(w2d, params["offsets"], params["steps"], bits, region_bits)
+
     def pack_params(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"offsets": params["offsets"][:, 1:], "steps": params["steps"]}  # offsets[:, 0] is always 0
 
@@ -99,9 +169,19 @@ class PWLQHandler(WeightHandler):
                 "steps": stored["steps"]}
 
 
+class PWLQAdaRoundHandler(PWLQHandler):
+    """PWLQ's pieces; ``calibrate`` then learns each weight's rounding inside its piece."""
+
+    format_id = 5
+
+
 HANDLERS: dict[type[BaseQuantConfig], WeightHandler] = {
     PWLQConfig: PWLQHandler(),
     UniformConfig: UniformHandler(),
+    AdaRoundConfig: AdaRoundHandler(),
+    BRECQConfig: BRECQHandler(),
+    RAPQConfig: RAPQHandler(),
+    PWLQAdaRoundConfig: PWLQAdaRoundHandler(),
 }
 
 

@@ -4,7 +4,10 @@ whose input goes through a calibrated :class:`ActQuantizer`. State-dict keys of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .calibrate import ActQuantizer
@@ -18,6 +21,9 @@ class _QuantMixin:
     qweight: QuantizedWeight
     wconfig: BaseQuantConfig  # the layer's config (``wbits`` resolved for it)
     input_quant: ActQuantizer | None
+    float_weight: torch.Tensor | None  # kept (not saved) until reconstruction has used it
+    use_float: bool  # run as the float layer (float weight, no input quantizer): reconstruction targets
+    soft_weight: Callable[[], torch.Tensor] | None  # the weight while reconstruction learns its rounding
 
     @classmethod
     def _empty_like(cls, mod: nn.Module) -> _QuantMixin:
@@ -57,6 +63,11 @@ class _QuantMixin:
                 )
             deq = self.qweight.dequantize().to(src.weight.device)
         self.wconfig = wconfig
+        keep = qweight is None and getattr(wconfig, "iters", None) is not None  # a reconstruction scheme
+        self.float_weight = src.weight.detach().clone() if keep else None
+        self.folded_bn_weight = getattr(src, "folded_bn_weight", None)
+        self.use_float = False
+        self.soft_weight = None
         self.weight = nn.Parameter(deq, requires_grad=False)
         self.bias = src.bias
         self.input_quant = ActQuantizer(aspec, name) if aspec is not None else None
@@ -64,9 +75,17 @@ class _QuantMixin:
             self.input_quant.to(src.weight.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_float:
+            if self.float_weight is None:
+                raise RuntimeError("float weights are gone (already reconstructed or loaded from a checkpoint)")
+            return self.forward_with(x, self.float_weight)
         if self.input_quant is not None:
             x = self.input_quant(x)
-        return super().forward(x)  # type: ignore[misc]  # the float module's forward, on the quantized weight
+        return self.forward_with(x, self.weight if self.soft_weight is None else self.soft_weight())
+
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The float module's computation on ``weight``."""
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, w={self.wconfig.scheme}{self.wconfig.wbits}"  # type: ignore[misc]
@@ -79,6 +98,9 @@ class QuantLinear(_QuantMixin, nn.Linear):
     def _empty_like(cls, mod: nn.Linear) -> QuantLinear:
         return cls(mod.in_features, mod.out_features, bias=mod.bias is not None, device="meta")
 
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight, self.bias)
+
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     """nn.Conv2d (any groups, incl. depthwise) with a quantized weight and optional input quantizer."""
@@ -88,6 +110,9 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return cls(mod.in_channels, mod.out_channels, mod.kernel_size, stride=mod.stride, padding=mod.padding,
                    dilation=mod.dilation, groups=mod.groups, bias=mod.bias is not None,
                    padding_mode=mod.padding_mode, device="meta")
+
+    def forward_with(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, weight, self.bias)
 
 
 QUANT_MODULES: dict[type[nn.Module], type[_QuantMixin]] = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d}

@@ -23,6 +23,7 @@ import math
 import torch
 
 from ._checks import check_bits, check_choice, check_finite, pow2_ceil
+from .adaround import RoundingGrid
 
 TINY = 1e-30
 RATIO_EPS = 1e-3  # breakpoints are kept inside (RATIO_EPS * m, (1 - RATIO_EPS) * m)
@@ -127,6 +128,21 @@ def pwlq_encode(
     idx = _level_index(a, torch.gather(offsets, 1, j), torch.gather(steps, 1, j), levels).to(torch.int64)
     sign = (w2d < 0).to(torch.int64)
     return ((j << (index_bits + 1)) | (sign << index_bits) | idx).to(torch.int32)
+
+
+def pwlq_rounding_grid(
+    w2d: torch.Tensor, offsets: torch.Tensor, steps: torch.Tensor, bits: int, region_bits: int
+) -> RoundingGrid:
+    """AdaRound grid inside each weight's piece (piece and sign fixed by the float weight, index learned)."""
+    index_bits = bits - region_bits - 1
+    a = w2d.abs()
+    j = _piece_index(a, offsets)
+    off, step = torch.gather(offsets, 1, j), torch.gather(steps, 1, j)
+    neg = (w2d < 0).to(torch.int64)
+    base = (j << (index_bits + 1)) | (neg << index_bits)
+    sign = 1.0 - 2.0 * neg.to(w2d.dtype)
+    return RoundingGrid(t=(a - off) / step - 0.5, sign=sign, offset=off + 0.5 * step, step=step, base=base,
+                        lo=0, hi=2**index_bits - 1)
 
 
 def pwlq_decode(

@@ -1,0 +1,338 @@
+"""Reconstruction PTQ (AdaRound, BRECQ, RAPQ, PWLQ + AdaRound): rounding ends hard, reconstruction beats
+round-to-nearest on held-out data (conv net with a depthwise conv, tiny BERT), blocks are found from the module
+structure, RAPQ's scales are exact powers of two and survive a packed save bit-identically, and every config
+knob changes behaviour."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from trimformer.quant import (
+    HANDLERS,
+    ActQuantizer,
+    ActSpec,
+    AdaRoundConfig,
+    BRECQConfig,
+    PWLQAdaRoundConfig,
+    RAPQConfig,
+    UniformConfig,
+    calibrate,
+    config_from_dict,
+    find_units,
+    fold_batchnorm_,
+    load_quantized_,
+    quantize_,
+    save_packed,
+)
+from trimformer.quant.reconstruct import capture, unit_loss
+from trimformer.quant.uniform import asymmetric_qparams, qmax_symmetric
+from trimformer.testing import random_batch, random_pixels, tiny_bert, tiny_vision_model
+from trimformer.vision.cnn_zoo import MobileNetV2CNN, ResNetCNN
+
+RECON = (AdaRoundConfig, BRECQConfig, PWLQAdaRoundConfig, RAPQConfig)
+FAST = {"iters": 30, "batch_size": 16, "calib_samples": 32, "lr": 0.05}
+
+
+def fast(cls, **kwargs):
+    """``cls`` with few steps (RAPQ's exponent stage too)."""
+    extra = {"exp_iters": 10} if cls is RAPQConfig else {}
+    return cls(**{**FAST, **extra, **kwargs})
+
+
+def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model
+
+
+def tiny_resnet() -> nn.Module:
+    """Two basic blocks (the second with a strided 1x1 shortcut), batch norms folded."""
+    torch.manual_seed(0)
+    model = _randomize_bn(ResNetCNN(widths=(4, 8), blocks_per_stage=1)).eval()
+    fold_batchnorm_(model)
+    return model
+
+
+def tiny_mobilenetv2() -> nn.Module:
+    """Inverted residuals with depthwise convolutions, batch norms folded."""
+    torch.manual_seed(0)
+    model = _randomize_bn(MobileNetV2CNN(settings=((1, 4, 1, 1), (2, 6, 2, 2)), stem=4, last=8)).eval()
+    fold_batchnorm_(model)
+    return model
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 1, 12, 12, generator=torch.Generator().manual_seed(seed))
+
+
+CALIB = [images(16, s) for s in range(4)]
+HELD_OUT = images(64, 100)
+
+
+def quantized(model: nn.Module, cfg, batches=CALIB) -> nn.Module:
+    m = quantize_(copy.deepcopy(model), cfg)
+    calibrate(m, batches)
+    return m
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+# ------------------------------------------------------------------------------------------- rounding ends hard
+
+
+@pytest.mark.parametrize("cls", [AdaRoundConfig, BRECQConfig, RAPQConfig], ids=lambda c: c.__name__)
+def test_rounding_ends_hard_floor_or_ceil(cls):
+    model = tiny_mobilenetv2()
+    floats = _weights(model)
+    q = quantized(model, fast(cls, wbits=3, act=ActSpec(bits=4)))
+    learned = 0
+    for name, mod in q.named_modules():
+        if not hasattr(mod, "qweight"):
+            continue
+        qw = mod.qweight
+        scale = HANDLERS[type(mod.wconfig)].row_scale(qw.params)
+        t = floats[name].reshape(qw.codes.shape[0], -1) / scale[:, None]
+        k = qw.codes.double() - qmax_symmetric(qw.bits)
+        lo, hi = torch.floor(t).clamp(-qmax_symmetric(3), qmax_symmetric(3)), torch.ceil(t).clamp(-3, 3)
+        assert bool(((k == lo) | (k == hi)).all()), name
+        assert torch.equal(mod.weight, qw.dequantize())
+        assert mod.float_weight is None  # dropped after reconstruction
+        learned += int((k != torch.round(t).clamp(-3, 3)).sum())
+    assert learned > 0  # some weights were rounded away from the nearest level
+
+
+def test_pwlq_adaround_stays_in_its_piece_and_ends_hard():
+    model = tiny_mobilenetv2()
+    q = quantized(model, PWLQAdaRoundConfig(wbits=3, act=None, **FAST))
+    rtn = quantize_(copy.deepcopy(model), PWLQAdaRoundConfig(wbits=3, act=None, **FAST))
+    for (name, mod), (_, ref) in zip(
+            [(n, m) for n, m in q.named_modules() if hasattr(m, "qweight")],
+            [(n, m) for n, m in rtn.named_modules() if hasattr(m, "qweight")], strict=True):
+        index_bits = mod.qweight.bits - mod.qweight.region_bits - 1
+        high = mod.qweight.codes >> index_bits  # region and sign: fixed by the float weight
+        assert torch.equal(high, ref.qweight.codes >> index_bits), name
+        step = (mod.qweight.codes - ref.qweight.codes).abs()
+        assert int(step.max()) <= 1  # one level up or down from the nearest at most
+
+
+# ------------------------------------------------------------------------------------------- beats nearest
+
+
+def _output_mse(model: nn.Module, ref: nn.Module, x) -> float:
+    with torch.no_grad():
+        return float((model(x) - ref(x)).pow(2).mean())
+
+
+@pytest.mark.parametrize("cls", [AdaRoundConfig, BRECQConfig], ids=lambda c: c.__name__)
+def test_reconstruction_beats_round_to_nearest_on_a_conv_net(cls):
+    model = tiny_mobilenetv2()
+    common = {"wbits": 3, "act": None, "per_channel": True}
+    recon = quantized(model, cls(**common, iters=80, lr=0.05, batch_size=16, calib_samples=32))
+    nearest = quantize_(copy.deepcopy(model), UniformConfig(**common, weight_clip="mse", bias_correction=False))
+    assert _output_mse(recon, model, HELD_OUT) < 0.8 * _output_mse(nearest, model, HELD_OUT)
+
+
+def test_brecq_lowers_a_bert_layers_error_on_held_out_data():
+    model = tiny_bert()
+    calib = [dict(zip(("input_ids", "attention_mask"), random_batch(8, 16, seed=s), strict=True)) for s in range(4)]
+    held = [dict(zip(("input_ids", "attention_mask"), random_batch(8, 16, seed=50 + s), strict=True))
+            for s in range(2)]
+    common = {"wbits": 3, "act": None}
+    recon = quantized(model, BRECQConfig(**common, iters=60, lr=0.05, batch_size=8, calib_samples=16), calib)
+    nearest = quantize_(copy.deepcopy(model), UniformConfig(**common, weight_clip="mse", bias_correction=False))
+
+    def forward(m, b):
+        return m(**b)
+
+    targets = capture(model, model.bert.encoder.layer[0], held, forward, output=True)
+    err = {}
+    for key, q in (("recon", recon), ("nearest", nearest)):
+        inputs = capture(q, q.bert.encoder.layer[0], held, forward, output=False)  # float embeddings: same inputs
+        err[key] = unit_loss(q.bert.encoder.layer[0], inputs, targets)
+    assert err["recon"] < err["nearest"]
+
+
+# ------------------------------------------------------------------------------------------- blocks
+
+
+def test_blocks_found_from_module_structure():
+    units = [n for n, _ in find_units(quantize_(tiny_resnet(), UniformConfig(act=None)), "block")]
+    assert units == ["stem.0", "blocks.0", "blocks.1", "classifier"]
+    bert = [n for n, _ in find_units(quantize_(tiny_bert(), UniformConfig(act=None)), "block")]
+    assert bert == ["bert.encoder.layer.0", "bert.encoder.layer.1", "bert.encoder.layer.2", "bert.pooler.dense",
+                    "classifier"]
+    vit = [n for n, _ in find_units(quantize_(tiny_vision_model(), UniformConfig(act=None)), "block")]
+    assert vit == ["vit.embeddings.patch_embeddings.projection", *[f"vit.layers.{i}" for i in range(4)],
+                   "classifier"]
+    layers = find_units(quantize_(tiny_resnet(), UniformConfig(act=None)), "layer")
+    assert len(layers) == 7
+
+
+def test_brecq_reconstructs_vit_blocks():
+    model = tiny_vision_model()
+    calib = [random_pixels(4, seed=s) for s in range(2)]
+    q = quantized(model, BRECQConfig(wbits=4, act=ActSpec(bits=8), iters=5, calib_samples=8), calib)
+    report = q.trimformer_recon_report
+    assert [r["unit"] for r in report][1:5] == [f"vit.layers.{i}" for i in range(4)]
+    assert all(r["loss"] <= r["loss_nearest"] * 1.5 for r in report)
+
+
+# ------------------------------------------------------------------------------------------- RAPQ
+
+
+def test_rapq_every_scale_is_an_exact_power_of_two_and_saves_bit_identically(tmp_path):
+    model = tiny_resnet()
+    q = quantized(model, fast(RAPQConfig, wbits=4, act=ActSpec(bits=4)))
+    n_layers = 0
+    for mod in q.modules():
+        if hasattr(mod, "qweight"):
+            n_layers += 1
+            scale = HANDLERS[RAPQConfig].row_scale(mod.qweight.params)
+            mantissa, _ = torch.frexp(scale)
+            assert bool((mantissa == 0.5).all())
+            assert mod.qweight.params["exponent"].dtype == torch.int8
+            k = mod.weight.reshape(scale.shape[0], -1) / scale[:, None]
+            assert torch.equal(k, torch.round(k))  # weight = integer * 2^e exactly
+        if isinstance(mod, ActQuantizer):
+            step, _ = asymmetric_qparams(mod.lo, mod.hi, mod.spec.bits)
+            assert float(torch.frexp(step)[0]) == 0.5
+    assert n_layers == 7
+    path = tmp_path / "rapq.qsafetensors"
+    save_packed(q, path)
+    stored = load_file(path)
+    exps = [t for k, t in stored.items() if k.endswith(".qpack.exponent")]
+    assert len(exps) == n_layers and all(t.dtype == torch.int8 for t in exps)
+    assert not any(k.endswith(".qpack.scale") for k in stored)
+    back = load_quantized_(tiny_resnet(), config_from_dict(q.trimformer_quant_config), stored)
+    for (n, a), (_, b) in zip(q.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    assert torch.equal(q(HELD_OUT), back(HELD_OUT))
+
+
+def test_rapq_exponents_are_learned_network_wide():
+    model = tiny_resnet()
+    start = quantize_(copy.deepcopy(model), fast(RAPQConfig, wbits=3, act=None))
+    learned = quantized(model, fast(RAPQConfig, wbits=3, act=None, iters=1, exp_iters=30, exp_lr=0.1))
+    moved = sum(int((a.qweight.params["exponent"] != b.qweight.params["exponent"]).sum())
+                for a, b in zip([m for m in start.modules() if hasattr(m, "qweight")],
+                                [m for m in learned.modules() if hasattr(m, "qweight")], strict=True))
+    assert moved > 0
+    assert learned.trimformer_recon_report[0]["unit"] == "<exponents>"
+
+
+def test_rapq_refuses_non_pow2_and_bias_correction():
+    with pytest.raises(ValueError, match="pow2_scale"):
+        RAPQConfig(pow2_scale=False)
+    with pytest.raises(ValueError, match="bias_correction"):
+        RAPQConfig(bias_correction=True)
+    assert RAPQConfig(act=ActSpec(bits=4)).act.pow2
+
+
+def test_reconstruction_needs_float_weights(tmp_path):
+    q = quantized(tiny_resnet(), fast(AdaRoundConfig, act=None, iters=1))
+    with pytest.raises(ValueError, match="float weights"):
+        calibrate(q, CALIB)
+
+
+# ------------------------------------------------------------------------------------------- knobs
+
+GLOBS = {"include": ["stem.*", "classifier"], "exclude": ["blocks.0.*"], "layer_wbits": {"blocks.1.*": 8},
+         "layer_abits": {"stem.0": None}}
+BASE_KNOBS = {
+    "wbits": ({}, {"wbits": 6}),
+    "act": ({}, {"act": ActSpec(bits=4)}),
+    "per_channel": ({}, {"per_channel": False}),
+    "bias_correction": ({}, {"bias_correction": True}),
+    "pow2_scale": ({}, {"pow2_scale": True}),
+    **{k: ({}, {k: v}) for k, v in GLOBS.items()},
+}
+RECON_KNOBS = {
+    "iters": ({}, {"iters": 20}),
+    "batch_size": ({}, {"batch_size": 4}),
+    "lr": ({}, {"lr": 1.0}),
+    "reg_weight": ({}, {"reg_weight": 5.0}),
+    "beta_start": ({"reg_weight": 10.0}, {"beta_start": 4.0}),
+    "beta_end": ({"reg_weight": 10.0}, {"beta_end": 1.0}),
+    "warmup": ({"reg_weight": 10.0}, {"warmup": 0.9}),
+    "granularity": ({"granularity": "layer"}, {"granularity": "block"}),
+    "calib_samples": ({}, {"calib_samples": 16}),
+    "learn_act_scale": ({}, {"learn_act_scale": True}),
+    "act_lr": ({"learn_act_scale": True}, {"act_lr": 0.05}),
+    "seed": ({}, {"seed": 1}),
+}
+KNOBS = {
+    AdaRoundConfig: {**BASE_KNOBS, **RECON_KNOBS, "weight_clip": ({}, {"weight_clip": "minmax"})},
+    BRECQConfig: {**BASE_KNOBS, **RECON_KNOBS, "weight_clip": ({}, {"weight_clip": "minmax"})},
+    PWLQAdaRoundConfig: {**BASE_KNOBS, **RECON_KNOBS, "breakpoint": ({}, {"breakpoint": "search"}),
+                         "num_breakpoints": ({"breakpoint": "search", "wbits": 5}, {"num_breakpoints": 3}),
+                         "region_bit": ({}, {"region_bit": "inside"})},
+    RAPQConfig: {**BASE_KNOBS, **RECON_KNOBS, "exp_iters": ({}, {"exp_iters": 0}),
+                 "exp_lr": ({}, {"exp_lr": 1.0}), "exp_reg_weight": ({"beta_start": 2.0, "exp_iters": 20},
+                                                                       {"exp_reg_weight": 0.0}),
+                 "bn_norm": ({}, {"bn_norm": False})},
+}
+# RAPQ fixes these by definition: setting them is refused (tested above) instead of changing behaviour
+REFUSED = {(RAPQConfig, "pow2_scale"), (RAPQConfig, "bias_correction")}
+KNOB_BASE = {"iters": 6, "lr": 0.3, "exp_lr": 0.3, "batch_size": 16, "calib_samples": 32, "exp_iters": 4}
+
+
+@pytest.mark.parametrize("cls", RECON, ids=lambda c: c.__name__)
+def test_every_field_has_a_knob_test(cls):
+    assert set(KNOBS[cls]) == cls.field_names()
+
+
+@pytest.mark.parametrize("cls, knob", [(c, k) for c in RECON for k in sorted(KNOBS[c])],
+                         ids=lambda x: getattr(x, "__name__", x))
+def test_knob_changes_output(cls, knob):
+    base, change = KNOBS[cls][knob]
+    own = {k: v for k, v in KNOB_BASE.items() if k in cls.field_names()}
+    if (cls, knob) in REFUSED:
+        with pytest.raises(ValueError, match=knob):
+            cls(**own, **{knob: not getattr(cls(), knob)})
+        return
+    first, second = (cls(**{**own, **base, **extra}) for extra in ({}, change))
+    assert [f.name for f in dataclasses.fields(first) if getattr(first, f.name) != getattr(second, f.name)] == [knob]
+    model = tiny_resnet()
+    with torch.no_grad():
+        outs = [quantized(model, c)(HELD_OUT) for c in (first, second)]
+    assert not torch.equal(*outs), f"{cls.__name__}.{knob} had no effect"
+
+
+@pytest.mark.parametrize("cfg", [AdaRoundConfig(), BRECQConfig(iters=5, act=ActSpec(bits=4, pow2=True)),
+                                 PWLQAdaRoundConfig(granularity="block"), RAPQConfig(exp_iters=3, bn_norm=False)])
+def test_recon_configs_round_trip(cfg):
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("bad, match", [({"iters": 0}, "iters"), ({"granularity": "model"}, "granularity"),
+                                        ({"beta_start": 2.0, "beta_end": 20.0}, "beta_end"),
+                                        ({"warmup": 1.5}, "warmup"), ({"lr": -1.0}, "lr")])
+def test_bad_recon_knobs_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        AdaRoundConfig(**bad)
+
+
+def test_docs_quantization_snippet_runs(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "quantization.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0].replace("/tmp/rapq.qsafetensors",
+                                                                         str(tmp_path / "rapq.qsafetensors"))
+    scope: dict = {}
+    exec(compile(code, "docs/quantization.md", "exec"), scope)  # noqa: S102
+    assert scope["nbytes"] > 0 and all(s.dtype == torch.int8 for s in scope["scales"])
+    assert len(scope["brecq"].trimformer_recon_report) == 4
