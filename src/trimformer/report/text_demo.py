@@ -36,14 +36,14 @@ TIMING_STAGE = "time dense, LTP, top-k (interleaved)"
 
 @dataclass
 class DemoSettings:
-    train_examples: int = 3000
+    train_examples: int = 2700
     max_length: int = 64
     finetune_epochs: float = 1.0
     prune_steps: int = 40  # per stage
     calibration_batches: int = 4
     eval_examples: int | None = None  # whole test split
     bench_examples: int = 192
-    bench_repeats: int = 5  # interleaved repeats: 6 batches of 32 x 5 = 30 dense/pruned pairs
+    bench_repeats: int = 4  # interleaved repeats: 6 batches of 32 x 4 = 24 dense/pruned pairs
     seed: int = 0
 
     @classmethod
@@ -204,8 +204,9 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False, seed: int
         ], out / "throughput.png", "Measured throughput (same run, interleaved)")
     results["stages"] = timer.stages
     results["timing_cpu_share"] = cpu_share(timer.stages[TIMING_STAGE], torch.get_num_threads())
-    results["machine_busy"] = machine_busy(max((s for s in (b32["dense_spread"], b1["dense_spread"])
-                                                if s is not None), default=None), results["timing_cpu_share"])
+    results["dense_spread_worst"] = max((s for s in (b32["dense_spread"], b1["dense_spread"]) if s is not None),
+                                        default=None)  # the busy verdict and the report use the same number
+    results["machine_busy"] = machine_busy(results["dense_spread_worst"], results["timing_cpu_share"])
     results["total"] = timer.total()
     results["seconds"] = results["total"]["wall_s"]
     results["long_text_reference"] = _long_text_reference()
@@ -258,7 +259,7 @@ standard errors of the accuracy difference on these {r['eval_examples']} test sn
 {r['long_text_reference']}
 ## Measured speed (dense and pruned timed in the same run, interleaved batch by batch)
 
-{quietness(r['dense_spread'], r['timing_cpu_share'])}
+{quietness(r.get('dense_spread_worst', r['dense_spread']), r['timing_cpu_share'])}
 
 Each speed-up is the {r['speedup_method']} ({r['bench_repeats']} repeats), against the faster dense run
 ({r['dense_baseline']} at batch 32), so a kernel gain that the dense model shares is not counted as pruning's.
