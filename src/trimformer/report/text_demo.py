@@ -36,14 +36,14 @@ TIMING_STAGE = "time dense, LTP, top-k (interleaved)"
 
 @dataclass
 class DemoSettings:
-    train_examples: int = 2700
+    train_examples: int = 2400
     max_length: int = 64
     finetune_epochs: float = 1.0
-    prune_steps: int = 40  # per stage
+    prune_steps: int = 30  # per stage
     calibration_batches: int = 4
     eval_examples: int | None = None  # whole test split
-    bench_examples: int = 192
-    bench_repeats: int = 4  # interleaved repeats: 6 batches of 32 x 4 = 24 dense/pruned pairs
+    bench_examples: int = 160
+    bench_repeats: int = 4  # interleaved repeats: 5 batches of 32 x 4 = 20 dense/pruned pairs
     seed: int = 0
 
     @classmethod
