@@ -204,9 +204,9 @@ def run_demo(out: Path, target_flops: float = 0.5, fast: bool = False, seed: int
         ], out / "throughput.png", "Measured throughput (same run, interleaved)")
     results["stages"] = timer.stages
     results["timing_cpu_share"] = cpu_share(timer.stages[TIMING_STAGE], torch.get_num_threads())
-    results["dense_spread_worst"] = max((s for s in (b32["dense_spread"], b1["dense_spread"]) if s is not None),
-                                        default=None)  # the busy verdict and the report use the same number
-    results["machine_busy"] = machine_busy(results["dense_spread_worst"], results["timing_cpu_share"])
+    # The verdict reads the batch-32 spread: batch-1 latencies of ~10 ms jitter by tens of percent even on a quiet
+    # machine (measured: 30% with the process getting 99% of its CPU time), so they would cry wolf every run.
+    results["machine_busy"] = machine_busy(b32["dense_spread"], results["timing_cpu_share"])
     results["total"] = timer.total()
     results["seconds"] = results["total"]["wall_s"]
     results["long_text_reference"] = _long_text_reference()
@@ -259,7 +259,7 @@ standard errors of the accuracy difference on these {r['eval_examples']} test sn
 {r['long_text_reference']}
 ## Measured speed (dense and pruned timed in the same run, interleaved batch by batch)
 
-{quietness(r.get('dense_spread_worst', r['dense_spread']), r['timing_cpu_share'])}
+{quietness(r['dense_spread'], r['timing_cpu_share'])}
 
 Each speed-up is the {r['speedup_method']} ({r['bench_repeats']} repeats), against the faster dense run
 ({r['dense_baseline']} at batch 32), so a kernel gain that the dense model shares is not counted as pruning's.
