@@ -232,3 +232,11 @@ def test_an_org_slash_name_stays_a_hub_name(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     with pytest.raises(FileNotFoundError, match="runs/dense not found"):
         check_local_path("runs/dense")
+
+
+def test_max_length_beyond_the_models_positions(models, capsys):
+    """A given --max-length longer than the model's position embeddings is refused (it was an index error deep in
+    the forward on long texts); the default is lowered to what the model holds."""
+    _refused(capsys, ["eval", str(models["ltp"]), "--data", str(models["data"]), "--max-length", "100"],
+             "--max-length 100 is longer than the model's 64 positions")
+    assert main(["eval", str(models["ltp"]), "--data", str(models["data"]), "--limit", "4"]) == 0

@@ -4,6 +4,7 @@ an exit code); the task is read from the model or checkpoint (``--task`` only wh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from trimformer.checkpoint import is_checkpoint, label_names, load_model, save, 
 from trimformer.cli.inputs import (
     DEFAULT_METHOD,
     data_name,
+    fit_max_length,
     image_label_names,
     load_model_for,
     refuse_later_stage,
@@ -75,6 +77,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     path = resolve_model_name(args.model)
     refuse_later_stage(path, "fine-tune")
     task = settle_task(args, path)
+    explicit_length = args.max_length is not None
     settle(args, task, [*text_only(args, "max_length", "columns", "label_type"),
                         ("resolution", task == "vision", "to text models")])
     config = train_config(args, **{k: v for k, v in FINETUNE_RECIPES[task].items() if k != "lr"})
@@ -83,6 +86,8 @@ def run_finetune(args: argparse.Namespace) -> int:
         require_classes(train.label_names, data_name(args))
         head = {"label_names": train.label_names} if train.label_names is not None else {"num_labels": 1}
         model, tokenizer, _ = load_model(path, seed=args.seed, **head)
+        fit_max_length(args, model.model.config, explicit_length)
+        config = dataclasses.replace(config, max_length=args.max_length)
         model, processor, extra = model.model, tokenizer, {}
         collate = text_collate(tokenizer, config.max_length)
     else:

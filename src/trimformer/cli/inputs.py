@@ -76,8 +76,28 @@ def load_model_for(args: argparse.Namespace, path: str, rules: Iterable[Rule] = 
     """The model at ``path`` with its task settled (``args.task`` is set to it) and the options checked against it
     and against ``rules`` (see :func:`~trimformer.cli.options.settle`; once per command)."""
     settle_task(args, path)
+    explicit_length = getattr(args, "max_length", None) is not None
     settle(args, args.task, [*text_only(args, "max_length", "columns", "label_type"), *rules])
-    return load_any(path, args.task)
+    loaded = load_any(path, args.task)
+    if loaded.task == "text":
+        fit_max_length(args, loaded.model.model.config, explicit_length)
+    return loaded
+
+
+def fit_max_length(args: argparse.Namespace, config: Any, explicit: bool) -> None:
+    """``--max-length`` against the text model's position embeddings (RoBERTa-style models start their positions
+    after the padding index): a given value that is too long is a ValueError (instead of an index error deep in
+    the forward); the default is lowered to what the model holds."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= (config.pad_token_id or 0) + 1
+    if args.max_length > positions:
+        if explicit:
+            raise ValueError(f"--max-length {args.max_length} is longer than the model's {positions} positions; "
+                             f"pass --max-length {positions} or less")
+        args.max_length = positions
 
 
 def refuse_later_stage(path: str, action: str, meta: dict[str, Any] | None = None) -> None:
