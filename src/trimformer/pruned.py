@@ -170,7 +170,8 @@ class TokenPrunedModel(nn.Module):
         out = run.blocks_from(0, TokenState(x, alive, positions, n_live=lengths.to(x.dtype), protected=protected))
         n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in RECORDS)  # [B, L]
         logits = out.head.get("logits")
-        loss = task_loss(logits, labels, self.model.config) if labels is not None and logits is not None else None
+        loss = (task_loss(logits, labels, getattr(self.model, "config", None))  # timm models have no config
+                if labels is not None and logits is not None else None)
         return PrunedOutput(
             logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t, lengths=lengths,
             hidden_size=self._views[0].hidden_size, mlp_size=self._views[0].mlp_size,
