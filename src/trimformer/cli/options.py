@@ -51,52 +51,42 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
+def _checked(text: str, kind: type, ok, expected: str) -> float | int:
+    """``text`` parsed as ``kind``; an ArgumentTypeError saying ``expected`` unless ``ok(value)``."""
+    value = kind(_number(text, kind))
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A count: an integer >= 1."""
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {text!r}")
-    return value
+    return _checked(text, int, lambda v: v >= 1, "a count >= 1")
 
 
 def nonnegative_int(text: str) -> int:
     """An integer >= 0 (0: none, e.g. a skipped stage)."""
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _checked(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    value = float(_number(text, float))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: v > 0, "a number > 0")
 
 
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0."""
-    value = float(_number(text, float))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+    return _checked(text, float, lambda v: v >= 0, "a number >= 0")
 
 
 def fraction(text: str) -> float:
     """A finite fraction in (0, 1]."""
-    value = float(_number(text, float))
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]")
 
 
 def fraction_or_zero(text: str) -> float:
     """A finite fraction in [0, 1] (0 has a meaning of its own, given in the option's help)."""
-    value = float(_number(text, float))
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}")
-    return value
+    return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
 
 
 def count_or_all(text: str) -> int | str:
