@@ -139,6 +139,21 @@ def test_bad_inputs_get_clear_errors(tiny_bert):
         model(torch.zeros(2, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="execution mode"):
         model.mode = "fast"
+    too_long = tiny_bert.config.max_position_embeddings + 1  # was an index error deep in the embeddings
+    with pytest.raises(ValueError, match=f"longer than the model's {too_long - 1} positions"):
+        model(torch.full((1, too_long), 7))
+    model(torch.full((1, too_long - 1), 7))  # the longest input it holds runs
+
+
+def test_roberta_positions_start_after_the_padding_index(tiny_roberta):
+    from trimformer.adapters.bert import text_positions
+
+    held = text_positions(tiny_roberta.config)
+    assert held == tiny_roberta.config.max_position_embeddings - tiny_roberta.config.pad_token_id - 1
+    model = TokenPrunedModel(tiny_roberta)
+    model(torch.full((1, held), 7))
+    with pytest.raises(ValueError, match="truncation=True"):
+        model(torch.full((1, held + 1), 7))
 
 
 def test_stacked_qkv_projection_matches_separate_and_follows_weight_changes(tiny_bert):

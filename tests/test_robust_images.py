@@ -103,3 +103,17 @@ def test_integer_tensors_given_to_the_api_are_normalised() -> None:
                                prepare_images((floats * 255).round() / 255, config))
     with pytest.raises(ValueError, match=r"float pixels span"):
         prepare_images(floats * 255, config)
+
+
+def test_a_photo_with_an_exif_rotation_is_read_upright(tmp_path: Path) -> None:
+    """A phone photo stored sideways with orientation tag 6 ("rotate 90 clockwise to view") is read as viewed."""
+    stored = np.zeros((4, 6, 3), dtype=np.uint8)  # H=4, W=6 as stored
+    stored[0, 0] = 255  # a white pixel at the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(stored).save(path, exif=exif, quality=100, subsampling=0)
+    image = load_image(path)
+    assert tuple(image.shape) == (3, 6, 4)  # viewed: 6 high, 4 wide
+    assert image[:, 0, -1].min() > 0.8  # the stored top-left is now the top-right
+    assert image[:, -1, 0].max() < 0.2

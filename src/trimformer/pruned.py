@@ -146,7 +146,7 @@ class TokenPrunedModel(nn.Module):
                   "pixel_values": pixel_values}
         inputs = {k: v.to(device) if v is not None else None for k, v in inputs.items()}
         if not options.traceable:  # a graph cannot raise: a traced or compiled forward takes its inputs as they are
-            self.adapter.check_inputs(inputs)
+            self.adapter.check_inputs(self.model, inputs)
         x, alive = self.adapter.embed(self.model, inputs)  # [B, N, D], bool [B, N]
         lengths = alive.sum(dim=1)  # [B] real tokens
         batch, length, _ = x.shape

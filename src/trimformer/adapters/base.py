@@ -41,8 +41,8 @@ class Adapter(ABC):
         return len(self.blocks(model))
 
     @abstractmethod
-    def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
-        """Raise ValueError, saying what to do, for inputs the model would mis-compute."""
+    def check_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> None:
+        """Raise ValueError, saying what to do, for inputs ``model`` would mis-compute."""
 
     @abstractmethod
     def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:

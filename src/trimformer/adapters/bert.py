@@ -12,6 +12,15 @@ from trimformer.engine.view import BlockView
 _HEAD_CLASSES = ("BertForSequenceClassification", "RobertaForSequenceClassification")
 
 
+def text_positions(config) -> int | None:
+    """How many tokens a BERT-family model's position embeddings hold (RoBERTa-style models start their positions
+    after the padding index); None when the config does not say."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
 def _base_model(model: nn.Module) -> nn.Module:
     if isinstance(model, (BertModel, RobertaModel)):
         return model
@@ -57,12 +66,16 @@ class BertFamilyAdapter(Adapter):
             ))
         return views
 
-    def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
+    def check_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> None:
         input_ids, attention_mask = inputs.get("input_ids"), inputs.get("attention_mask")
         if input_ids is None:
             raise ValueError("text models need input_ids (tokenize the texts first)")
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be [batch, length>0], got {tuple(input_ids.shape)}")
+        positions = text_positions(model.config)
+        if positions is not None and input_ids.shape[1] > positions:
+            raise ValueError(f"inputs of {input_ids.shape[1]} tokens are longer than the model's {positions} "
+                             f"positions: tokenize with truncation=True, max_length={positions} or less")
         if attention_mask is not None:
             if attention_mask.shape != input_ids.shape:
                 raise ValueError("attention_mask must have the shape of input_ids")

@@ -97,7 +97,7 @@ class ViTFamilyAdapter(Adapter):
             ))
         return views
 
-    def check_inputs(self, inputs: dict[str, torch.Tensor | None]) -> None:
+    def check_inputs(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> None:
         check_pixel_values(inputs)
 
     def embed(self, model: nn.Module, inputs: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from types import MappingProxyType
 from typing import Any
 
+from trimformer.adapters.bert import text_positions
 from trimformer.assets import OFFLINE_MODELS, minilm_path
 from trimformer.checkpoint import is_checkpoint, read_meta
 from trimformer.checkpoint.sources import require_local
@@ -88,11 +89,9 @@ def fit_max_length(args: argparse.Namespace, config: Any, explicit: bool) -> Non
     """``--max-length`` against the text model's position embeddings (RoBERTa-style models start their positions
     after the padding index): a given value that is too long is a ValueError (instead of an index error deep in
     the forward); the default is lowered to what the model holds."""
-    positions = getattr(config, "max_position_embeddings", None)
+    positions = text_positions(config)
     if positions is None:
         return
-    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
-        positions -= (config.pad_token_id or 0) + 1
     if args.max_length > positions:
         if explicit:
             raise ValueError(f"--max-length {args.max_length} is longer than the model's {positions} positions; "

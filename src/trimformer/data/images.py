@@ -289,6 +289,13 @@ def _require_pil() -> object:
     return Image
 
 
+def _upright(img):
+    """The image as a viewer shows it: a camera's EXIF orientation tag (rotated or mirrored) applied to the pixels."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
 def _first_size(path: Path) -> tuple[int, int]:
     image = load_image(path)
     return int(image.shape[1]), int(image.shape[2])
@@ -325,7 +332,7 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     try:
         with image_module.open(path) as img:  # type: ignore[attr-defined]
             img.load()
-            array = _pillow_pixels(img, path)
+            array = _pillow_pixels(_upright(img), path)
     except (OSError, SyntaxError, ValueError, image_module.DecompressionBombError) as exc:  # type: ignore[attr-defined]
         # Pillow raises these for truncated, corrupt or absurdly large files
         if isinstance(exc, ValueError) and str(exc).startswith(str(path)):
