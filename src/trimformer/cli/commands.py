@@ -160,13 +160,14 @@ def _check_resolution(config, resolution: int | None) -> int:
 
 
 def _image_subset(data, n: int | None, seed: int):
+    """The seeded sample of ``n`` images that ``TextDataset.subset`` takes of texts (all of them when None)."""
     if n is None or n >= len(data):
         return data
-    import torch
     from torch.utils.data import Subset
 
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return Subset(data, order.tolist())
+    from trimformer.data.batching import sample_indices
+
+    return Subset(data, sample_indices(len(data), n, seed))
 
 
 def run_prune(args: argparse.Namespace) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from trimformer.data.batching import sample_indices
 from trimformer.data.labels import has_names, match_labels
 
 
@@ -72,7 +72,7 @@ class TextDataset:
         """A seeded random subset of ``n`` examples (all of them if ``n`` is None or too large)."""
         if n is None or n >= len(self):
             return self
-        return self._take(sorted(random.Random(seed).sample(range(len(self)), n)))
+        return self._take(sample_indices(len(self), n, seed))
 
     def relabel(self, label_names: list[str] | None, model: str = "the model",
                 same_count: bool = True) -> TextDataset:
