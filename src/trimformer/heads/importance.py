@@ -113,7 +113,7 @@ def score_units(model: nn.Module, parts: list[LayerParts], batches: Iterable[dic
                 if "labels" not in inputs:
                     raise ValueError("criterion='taylor' needs labelled calibration batches (a 'labels' entry); "
                                      "use criterion='norm' for unlabelled data")
-                loss = model(**inputs).loss
+                loss = getattr(model(**inputs), "loss", None)
                 if loss is None:
                     raise ValueError(f"criterion='taylor' needs a model that returns a loss; {type(model).__name__} "
                                      "returns none: use criterion='norm' or a *ForSequence/ImageClassification model")
