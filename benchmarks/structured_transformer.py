@@ -29,7 +29,7 @@ import torch
 
 import trimformer
 from trimformer.assets import minilm_path
-from trimformer.bench import paired_speedup, time_variants
+from trimformer.bench import paired_speedup, time_variants, timing_spread
 from trimformer.checkpoint import is_checkpoint, load, load_model
 from trimformer.data.batching import calibration_batches, fixed_batches
 from trimformer.data.text import load_text_data, text_collate, transformers_inputs
@@ -124,8 +124,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--train-examples", type=int, default=2400)
     p.add_argument("--eval-examples", type=int, default=1000)
-    p.add_argument("--time-batches", type=int, default=4, help="batches of 32 timed (and 8x as many batch-1 inputs)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--time-batches", type=int, default=6, help="batches of 32 timed (and 8x as many batch-1 inputs)")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -177,11 +177,15 @@ def main() -> None:
     for batch_size, count in ((32, args.time_batches), (1, 8 * args.time_batches)):
         batches = fixed_batches(test, collate, batch_size)[:count]
         variants = {name: forward_of(models[name]) for name in STAGES}
+        variants["dense_engine"] = forward_of(wrapped(models["dense"]))  # the same models on trimformer's engine
+        variants["heads_engine"] = forward_of(wrapped(models["heads"]))
         timed = time_variants(variants, batches, args.repeats)
         speed[f"batch{batch_size}"] = {name: {"samples_per_s": timed[name]["samples_per_s"],
                                               "latency_ms_median": timed[name]["latency_ms_median"],
-                                              "speedup_vs_dense": paired_speedup(timed, name, "dense")}
-                                       for name in STAGES}
+                                              "speedup_vs_dense": paired_speedup(timed, name, "dense"),
+                                              "speedup_vs_dense_engine": paired_speedup(timed, name, "dense_engine"),
+                                              "timing_spread": timing_spread(timed, name, len(batches))}
+                                       for name in variants}
 
     def share(key_of, names=("heads", "heads_ltp", "all")) -> list[dict]:
         steps, previous = [], key_of("dense")
@@ -206,8 +210,11 @@ def main() -> None:
         },
         "notes": ["FLOPs: trimformer's analytic encoder FLOPs (core/flops.py) per sample at the real lengths, relative "
                   "to the dense model; PWLQ changes no FLOPs count (W4A8 multiply-adds counted as float ones)",
-                  "speed: every model's forward interleaved batch by batch in this run; quantized models run "
-                  "simulated (dequantized) kernels, so PWLQ's speed is not an int4/int8 kernel speed"],
+                  "speed: every model's forward interleaved batch by batch in this run (dense, heads: transformers' "
+                  "own forward; dense_engine, heads_engine: the same models on trimformer's engine; the rest: the "
+                  "engine, packed); "
+                  "quantized models run simulated (dequantized) kernels, so PWLQ's speed is not an int4/int8 kernel "
+                  "speed; timing_spread above 0.10 marks a busy machine (2 cores shared with other jobs)"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out.with_suffix(".json"), results)
@@ -227,7 +234,8 @@ def plot(results: dict, path: Path) -> None:
         axes[0].annotate(rows[n]["label"], (rows[n]["flops_ratio"], rows[n]["accuracy"]), fontsize=7)
     axes[0].set(xlabel="encoder FLOPs / dense", ylabel="accuracy (%)", title="accuracy vs FLOPs")
     for ax, key in ((axes[1], "batch32"), (axes[2], "batch1")):
-        ax.barh([rows[n]["label"] for n in names], [results["speed"][key][n]["speedup_vs_dense"] for n in names])
+        timed = results["speed"][key]
+        ax.barh([rows[n]["label"] if n in rows else n for n in timed], [timed[n]["speedup_vs_dense"] for n in timed])
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set(xlabel="measured speed-up vs dense (paired median)",
                title=f"{key}, {results['torch_threads']} thread(s)")
