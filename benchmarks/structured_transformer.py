@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("dense", "heads", "ltp", "pwlq", "heads_ltp", "all")
 LABELS = {"dense": "dense", "heads": "heads+MLP", "ltp": "LTP", "pwlq": "PWLQ W4A8", "heads_ltp": "heads+MLP+LTP",
           "all": "heads+MLP+LTP+PWLQ"}
+SPEED_LABELS = {"dense": "dense (transformers)", "heads": "heads+MLP (transformers)", "dense_engine": "dense (engine)",
+                "heads_engine": "heads+MLP (engine)"}
 
 
 def wrapped(model) -> TokenPrunedModel:
@@ -235,9 +237,12 @@ def plot(results: dict, path: Path) -> None:
     axes[0].set(xlabel="encoder FLOPs / dense", ylabel="accuracy (%)", title="accuracy vs FLOPs")
     for ax, key in ((axes[1], "batch32"), (axes[2], "batch1")):
         timed = results["speed"][key]
-        ax.barh([rows[n]["label"] if n in rows else n for n in timed], [timed[n]["speedup_vs_dense"] for n in timed])
+        order = ["dense", "heads", "dense_engine", "heads_engine", "ltp", "heads_ltp", "pwlq", "all"]
+        names_timed = [n for n in order if n in timed][::-1]
+        ax.barh([SPEED_LABELS.get(n, LABELS.get(n, n)) for n in names_timed],
+                [timed[n]["speedup_vs_dense_engine"] for n in names_timed])
         ax.axvline(1.0, color="k", lw=0.8)
-        ax.set(xlabel="measured speed-up vs dense (paired median)",
+        ax.set(xlabel="speed-up vs dense on trimformer's engine (paired median)",
                title=f"{key}, {results['torch_threads']} thread(s)")
     fig.suptitle(results["what"], fontsize=9)
     save_figure(fig, path)
