@@ -127,9 +127,9 @@ def cli_md() -> str:
     return "\n".join(parts)
 
 
-API_VERBS = ("prune", "fit", "evaluate", "benchmark", "quantize_", "calibrate", "save", "load")
+API_VERBS = ("prune", "prune_heads_", "fit", "evaluate", "benchmark", "quantize_", "calibrate", "save", "load")
 API_TYPES = ("TokenPrunedModel", "ExecutionOptions", "TrainConfig", "LTPConfig", "TopKConfig", "SaiTConfig",
-             "ASViTConfig", "EViTConfig", "ToMeConfig", "PWLQConfig", "UniformConfig")
+             "ASViTConfig", "EViTConfig", "ToMeConfig", "HeadPruningConfig", "PWLQConfig", "UniformConfig")
 
 
 def api_md() -> str:

@@ -19,10 +19,10 @@ from torch.utils.data import TensorDataset
 from transformers import ViTForImageClassification
 
 import trimformer
-from trimformer import ASViTConfig, EViTConfig, LTPConfig, SaiTConfig, ToMeConfig, TopKConfig
+from trimformer import ASViTConfig, EViTConfig, HeadPruningConfig, LTPConfig, SaiTConfig, ToMeConfig, TopKConfig
 from trimformer.testing import make_tokenizer, random_batch, synthetic_text_data, tiny_bert, tiny_vision_model
 
-CONFIGS = (LTPConfig, TopKConfig, SaiTConfig, ASViTConfig, EViTConfig, ToMeConfig)
+CONFIGS = (LTPConfig, TopKConfig, SaiTConfig, ASViTConfig, EViTConfig, ToMeConfig, HeadPruningConfig)
 KNOBS: dict[type, set[str]] = {cls: set() for cls in CONFIGS}
 _DEFAULT = object()
 
@@ -470,3 +470,70 @@ def test_tome_order():
     default, changed = (vit_forward(c) for c in arms(ToMeConfig, "order", "slots"))
     assert torch.equal(default.n_out, changed.n_out)  # as many merges, other pairs from block 1 on
     assert not close(default.logits, changed.logits)
+
+
+# ---------------------------------------------------------------- heads and MLP channels (trimformer.heads)
+
+
+def head_batches(count: int = 2) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for i in range(count):
+        ids, mask = random_batch(seed=i)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": torch.arange(ids.shape[0]) % 3})
+    return out
+
+
+def heads_pruned(config: HeadPruningConfig, batches: list[dict] | None = None):
+    """What ``prune_heads_`` did to tiny_bert with ``config`` (plan and scores)."""
+    return trimformer.prune_heads_(tiny_bert(), config, batches or head_batches())
+
+
+def kept(result) -> tuple[list[int], list[int]]:
+    return [len(h) for h in result.plan.heads], [len(c) for c in result.plan.channels]
+
+
+@knob(HeadPruningConfig, "target_flops")
+def test_heads_target_flops():
+    default, changed = (heads_pruned(c) for c in arms(HeadPruningConfig, "target_flops", 0.4, calibration_batches=2))
+    assert changed.flops_ratio <= 0.4 < 0.6 < default.flops_ratio <= 0.7
+    assert sum(map(sum, kept(changed))) < sum(map(sum, kept(default)))
+
+
+@knob(HeadPruningConfig, "criterion")
+def test_heads_criterion():
+    default, changed = (heads_pruned(c) for c in arms(HeadPruningConfig, "criterion", "taylor",
+                                                         calibration_batches=2))
+    assert not torch.allclose(default.scores.heads[0], changed.scores.heads[0])
+    assert (default.plan.heads, default.plan.channels) != (changed.plan.heads, changed.plan.channels)
+
+
+@knob(HeadPruningConfig, "calibration_batches")
+def test_heads_calibration_batches():
+    batches = head_batches(3)
+    default, changed = (heads_pruned(c, batches) for c in arms(HeadPruningConfig, "calibration_batches", 1,
+                                                                baseline=3))
+    assert not torch.allclose(default.scores.channels[0], changed.scores.channels[0])
+    first_only = heads_pruned(HeadPruningConfig(calibration_batches=1), batches[:1])
+    assert torch.allclose(changed.scores.channels[0], first_only.scores.channels[0])  # only the first batch was read
+
+
+@knob(HeadPruningConfig, "prune_heads")
+def test_heads_prune_heads():
+    default, changed = (heads_pruned(c) for c in arms(HeadPruningConfig, "prune_heads", False, calibration_batches=2))
+    assert kept(changed)[0] == [4, 4, 4] and kept(default)[0] != [4, 4, 4]
+    assert changed.flops_ratio <= 0.7
+
+
+@knob(HeadPruningConfig, "prune_mlp")
+def test_heads_prune_mlp():
+    default, changed = (heads_pruned(c) for c in arms(HeadPruningConfig, "prune_mlp", False, calibration_batches=2,
+                                                         target_flops=0.8))
+    assert kept(changed)[1] == [64, 64, 64] and kept(default)[1] != [64, 64, 64]
+    assert changed.flops_ratio <= 0.8
+
+
+@knob(HeadPruningConfig, "mlp_multiple")
+def test_heads_mlp_multiple():
+    default, changed = (heads_pruned(c) for c in arms(HeadPruningConfig, "mlp_multiple", 16, calibration_batches=2))
+    assert all(n % 16 == 0 for n in kept(changed)[1]) and not all(n % 16 == 0 for n in kept(default)[1])
+    assert changed.flops_ratio <= 0.7

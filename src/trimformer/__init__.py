@@ -41,6 +41,8 @@ _EXPORTS = {
     "save_packed": "trimformer.quant",
     "load_packed": "trimformer.quant",
     "export_onnx": "trimformer.export",
+    "HeadPruningConfig": "trimformer.heads",
+    "prune_heads_": "trimformer.heads",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -17,6 +17,7 @@ from trimformer.core.flops import dense_encoder_flops, encoder_flops
 from trimformer.engine import NO_HOOKS, BlockView, ExecutionOptions, ForwardHooks, StepSettings, TokenState, WeightCache
 from trimformer.engine.policy import PruningPolicy
 from trimformer.engine.runner import RECORDS, BlockRun
+from trimformer.engine.view import layer_widths
 
 
 @dataclass
@@ -29,24 +30,27 @@ class PrunedOutput:
     n_out: torch.Tensor  # [B, L] tokens kept after each layer's decision
     lengths: torch.Tensor  # [B] real tokens of each input
     hidden_size: int
-    mlp_size: int
+    mlp_size: int | torch.Tensor  # one MLP width, or [L] per layer once MLP channels were pruned (trimformer.heads)
     last_hidden_state: torch.Tensor | None = None  # [B, N, D] base models: back at original positions
     pooler_output: torch.Tensor | None = None
     n_rows: torch.Tensor | None = None  # [B, L] query rows with an attention output (n_in where tokens merge)
     token_sizes: torch.Tensor | None = None  # [B, M] original tokens behind each final slot (merging only)
     extra_macs: torch.Tensor | None = None  # [B, L] MACs of merge decisions (ToMe's similarities; 0 elsewhere)
+    attn_widths: torch.Tensor | None = None  # [L] heads x head size per layer once heads were pruned; None: hidden
 
     # FLOPs are computed on first use only: a dozen small operations that a batch-1 forward need not pay for.
     @cached_property
     def flops(self) -> torch.Tensor:
         """[B] encoder FLOPs per sample at these counts (differentiable in the soft stage)."""
-        return encoder_flops(self.hidden_size, self.mlp_size, self.n_in, self.n_out, self.n_rows, self.extra_macs)
+        return encoder_flops(self.hidden_size, self.mlp_size, self.n_in, self.n_out, self.n_rows, self.extra_macs,
+                             self.attn_widths)
 
     @cached_property
     def dense_flops(self) -> torch.Tensor:
-        """[B] encoder FLOPs of the unpruned model on the real length."""
-        return dense_encoder_flops(self.hidden_size, self.mlp_size, self.n_in.shape[1], self.lengths).to(
-            self.n_in.dtype)
+        """[B] encoder FLOPs of this model without token pruning on the real length (with its pruned heads and MLP
+        channels, if any: the reference of token pruning's FLOPs targets)."""
+        return dense_encoder_flops(self.hidden_size, self.mlp_size, self.n_in.shape[1], self.lengths,
+                                   self.attn_widths).to(self.n_in.dtype)
 
     @property
     def flops_ratio(self) -> torch.Tensor:
@@ -93,6 +97,7 @@ class TokenPrunedModel(nn.Module):
     def rebuild_views(self) -> None:
         """Build the block views again from the model's current modules (after a module was swapped)."""
         self._views: list[BlockView] = self.adapter.blocks(self.model)
+        self._widths = layer_widths(self._views)  # (attention widths [L] or None, MLP width(s))
         self._dense_hooks = ForwardHooks((NO_HOOKS,) * len(self._views))
         if self.policy is not None and self.policy.num_layers != len(self._views):
             raise ValueError(f"the policy was built for {self.policy.num_layers} blocks but the model has "
@@ -174,7 +179,7 @@ class TokenPrunedModel(nn.Module):
                 if labels is not None and logits is not None else None)
         return PrunedOutput(
             logits=logits, loss=loss, n_in=n_in_t, n_out=n_out_t, lengths=lengths,
-            hidden_size=self._views[0].hidden_size, mlp_size=self._views[0].mlp_size,
+            hidden_size=self._views[0].hidden_size, mlp_size=self._widths[1], attn_widths=self._widths[0],
             last_hidden_state=out.head.get("last_hidden_state"), pooler_output=out.head.get("pooler_output"),
             n_rows=n_rows_t, token_sizes=out.sizes, extra_macs=extra_t,
         )

@@ -32,6 +32,7 @@ from trimformer.checkpoint.meta import (
     read_meta,
 )
 from trimformer.checkpoint.sources import check_finite, from_pretrained
+from trimformer.heads.layers import apply_structure, structure_of
 from trimformer.io_utils import atomic_write_dir, atomic_write_json, file_sha256
 from trimformer.methods import method_named
 from trimformer.pruned import TokenPrunedModel
@@ -183,7 +184,11 @@ def _transformers_model(path: Path, meta: dict[str, Any]) -> nn.Module:
     config_dict = dict(meta["model_config"])
     try:
         config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-        return getattr(transformers, meta["model_class"])(config)
+        model = getattr(transformers, meta["model_class"])(config)
+        structure = structure_of(model)
+        if structure is not None:  # pruned heads / MLP channels: the saved, smaller shapes before the weights
+            apply_structure(model, structure)
+        return model
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"{path}: the model config is invalid ({err!r}); re-create the checkpoint") from err
 

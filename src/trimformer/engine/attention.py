@@ -239,7 +239,7 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
     dropout(probs) @ v, heads merged). Under a chunk budget (``settings.chunk_bytes``) softmax, decision and
     mixing run in row chunks (decisions are per row); the projections always run on the whole batch.
     """
-    batch, n, d = h.shape
+    batch, n, _ = h.shape
     q, k, v = scaled_qkv(block, h, settings.linears)  # [B, H, N, Dh] each
     rows = chunk_rows(batch, block.num_heads, n, h.element_size(), settings.chunk_bytes)
     if rows < batch and all_live is None:
@@ -250,7 +250,7 @@ def decide_and_mix(block: BlockView, h: torch.Tensor, alive: torch.Tensor, decid
         keeps.append(None if decide is None else decide(probs, live, vc, all_live))
         contexts.append(torch.matmul(attn_drop(block, probs), vc))  # [b, H, N, Dh]
     context = contexts[0] if len(contexts) == 1 else torch.cat(contexts)
-    return join_keeps(keeps), context.transpose(1, 2).reshape(batch, n, d)
+    return join_keeps(keeps), context.transpose(1, 2).reshape(batch, n, -1)  # [B, N, H Dh] (H Dh < D: pruned heads)
 
 
 def leading_rows_attention(block: BlockView, h: torch.Tensor, alive: torch.Tensor, linears: Linears,

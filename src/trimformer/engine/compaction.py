@@ -18,7 +18,8 @@ PerToken = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def on_live_slots(per_token: PerToken, x: torch.Tensor, context: torch.Tensor, live: torch.Tensor,
                   min_padding: float) -> torch.Tensor:
-    """``per_token(x, context)`` with the padding slots zero: x, context [B, M, D]; live bool [B, M] -> [B, M, D].
+    """``per_token(x, context)`` with the padding slots zero: x [B, M, D], context [B, M, A] (A = D unless heads
+    were pruned); live bool [B, M] -> [B, M, D].
 
     With padding below ``min_padding`` of the slots the whole batch runs and the padding is zeroed afterwards;
     otherwise only the live slots are computed.
@@ -28,6 +29,6 @@ def on_live_slots(per_token: PerToken, x: torch.Tensor, context: torch.Tensor, l
     if slots.shape[0] > (1 - min_padding) * batch * m:  # little padding: run it, then zero it
         return per_token(x, context) * live[..., None].to(x.dtype)
     x_live = x.reshape(batch * m, d).index_select(0, slots)[None]  # [1, T, D]
-    context_live = context.reshape(batch * m, d).index_select(0, slots)[None]  # [1, T, D]
+    context_live = context.reshape(batch * m, -1).index_select(0, slots)[None]  # [1, T, A]
     out = per_token(x_live, context_live)  # [1, T, D]
     return x.new_zeros(batch * m, d).index_copy_(0, slots, out[0]).view(batch, m, d)

@@ -57,6 +57,22 @@ class BlockView:
         return self.mlp_in.out_features
 
     @property
+    def attn_width(self) -> int:
+        """Heads x head size: the width of the queries, keys, values and attention context (the hidden size unless
+        heads were pruned, :mod:`trimformer.heads`)."""
+        return self.query.out_features
+
+    @property
     def query_scale(self) -> float:
         """1/sqrt(head size), folded into the queries."""
-        return (self.hidden_size // self.num_heads) ** -0.5
+        return (self.attn_width // self.num_heads) ** -0.5
+
+
+def layer_widths(views: list[BlockView]) -> tuple[torch.Tensor | None, int | torch.Tensor]:
+    """(attention width, MLP width) for the FLOPs formulas (:mod:`trimformer.core.flops`): ``(None, f)`` when
+    every block has its full attention and one MLP width f (the dense formula), else float64 tensors [L]."""
+    attn = [v.attn_width for v in views]
+    mlp = [v.mlp_size for v in views]
+    if all(a == v.hidden_size for a, v in zip(attn, views, strict=True)) and len(set(mlp)) == 1:
+        return None, mlp[0]
+    return torch.tensor(attn, dtype=torch.float64), torch.tensor(mlp, dtype=torch.float64)

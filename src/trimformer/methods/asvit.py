@@ -28,6 +28,7 @@ from trimformer.core.scoring import head_weighted_class_attention
 from trimformer.core.selection import hard_threshold_mask, protect_prefix, soft_threshold_mask
 from trimformer.data.batching import Collate, calibration_batches
 from trimformer.engine.hooks import Decision, StraightThroughKeep
+from trimformer.engine.view import layer_widths
 from trimformer.methods.stages import Capture, CapturingPolicy, StageRecord, check_stage_list, policy_of, stage_blocks
 from trimformer.pruned import TokenPrunedModel
 from trimformer.train.calibration import calibrate_knob
@@ -142,7 +143,8 @@ class ASViTPolicy(CapturingPolicy):
 
 
 def ste_flops_ratio(n_in: torch.Tensor, n_out: torch.Tensor, dense_flops: torch.Tensor, capture: Capture,
-                    hidden_size: int, mlp_size: int) -> torch.Tensor:
+                    hidden_size: int, mlp_size: int | torch.Tensor,
+                    attn_width: torch.Tensor | None = None) -> torch.Tensor:
     """Batch FLOPs / dense FLOPs whose value is the hard one and whose gradient comes from the soft masks.
 
     n_in, n_out: [B, L] hard counts of a forward (``PrunedOutput``); dense_flops: [B]; ``capture``: that
@@ -163,7 +165,8 @@ def ste_flops_ratio(n_in: torch.Tensor, n_out: torch.Tensor, dense_flops: torch.
             count = (ste * live).sum(dim=1)
             factor = factor * count / count.detach().clamp_min(1.0)
         outs.append(n_out[:, layer] * factor)
-    flops = encoder_flops(hidden_size, mlp_size, torch.stack(ins, dim=1), torch.stack(outs, dim=1))  # [B]
+    flops = encoder_flops(hidden_size, mlp_size, torch.stack(ins, dim=1), torch.stack(outs, dim=1),
+                          attn_width=attn_width)  # [B]
     return flops.sum() / dense_flops.sum()
 
 
@@ -205,7 +208,7 @@ def fit_asvit(model: TokenPrunedModel, data: Sequence, collate: Collate, config:
         history["initial_threshold"], history["initial_ratio"] = calibrate_asvit(model, batches, cfg.target_flops)
     teacher = (teacher if teacher is not None else frozen_teacher(model.model)).to(get_accelerator().device)
     blocks = model.adapter.blocks(model.model)
-    hidden, mlp = blocks[0].hidden_size, blocks[0].mlp_size
+    hidden, (attn_width, mlp) = blocks[0].hidden_size, layer_widths(blocks)  # per layer once heads were pruned
     mode_before, model.mode = model.mode, "masked"
 
     def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor], step: int):
@@ -215,7 +218,7 @@ def fit_asvit(model: TokenPrunedModel, data: Sequence, collate: Collate, config:
         with policy.capture() as cap:
             out = m(pixel_values=pixels)
         ce = F.cross_entropy(out.logits, labels)
-        ratio = ste_flops_ratio(out.n_in, out.n_out, out.dense_flops, cap, hidden, mlp)
+        ratio = ste_flops_ratio(out.n_in, out.n_out, out.dense_flops, cap, hidden, mlp, attn_width)
         budget = (ratio - cfg.target_flops).abs()
         kd = distillation_kl(out.logits, teacher_logits)
         loss = ce + cfg.budget_weight * budget + cfg.kd_weight * kd
