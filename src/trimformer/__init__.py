@@ -41,6 +41,10 @@ _EXPORTS = {
     "save_packed": "trimformer.quant",
     "load_packed": "trimformer.quant",
     "export_onnx": "trimformer.export",
+    "AdaPrunerConfig": "trimformer.structured",
+    "structured_prune": "trimformer.structured_pruning",
+    "save_structured": "trimformer.structured",
+    "load_structured": "trimformer.structured",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -4,6 +4,7 @@ every saved pruned model (``recipe``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from trimformer.config import JsonConfig, check_numbers
 from trimformer.structured.budget import check_target
@@ -26,6 +27,8 @@ class AdaPrunerConfig(JsonConfig):
 
     Training: AdamW at ``lr`` (no weight decay), cosine schedule, ``batch_size`` images per step, ``seed``.
     """
+
+    structured_method: ClassVar[str] = "adapruner"  # the name in recipes; marks a structured config
 
     target_flops: float = 0.6
     l1_penalty: float = 1e-4

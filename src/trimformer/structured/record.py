@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,3 +52,12 @@ def pruned_copy(model: nn.Module, example_inputs: torch.Tensor, structure: Struc
     }
     setattr(small, RECORD_ATTR, record)
     return small
+
+
+@dataclass
+class StructuredResult:
+    """What a structured method returns: the physically smaller ``model`` (eval mode, carrying its record) and a
+    JSON ``report`` of how it was made (widths, MACs, the criterion chosen, losses...)."""
+
+    model: nn.Module
+    report: dict[str, Any]
