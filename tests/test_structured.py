@@ -24,7 +24,10 @@ from trimformer.structured import (
     save_structured,
     search_budget,
 )
+from trimformer.structured.adapruner import adaprune
+from trimformer.structured.baselines import from_scratch, magnitude_uniform, network_slimming
 from trimformer.structured.budget import uniform_widths
+from trimformer.structured.graph import layer_widths
 from trimformer.testing import tiny_cnn, tiny_image_data, tiny_plain_cnn
 
 KINDS = ("resnet", "mobilenetv2")
@@ -193,3 +196,71 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(images, tmp_path):
         save_structured(pruned_copy(model, images[:1], {}), tmp_path / "mine", overwrite=True)
     with pytest.raises(CheckpointError, match="not a structured-pruning checkpoint"):
         load_structured(tmp_path / "mine")
+
+
+# ---------------------------------------------------------------- AdaPruner, the verb, the baselines
+
+QUICK = dict(sparse_steps=2, finetune_steps=2, batch_size=8, selection_images=32, calibration_batches=2)
+
+
+def test_adapruner_meets_the_budget_and_leaves_the_model_alone(tmp_path):
+    import trimformer
+
+    data = tiny_image_data(64)
+    model = tiny_cnn("resnet")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = trimformer.structured_prune(model, trimformer.AdaPrunerConfig(target_flops=0.6, **QUICK), data,
+                                         progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    macs = count_macs(result.model, data[0][:1])[0]
+    assert abs(macs / count_macs(model, data[0][:1])[0] / 0.6 - 1) <= 0.01
+    assert result.report["criterion"] in ("l1", "bn_scale", "random")
+    assert result.model.trimformer_structure["recipe"]["criterion"] == result.report["criterion"]
+    # the package's save / load verbs take the smaller model
+    trimformer.save(result.model, tmp_path / "ada")
+    back, meta = trimformer.load(tmp_path / "ada")
+    with torch.no_grad():
+        assert torch.equal(back(data[0]), result.model(data[0]))
+    assert meta["recipe"]["config"]["target_flops"] == 0.6
+
+
+def test_adapruner_is_deterministic():
+    data = tiny_image_data(64)
+    runs = [adaprune(tiny_cnn("mobilenetv2"), AdaPrunerConfig(**QUICK), data, progress=False) for _ in range(2)]
+    assert runs[0].report == runs[1].report
+    with torch.no_grad():
+        assert torch.equal(runs[0].model(data[0]), runs[1].model(data[0]))
+
+
+def test_adapruner_refuses_bad_input():
+    import trimformer
+
+    data = tiny_image_data(16)
+    with pytest.raises(ValueError, match="batch norm"):
+        adaprune(tiny_plain_cnn(), AdaPrunerConfig(**QUICK), data, progress=False)
+    with pytest.raises(TypeError, match="structured_prune"):
+        trimformer.prune(tiny_cnn(), AdaPrunerConfig())
+    with pytest.raises(TypeError, match="not a structured pruning config"):
+        trimformer.structured_prune(tiny_cnn(), trimformer.TopKConfig(), data)
+    with pytest.raises(ValueError, match="pair"):
+        adaprune(tiny_cnn(), AdaPrunerConfig(**QUICK), data[0], progress=False)
+    with pytest.raises(BudgetError, match="unreachable"):
+        adaprune(tiny_cnn(), AdaPrunerConfig(target_flops=0.02, **QUICK), data, progress=False)
+    small = pruned_copy(tiny_cnn(), data[0][:1], half(tiny_cnn(), data[0]))
+    with pytest.raises(ValueError, match="already structurally pruned"):
+        adaprune(small, AdaPrunerConfig(**QUICK), data, progress=False)
+
+
+def test_baselines_meet_the_same_budget_and_scratch_keeps_the_architecture():
+    data = tiny_image_data(64)
+    model = tiny_cnn("resnet")
+    dense_macs = count_macs(model, data[0][:1])[0]
+    common = dict(finetune_steps=1, batch_size=8, calibration_batches=1, progress=False)
+    uniform, slim = magnitude_uniform(model, 0.6, data, **common), network_slimming(model, 0.6, data, **common)
+    for result in (uniform, slim):
+        assert abs(count_macs(result.model, data[0][:1])[0] / dense_macs / 0.6 - 1) <= 0.01
+    assert uniform.report["widths"] != slim.report["widths"]  # one ratio everywhere vs one global threshold
+    scratch = from_scratch(result.model, data, steps=1, batch_size=8, progress=False)
+    assert layer_widths(scratch.model) == layer_widths(result.model)
+    assert not torch.equal(scratch.model.blocks[0].body[0].weight, result.model.blocks[0].body[0].weight)
+    assert scratch.model.trimformer_structure["recipe"]["method"] == "from_scratch"
