@@ -264,3 +264,10 @@ def test_baselines_meet_the_same_budget_and_scratch_keeps_the_architecture():
     assert layer_widths(scratch.model) == layer_widths(result.model)
     assert not torch.equal(scratch.model.blocks[0].body[0].weight, result.model.blocks[0].body[0].weight)
     assert scratch.model.trimformer_structure["recipe"]["method"] == "from_scratch"
+
+
+def test_tracing_leaves_a_training_model_unchanged(images):
+    model = tiny_cnn("resnet").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    channel_groups(model, images[:4])
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -40,9 +40,15 @@ class ChannelGroup:
 
 
 def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's dependency graph of ``model`` traced on ``example_inputs`` (autograd on while tracing)."""
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    """Torch-Pruning's dependency graph of ``model`` traced on ``example_inputs`` (autograd on while tracing; in eval
+    mode, so that the tracing forward leaves the batch norms' running statistics as they are)."""
+    training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    finally:
+        model.train(training)
 
 
 def output_layers(model: nn.Module) -> tuple[str, ...]:
