@@ -115,13 +115,13 @@ def structured_tables() -> str:
                          f"{r['parameters']:,} | {r['file_bytes'] / 1024:.0f} |")
         flops = {f"adapruner_{r['target_flops']:g}": r["flops_fraction"] for r in entry["rows"]
                  if r["method"] == "adapruner"}
-        parts += ["", "| batch | model | median latency (ms) | samples/s | speed-up vs dense | FLOPs vs dense |",
-                  "|---|---|---|---|---|---|"]
+        parts += ["", "| batch | model | median latency (ms) | samples/s | speed-up vs dense | FLOPs vs dense | "
+                  "timing spread |", "|---|---|---|---|---|---|---|"]
         for batch, variants in entry["timing"].items():
             for variant, v in variants.items():
                 parts.append(f"| {batch.removeprefix('batch')} | {variant} | {v['latency_ms_median']:.2f} | "
                              f"{v['samples_per_s']:.0f} | {v['speedup_vs_dense']:.2f}x | "
-                             f"{flops.get(variant, 1.0):.3f} |")
+                             f"{flops.get(variant, 1.0):.3f} | {v['timing_spread']:.2f} |")
         parts.append("")
     return "\n".join(parts)
 
@@ -145,7 +145,8 @@ def results_md() -> str:
     if (RESULTS / "structured_cnn.json").is_file():
         parts += ["## Structured (channel) pruning of CNNs", "",
                   "AdaPruner against three baselines at equal FLOPs on Fashion-MNIST (see docs/structured.md); "
-                  "speed-ups are paired medians, dense and pruned timed interleaved in the same run.", "",
+                  "speed-ups are paired medians, dense and pruned timed interleaved in the same run; a timing "
+                  "spread above 0.10 marks a busy machine (the timing is then suspect).", "",
                   structured_tables()]
     return "\n".join(parts)
 
