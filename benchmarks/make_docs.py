@@ -93,6 +93,39 @@ def headline_table() -> str:
     return "\n".join(rows)
 
 
+def structured_tables() -> str:
+    """AdaPruner vs the baselines at equal FLOPs, and the pruned models' measured speed, per CNN."""
+    data = _load("structured_cnn.json")
+    parts = []
+    for name, entry in data["models"].items():
+        dense = entry["dense"]
+        o = entry["options"]
+        parts += [f"**{name}** (dense: {100 * dense['accuracy']:.2f}% on 10k test images, {dense['macs'] / 1e6:.2f} "
+                  f"MMACs, {dense['parameters']:,} parameters; sparse training {o['sparse_steps']} steps, fine-tuning "
+                  f"{o['finetune_steps']}, from scratch {o['scratch_steps']}, batch {o['batch_size']}, "
+                  f"{o['train_images']} training images; commit {entry['commit'][:10]}; {_machine(entry)}, "
+                  f"{o['threads']} torch thread)", "",
+                  "| target FLOPs | method | FLOPs vs dense | accuracy (%) | vs dense (points) | parameters | "
+                  "file (KB) |", "|---|---|---|---|---|---|---|"]
+        for r in entry["rows"]:
+            criterion = r["report"].get("criterion")
+            method = f"{r['method']} ({criterion})" if criterion else r["method"]
+            parts.append(f"| {r['target_flops']:.2f} | {method} | {r['flops_fraction']:.3f} | "
+                         f"{100 * r['accuracy']:.2f} | {100 * (r['accuracy'] - dense['accuracy']):+.2f} | "
+                         f"{r['parameters']:,} | {r['file_bytes'] / 1024:.0f} |")
+        flops = {f"adapruner_{r['target_flops']:g}": r["flops_fraction"] for r in entry["rows"]
+                 if r["method"] == "adapruner"}
+        parts += ["", "| batch | model | median latency (ms) | samples/s | speed-up vs dense | FLOPs vs dense | "
+                  "timing spread |", "|---|---|---|---|---|---|---|"]
+        for batch, variants in entry["timing"].items():
+            for variant, v in variants.items():
+                parts.append(f"| {batch.removeprefix('batch')} | {variant} | {v['latency_ms_median']:.2f} | "
+                             f"{v['samples_per_s']:.0f} | {v['speedup_vs_dense']:.2f}x | "
+                             f"{flops.get(variant, 1.0):.3f} | {v['timing_spread']:.2f} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def results_md() -> str:
     parts = [GENERATED, "# Results", "",
              "Every table below is generated from the JSON files in `benchmarks/results/` (each holds the machine, "
@@ -109,6 +142,12 @@ def results_md() -> str:
         parts += [vision_speed_table(name), ""]
     parts += ["## Post-training quantization", "", (RESULTS / "quant_accuracy.md").read_text(encoding="utf-8").strip(),
               ""]
+    if (RESULTS / "structured_cnn.json").is_file():
+        parts += ["## Structured (channel) pruning of CNNs", "",
+                  "AdaPruner against three baselines at equal FLOPs on Fashion-MNIST (see docs/structured.md); "
+                  "speed-ups are paired medians, dense and pruned timed interleaved in the same run; a timing "
+                  "spread above 0.10 marks a busy machine (the timing is then suspect).", "",
+                  structured_tables()]
     return "\n".join(parts)
 
 
@@ -127,9 +166,11 @@ def cli_md() -> str:
     return "\n".join(parts)
 
 
-API_VERBS = ("prune", "prune_heads_", "fit", "evaluate", "benchmark", "quantize_", "calibrate", "save", "load")
+API_VERBS = ("prune", "prune_heads_", "fit", "evaluate", "benchmark", "quantize_", "calibrate", "save", "load",
+             "structured_prune")
 API_TYPES = ("TokenPrunedModel", "ExecutionOptions", "TrainConfig", "LTPConfig", "TopKConfig", "SaiTConfig",
-             "ASViTConfig", "EViTConfig", "ToMeConfig", "HeadPruningConfig", "PWLQConfig", "UniformConfig")
+             "ASViTConfig", "EViTConfig", "ToMeConfig", "HeadPruningConfig", "PWLQConfig", "UniformConfig",
+             "AdaPrunerConfig")
 
 
 def api_md() -> str:

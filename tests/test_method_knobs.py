@@ -1,4 +1,5 @@
-"""Every field of every token-pruning config changes behaviour: a knob that silently does nothing fails here.
+"""Every field of every pruning config (token pruning, and structured pruning's AdaPrunerConfig) changes behaviour:
+a knob that silently does nothing fails here.
 
 Each test is registered against the config field it proves with ``@knob(Config, "field")``, and
 ``test_every_field_has_a_knob_test`` compares the registered fields with ``dataclasses.fields(Config)``: a new field
@@ -19,10 +20,30 @@ from torch.utils.data import TensorDataset
 from transformers import ViTForImageClassification
 
 import trimformer
-from trimformer import ASViTConfig, EViTConfig, HeadPruningConfig, LTPConfig, SaiTConfig, ToMeConfig, TopKConfig
-from trimformer.testing import make_tokenizer, random_batch, synthetic_text_data, tiny_bert, tiny_vision_model
+from trimformer import (
+    AdaPrunerConfig,
+    ASViTConfig,
+    EViTConfig,
+    HeadPruningConfig,
+    LTPConfig,
+    SaiTConfig,
+    ToMeConfig,
+    TopKConfig,
+)
+from trimformer.structured import BudgetError
+from trimformer.structured.adapruner import adaprune, choose_widths, inherit, sparse_train_
+from trimformer.structured.train import batchnorm_l1
+from trimformer.testing import (
+    make_tokenizer,
+    random_batch,
+    synthetic_text_data,
+    tiny_bert,
+    tiny_cnn,
+    tiny_image_data,
+    tiny_vision_model,
+)
 
-CONFIGS = (LTPConfig, TopKConfig, SaiTConfig, ASViTConfig, EViTConfig, ToMeConfig, HeadPruningConfig)
+CONFIGS = (LTPConfig, TopKConfig, SaiTConfig, ASViTConfig, EViTConfig, ToMeConfig, HeadPruningConfig, AdaPrunerConfig)
 KNOBS: dict[type, set[str]] = {cls: set() for cls in CONFIGS}
 _DEFAULT = object()
 
@@ -537,3 +558,130 @@ def test_heads_mlp_multiple():
     default, changed = (heads_pruned(c) for c in arms(HeadPruningConfig, "mlp_multiple", 16, calibration_batches=2))
     assert all(n % 16 == 0 for n in kept(changed)[1]) and not all(n % 16 == 0 for n in kept(default)[1])
     assert changed.flops_ratio <= 0.7
+
+
+# ---------------------------------------------------------------- AdaPruner (structured pruning)
+# Each step is run on its own where the knob acts (sparse training, widths, inheritance), the whole method where it
+# acts last (fine-tuning); a tiny zoo CNN on learnable 16x16 images.
+
+ADA = dict(sparse_steps=2, finetune_steps=2, batch_size=8, selection_images=32, calibration_batches=2)
+
+
+def cnn_images() -> tuple[torch.Tensor, torch.Tensor]:
+    return tiny_image_data(64)
+
+
+def sparse_trained(config: AdaPrunerConfig) -> torch.nn.Module:
+    model = tiny_cnn("resnet")
+    sparse_train_(model, config, cnn_images(), progress=False)
+    return model
+
+
+def widths_of(config: AdaPrunerConfig, model: torch.nn.Module | None = None):
+    return choose_widths(model or tiny_cnn("resnet"), config, cnn_images()[0][:1])[0]
+
+
+def inherited(config: AdaPrunerConfig):
+    model, data = tiny_cnn("resnet"), cnn_images()
+    widths = widths_of(config, model).widths
+    return inherit(model, config, widths, data, data, data[0][:1], {})
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(cnn_images()[0])
+
+
+@knob(AdaPrunerConfig, "target_flops")
+def test_adapruner_target_flops():
+    a, b = (widths_of(c) for c in arms(AdaPrunerConfig, "target_flops", 0.5, **ADA))
+    assert b.macs < a.macs and abs(b.fraction - 0.5) <= 0.005
+
+
+@knob(AdaPrunerConfig, "l1_penalty")
+def test_adapruner_l1_penalty():
+    a, b = (sparse_trained(c) for c in arms(AdaPrunerConfig, "l1_penalty", 0.5, **ADA))
+    assert float(batchnorm_l1(b).detach()) < float(batchnorm_l1(a).detach()) - 0.01
+
+
+@knob(AdaPrunerConfig, "sparse_steps")
+def test_adapruner_sparse_steps():
+    common = {k: v for k, v in ADA.items() if k != "sparse_steps"}
+    a, b = (sparse_trained(c) for c in arms(AdaPrunerConfig, "sparse_steps", 3, baseline=2, **common))
+    assert not same_weights(a, b)
+
+
+@knob(AdaPrunerConfig, "criteria")
+def test_adapruner_criteria():
+    common = dict(ADA)
+    (a, name_a, _), (b, name_b, _) = (inherited(c) for c in arms(AdaPrunerConfig, "criteria", ("random",),
+                                                                  baseline=("bn_scale",), **common))
+    assert (name_a, name_b) == ("bn_scale", "random")
+    assert not close(logits(a), logits(b))
+
+
+@knob(AdaPrunerConfig, "calibration_batches")
+def test_adapruner_calibration_batches():
+    common = {k: v for k, v in ADA.items() if k != "calibration_batches"}
+    (a, _, _), (b, _, _) = (inherited(c) for c in arms(AdaPrunerConfig, "calibration_batches", 1, baseline=4,
+                                                        **common))
+    assert not torch.allclose(a.blocks[0].body[1].running_mean, b.blocks[0].body[1].running_mean)
+
+
+@knob(AdaPrunerConfig, "selection_images")
+def test_adapruner_selection_images():
+    common = {k: v for k, v in ADA.items() if k != "selection_images"}
+    configs = arms(AdaPrunerConfig, "selection_images", 7, baseline=64, **common)
+    reports = [adaprune(tiny_cnn("resnet"), c, cnn_images(), progress=False).report for c in configs]
+    assert reports[0]["criterion_accuracy"] != reports[1]["criterion_accuracy"]
+    assert all(round(acc * 7) == acc * 7 for acc in reports[1]["criterion_accuracy"].values())
+
+
+@knob(AdaPrunerConfig, "finetune_steps")
+def test_adapruner_finetune_steps():
+    common = {k: v for k, v in ADA.items() if k != "finetune_steps"}
+    a, b = (adaprune(tiny_cnn("resnet"), c, cnn_images(), progress=False)
+            for c in arms(AdaPrunerConfig, "finetune_steps", 0, baseline=2, **common))
+    assert len(a.report["finetune_losses"]) == 2 and not b.report["finetune_losses"]
+    assert not close(logits(a.model), logits(b.model))
+
+
+@knob(AdaPrunerConfig, "lr")
+def test_adapruner_lr():
+    a, b = (sparse_trained(c) for c in arms(AdaPrunerConfig, "lr", 1e-2, **ADA))
+    assert not same_weights(a, b)
+
+
+@knob(AdaPrunerConfig, "batch_size")
+def test_adapruner_batch_size():
+    common = {k: v for k, v in ADA.items() if k != "batch_size"}
+    a, b = (sparse_trained(c) for c in arms(AdaPrunerConfig, "batch_size", 16, baseline=8, **common))
+    assert not same_weights(a, b)
+
+
+@knob(AdaPrunerConfig, "min_channel_ratio")
+def test_adapruner_min_channel_ratio():
+    model = tiny_cnn("resnet")
+    with torch.no_grad():
+        model.blocks[0].body[1].weight.mul_(0.01)  # one group far less important than the others: at the floor
+    a, b = (widths_of(c, model) for c in arms(AdaPrunerConfig, "min_channel_ratio", 0.5, target_flops=0.6,
+                                              tolerance=0.05, **ADA))
+    assert a.widths["blocks.0.body.0"] < 4 <= b.widths["blocks.0.body.0"]  # 0.5 x 8 channels at least
+
+
+@knob(AdaPrunerConfig, "tolerance")
+def test_adapruner_tolerance():
+    model = tiny_cnn("resnet")
+    with torch.no_grad():
+        model.blocks[0].body[1].weight.mul_(0.01)  # coarse width steps: 1% is out of reach on this tiny model
+    tight, loose = arms(AdaPrunerConfig, "tolerance", 0.05, target_flops=0.6, **ADA)
+    with pytest.raises(BudgetError, match="within 1%"):
+        widths_of(tight, model)
+    assert abs(widths_of(loose, model).fraction / 0.6 - 1) <= 0.05
+
+
+@knob(AdaPrunerConfig, "seed")
+def test_adapruner_seed():
+    common = {**ADA, "criteria": ("random",)}
+    (a, _, _), (b, _, _) = (inherited(c) for c in arms(AdaPrunerConfig, "seed", 1, **common))
+    assert not close(logits(a), logits(b))

@@ -43,6 +43,10 @@ _EXPORTS = {
     "export_onnx": "trimformer.export",
     "HeadPruningConfig": "trimformer.heads",
     "prune_heads_": "trimformer.heads",
+    "AdaPrunerConfig": "trimformer.structured",
+    "structured_prune": "trimformer.structured_pruning",
+    "save_structured": "trimformer.structured",
+    "load_structured": "trimformer.structured",
 }
 
 __all__ = ["__version__", *_EXPORTS]

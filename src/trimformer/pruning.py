@@ -23,6 +23,10 @@ def prune(model: nn.Module, config: Any, options: ExecutionOptions | None = None
     A ``TokenPrunedModel`` given here is re-pruned from its bare model. A quantized model is refused: prune the
     float model, then quantize (finetune -> prune -> quantize).
     """
+    if getattr(type(config), "structured_method", None):
+        raise TypeError(f"{type(config).__name__} removes channels and trains on data: call "
+                        "trimformer.structured_prune(model, config, train=(images, labels)), which returns the "
+                        "smaller model")
     if isinstance(model, TokenPrunedModel):
         options = options or model.execution
         model = model.model

@@ -152,3 +152,46 @@ def synthetic_text_data(n: int = 96, seed: int = 0, pairs: bool = False, regress
         return TextDataset(texts, [y / 4 for y in labels], None, "synthetic", seconds if pairs else None)
     names = ["different", "same"] if pairs else ["neg", "pos"]
     return TextDataset(texts, labels, names, "synthetic", seconds if pairs else None)
+
+
+def tiny_cnn(kind: str = "resnet", seed: int | None = 0):
+    """A tiny :mod:`trimformer.vision.cnn_zoo` CNN ("resnet": 2 stages x 1 basic block, widths 8/16;
+    "mobilenetv2": 3 inverted residuals) for 1-channel images, in eval mode, built by ``build_cnn`` (so its
+    architecture is recorded). Batch-norm scales are drawn in [0.2, 1.5] and running statistics perturbed, as in a
+    trained network, so that BN-scale criteria see distinct channels and a wrong recalibration would show."""
+    from trimformer.vision.cnn_zoo import build_cnn
+
+    _seed(seed)
+    if kind == "resnet":
+        model = build_cnn("resnet", widths=(8, 16), blocks_per_stage=1)
+    elif kind == "mobilenetv2":
+        model = build_cnn("mobilenetv2", settings=((1, 8, 1, 1), (2, 12, 2, 2)), stem=8, last=32)
+    else:
+        raise ValueError(f"tiny_cnn builds 'resnet' or 'mobilenetv2', got {kind!r}")
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.2, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def tiny_plain_cnn(seed: int | None = 0) -> torch.nn.Sequential:
+    """A tiny CNN without batch norms (conv-ReLU x2, pool, linear) for 1-channel images: what BN-based methods
+    refuse."""
+    _seed(seed)
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+
+
+def tiny_image_data(n: int = 64, size: int = 16, classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable 1-channel images (n, 1, size, size) and labels (n,): one fixed random pattern per class plus noise,
+    from their own generator."""
+    gen = torch.Generator().manual_seed(seed)
+    patterns = torch.randn(classes, 1, size, size, generator=torch.Generator().manual_seed(1234))
+    labels = torch.arange(n) % classes
+    images = patterns[labels] + 0.5 * torch.randn(n, 1, size, size, generator=gen)
+    return images, labels

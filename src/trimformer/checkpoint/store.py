@@ -146,12 +146,20 @@ def save(model: nn.Module, path: str | Path, processor=None, extra: dict[str, An
     """``trimformer.save``: any model trimformer runs, atomically to the folder ``path``.
 
     ``model``: a ``TokenPrunedModel`` (any method, quantized or not), a bare transformers model (text or vision,
-    quantized or not) or a ``MobileNetCNN`` (float or quantized, batch norms folded or not). ``processor``: the
-    tokenizer or image processor to store alongside (transformers models). ``resolution`` (input side in pixels)
+    quantized or not), a ``MobileNetCNN`` (float or quantized, batch norms folded or not) or a structurally pruned
+    CNN (:func:`trimformer.structured_prune`, saved by :func:`trimformer.structured.save_structured`). ``processor``:
+    the tokenizer or image processor to store alongside (transformers models). ``resolution`` (input side in pixels)
     and ``label_names`` (one per output) are recorded for :func:`load`'s callers; ``extra`` adds JSON values of
     your own (training recipe, metrics...). A checkpoint already at ``path`` is replaced only with ``overwrite``;
     a file or any other folder there is never replaced. Returns the folder.
     """
+    if getattr(model, "trimformer_structure", None) is not None:  # a structurally pruned CNN (trimformer.structured)
+        from trimformer.structured.store import save_structured
+
+        if processor is not None or resolution is not None or label_names is not None:
+            raise ValueError("a structurally pruned model takes no processor, resolution or label_names: record "
+                             "them in extra")
+        return save_structured(model, path, extra, overwrite)
     extra = dict(extra or {})
     for key, value in (("resolution", resolution), ("label_names", label_names)):
         if value is not None:
@@ -268,9 +276,14 @@ def load(path: str | Path, verify: bool = True) -> tuple[nn.Module, dict[str, An
 
     A pruned or quantized transformers model comes back as a ``TokenPrunedModel``; a dense, unquantized one as the
     bare transformers model; the CNN as the bare ``MobileNetCNN`` (quantized modules restored when it was
-    quantized). ``verify`` checks the weights' sha256 against the record.
+    quantized); a structurally pruned model (``structured.json``) as the small model
+    (:func:`trimformer.structured.load_structured`). ``verify`` checks the weights' sha256 against the record.
     """
     path = Path(path)
+    from trimformer.structured.store import STRUCTURE_FILE, load_structured
+
+    if (path / STRUCTURE_FILE).is_file():
+        return load_structured(path, verify=verify)
     meta = read_meta(path)
     if verify:
         _verify_files(path, meta)

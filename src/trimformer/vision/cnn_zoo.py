@@ -116,7 +116,18 @@ CNN_ZOO = MappingProxyType({"resnet": ResNetCNN, "mobilenetv2": MobileNetV2CNN})
 
 
 def build_cnn(name: str, **kwargs: Any) -> nn.Module:
-    """A zoo model by name ("resnet", "mobilenetv2"), with its constructor arguments."""
+    """A zoo model by name ("resnet", "mobilenetv2"), with its constructor arguments. The name and arguments are
+    kept on the model as ``trimformer_architecture`` (JSON), so that a structurally pruned copy can be rebuilt
+    (:mod:`trimformer.structured.store`)."""
     if name not in CNN_ZOO:
         raise ValueError(f"unknown CNN {name!r}; expected one of {', '.join(CNN_ZOO)}")
-    return CNN_ZOO[name](**kwargs)
+    model = CNN_ZOO[name](**kwargs)
+    model.trimformer_architecture = {"name": name, "kwargs": _json_args(kwargs)}
+    return model
+
+
+def _json_args(value: Any) -> Any:
+    """Constructor arguments as JSON values (tuples as lists)."""
+    if isinstance(value, dict):
+        return {k: _json_args(v) for k, v in value.items()}
+    return [_json_args(v) for v in value] if isinstance(value, (tuple, list)) else value
