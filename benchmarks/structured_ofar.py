@@ -6,8 +6,9 @@ sub-network per (FLOPs budget, resolution); each is extracted (physically pruned
 resolution) and tested on the full 10k test set at its resolution. The baseline is the same sub-network (same
 structure) re-initialised and trained alone (:func:`~trimformer.structured.baselines.from_scratch`) at its
 resolution with the same per-network schedule (``--steps`` steps of AdamW at ``--lr``, cosine, batch
-``--batch-size``, the same seeded batches). Costs are the wall-clock seconds of both ways on this machine (one
-thread; the machine may be shared: its load average is recorded). Writes benchmarks/results/structured_ofar.json
+``--batch-size``, the same seeded batches). Costs are the wall-clock and the process CPU seconds of both ways on
+this machine (one torch thread; the machine may be shared, which inflates wall-clock time: the load average is
+recorded, and the goal is judged on CPU time). Writes benchmarks/results/structured_ofar.json
 (+ .png); each model's entry is replaced when it is rerun, other models' entries are kept.
 
     python benchmarks/structured_ofar.py --model mobilenetv2 [--steps 400] [--train-images 15000] [--threads 1]
@@ -43,10 +44,12 @@ from train_cnn_zoo import fmnist_tensors  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "structured_ofar.json"
 
 
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    t0 = time.perf_counter()
+def timed(fn, *args, **kwargs) -> tuple[Any, float, float]:
+    """(result, wall-clock seconds, this process's CPU seconds): with one torch thread the CPU time is the cost that
+    the other jobs sharing the machine do not inflate."""
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def run_model(name: str, config: OFARConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -56,22 +59,24 @@ def run_model(name: str, config: OFARConfig, args: argparse.Namespace) -> dict[s
     dense = build_cnn(name).eval()  # freshly initialised: OFAR searches the structures early in training
     dense_macs = count_macs(dense, x[:1])[0]
     load = {"before": os.getloadavg()}
-    result, ofar_seconds = timed(ofar_prune, dense, config, (x, y))
+    result, ofar_seconds, ofar_cpu = timed(ofar_prune, dense, config, (x, y), progress=False)
     search = result.report["search"]
     print(f"{name}: OFAR trained in {ofar_seconds:.0f} s; search stopped at step {search['stopped_at']} "
           f"(converged: {search['converged']})", flush=True)
     rows = []
     for rate in config.rates:
         for size in config.resolutions:
-            sub, extract_seconds = timed(result.subnet, rate, size, (x, y))
+            sub, extract_seconds, extract_cpu = timed(result.subnet, rate, size, (x, y))
             test = (resize(test_x, size), test_y)
             macs, params = count_macs(sub, resize(x[:1], size))
-            alone, alone_seconds = timed(from_scratch, sub, (resize(x, size), y), config.steps, lr=config.lr,
-                                         batch_size=config.batch_size, seed=config.seed)
+            alone, alone_seconds, alone_cpu = timed(from_scratch, sub, (resize(x, size), y), config.steps, lr=config.lr,
+                                         batch_size=config.batch_size, seed=config.seed,
+                                                    progress=False)
             row = {"rate": rate, "resolution": size, "macs": macs, "parameters": params,
                    "flops_fraction": macs / dense_macs, "ofar_accuracy": accuracy(sub, test),
                    "alone_accuracy": accuracy(alone.model, test), "extract_seconds": extract_seconds,
-                   "alone_seconds": alone_seconds}
+                   "alone_seconds": alone_seconds, "extract_cpu_seconds": extract_cpu,
+                   "alone_cpu_seconds": alone_cpu}
             row["difference"] = row["ofar_accuracy"] - row["alone_accuracy"]
             rows.append(row)
             print(f"{name} rate {rate:g} @ {size}px ({row['flops_fraction']:.3f} of dense FLOPs): OFAR "
@@ -80,14 +85,18 @@ def run_model(name: str, config: OFARConfig, args: argparse.Namespace) -> dict[s
     extract = sum(r["extract_seconds"] for r in rows)
     alone_total = sum(r["alone_seconds"] for r in rows)
     diffs = [r["difference"] for r in rows]
+    cpu = {"ofar_cpu_seconds": ofar_cpu + sum(r["extract_cpu_seconds"] for r in rows),
+           "alone_cpu_seconds": sum(r["alone_cpu_seconds"] for r in rows)}
+    cpu["cpu_cost_ratio"] = cpu["ofar_cpu_seconds"] / cpu["alone_cpu_seconds"]
     summary = {"mean_difference": sum(diffs) / len(diffs), "min_difference": min(diffs),
                "ofar_seconds": ofar_seconds + extract, "ofar_training_seconds": ofar_seconds,
                "ofar_extraction_seconds": extract, "alone_seconds": alone_total,
-               "cost_ratio": (ofar_seconds + extract) / alone_total,
+               "cost_ratio": (ofar_seconds + extract) / alone_total, **cpu,
                "goal": "OFAR within 0.5 points of the sub-networks trained alone on average, at a fraction of the cost",
-               "goal_met": sum(diffs) / len(diffs) >= -0.005 and ofar_seconds + extract < alone_total}
+               "goal_met": sum(diffs) / len(diffs) >= -0.005 and cpu["cpu_cost_ratio"] < 1}
     print(f"{name}: mean OFAR - alone {100 * summary['mean_difference']:+.2f} points; cost "
-          f"{summary['ofar_seconds']:.0f} s vs {alone_total:.0f} s ({summary['cost_ratio']:.2f}x)", flush=True)
+          f"{summary['ofar_seconds']:.0f} s vs {alone_total:.0f} s ({summary['cost_ratio']:.2f}x; CPU time "
+          f"{cpu['cpu_cost_ratio']:.2f}x)", flush=True)
     report = {k: v for k, v in result.report.items() if k != "losses"}
     report["final_losses"] = result.report["losses"][-10:]
     return {"dense_macs": dense_macs, "rows": rows, "summary": summary, "ofar_report": report, "load_average": load}
