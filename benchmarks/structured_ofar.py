@@ -69,8 +69,8 @@ def run_model(name: str, config: OFARConfig, args: argparse.Namespace) -> dict[s
             sub, extract_seconds, extract_cpu = timed(result.subnet, rate, size, (x, y))
             test = (resize(test_x, size), test_y)
             macs, params = count_macs(sub, resize(x[:1], size))
-            alone, alone_seconds, alone_cpu = timed(from_scratch, sub, (resize(x, size), y), config.steps, lr=config.lr,
-                                         batch_size=config.batch_size, seed=config.seed,
+            alone, alone_seconds, alone_cpu = timed(from_scratch, sub, (resize(x, size), y), config.steps,
+                                                    lr=config.lr, batch_size=config.batch_size, seed=config.seed,
                                                     progress=False)
             row = {"rate": rate, "resolution": size, "macs": macs, "parameters": params,
                    "flops_fraction": macs / dense_macs, "ofar_accuracy": accuracy(sub, test),
