@@ -52,6 +52,21 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t0, time.process_time() - c0
 
 
+def reused_alone(path: str, name: str, subnets: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The trained-alone rows of an earlier run of this script (``--alone-from``), per "rate@resolution". A network
+    trained alone depends only on its widths (re-initialised, same seed and schedule), so its row is reused only
+    where the earlier run's widths equal this one's; ValueError otherwise."""
+    entry = json.loads(Path(path).read_text())["models"][name]
+    out = {}
+    for row in entry["rows"]:
+        key = f"{row['rate']:g}@{row['resolution']}"
+        if entry["ofar_report"]["subnets"][key]["widths"] != subnets[key]["widths"]:
+            raise ValueError(f"--alone-from {path}: the sub-network {key} has other widths there; train it alone")
+        out[key] = {k: row[k] for k in ("alone_accuracy", "alone_seconds", "alone_cpu_seconds")}
+        out[key]["alone_reused_from"] = f"{path} ({entry['commit'][:10]}, {entry['date']})"
+    return out
+
+
 def run_model(name: str, config: OFARConfig, args: argparse.Namespace) -> dict[str, Any]:
     x, y = fmnist_tensors("train", args.train_images)
     test_x, test_y = fmnist_tensors("test")
@@ -63,24 +78,30 @@ def run_model(name: str, config: OFARConfig, args: argparse.Namespace) -> dict[s
     search = result.report["search"]
     print(f"{name}: OFAR trained in {ofar_seconds:.0f} s; search stopped at step {search['stopped_at']} "
           f"(converged: {search['converged']})", flush=True)
+    reuse = reused_alone(args.alone_from, name, result.report["subnets"]) if args.alone_from else {}
     rows = []
     for rate in config.rates:
         for size in config.resolutions:
             sub, extract_seconds, extract_cpu = timed(result.subnet, rate, size, (x, y))
             test = (resize(test_x, size), test_y)
             macs, params = count_macs(sub, resize(x[:1], size))
-            alone, alone_seconds, alone_cpu = timed(from_scratch, sub, (resize(x, size), y), config.steps,
-                                                    lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                                                    progress=False)
+            key = f"{rate:g}@{size}"
+            if key in reuse:
+                alone_row = reuse[key]
+            else:
+                alone, alone_seconds, alone_cpu = timed(from_scratch, sub, (resize(x, size), y), config.steps,
+                                                        lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                                                        progress=False)
+                alone_row = {"alone_accuracy": accuracy(alone.model, test), "alone_seconds": alone_seconds,
+                             "alone_cpu_seconds": alone_cpu}
             row = {"rate": rate, "resolution": size, "macs": macs, "parameters": params,
                    "flops_fraction": macs / dense_macs, "ofar_accuracy": accuracy(sub, test),
-                   "alone_accuracy": accuracy(alone.model, test), "extract_seconds": extract_seconds,
-                   "alone_seconds": alone_seconds, "extract_cpu_seconds": extract_cpu,
-                   "alone_cpu_seconds": alone_cpu}
+                   "extract_seconds": extract_seconds, "extract_cpu_seconds": extract_cpu, **alone_row}
             row["difference"] = row["ofar_accuracy"] - row["alone_accuracy"]
             rows.append(row)
             print(f"{name} rate {rate:g} @ {size}px ({row['flops_fraction']:.3f} of dense FLOPs): OFAR "
-                  f"{row['ofar_accuracy']:.4f}, alone {row['alone_accuracy']:.4f} ({alone_seconds:.0f} s)", flush=True)
+                  f"{row['ofar_accuracy']:.4f}, alone {row['alone_accuracy']:.4f} ({row['alone_seconds']:.0f} s)",
+                  flush=True)
     load["after"] = os.getloadavg()
     extract = sum(r["extract_seconds"] for r in rows)
     alone_total = sum(r["alone_seconds"] for r in rows)
@@ -144,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--tag", default="", help="the entry's name is <model>-<tag> (a variant of the recipe)")
+    p.add_argument("--alone-from", default="", help="reuse the trained-alone rows of this earlier results JSON "
+                   "(entry <model>) where the widths are equal")
     args = p.parse_args(argv)
     config = OFARConfig(rates=tuple(float(r) for r in args.rates.split(",")),
                         resolutions=tuple(int(s) for s in args.resolutions.split(",")), steps=args.steps,
@@ -163,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     entry["versions"] = {"torch": torch.__version__, "torch_pruning": __import__("torch_pruning").__version__}
     out = Path(args.results)
     results = json.loads(out.read_text()) if out.is_file() else {"models": {}}
-    results["models"][args.model] = entry  # re-read just before writing: another model's run may have written
+    # re-read just before writing: another model's run may have written
+    results["models"][f"{args.model}-{args.tag}" if args.tag else args.model] = entry
     atomic_write_json(out, results)
     plot(results, out.with_suffix(".png"))
     return results

@@ -113,7 +113,8 @@ class OFARResult(StructuredResult):
 
     def masked(self, rate: float):
         """Context: the shared network computing the sub-network of ``rate`` (weights shared, nothing removed)."""
-        groups = channel_groups(self.model, torch.zeros(1, *self.input_shape[1:]))
+        with _evaluating(self.model):
+            groups = channel_groups(self.model, torch.zeros(1, *self.input_shape[1:]))
         return masked(self.model, groups, self.structures[self.rate_of(rate)])
 
     @property
