@@ -149,6 +149,31 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def table(results: dict[str, Any]) -> str:
+    """The results as markdown (for docs/ofar.md): one table per entry, then its summary line."""
+    parts = []
+    for name, entry in results["models"].items():
+        c, s = entry["config"], entry["summary"]
+        search = entry["ofar_report"]["search"]
+        parts += [f"**{name}** ({entry['options']['train_images']} training images, {c['steps']} steps of batch "
+                  f"{c['batch_size']}, {c['subnets_per_step']} sub-networks per step, distill_weight "
+                  f"{c['distill_weight']}; search stopped at step {search['stopped_at']}, converged: "
+                  f"{search['converged']}; commit {entry['commit'][:10]})", "",
+                  "| rate | resolution | FLOPs vs dense @28 px | OFAR (%) | trained alone (%) | difference (points) |",
+                  "|---|---|---|---|---|---|"]
+        for r in entry["rows"]:
+            parts.append(f"| {r['rate']:g} | {r['resolution']} | {r['flops_fraction']:.3f} | "
+                         f"{100 * r['ofar_accuracy']:.2f} | {100 * r['alone_accuracy']:.2f} | "
+                         f"{100 * r['difference']:+.2f} |")
+        parts += ["", f"Mean difference {100 * s['mean_difference']:+.2f} points (worst "
+                  f"{100 * s['min_difference']:+.2f}). Cost: OFAR {s['ofar_cpu_seconds']:.0f} CPU s "
+                  f"({s['ofar_seconds']:.0f} s wall) for all "
+                  f"{len(entry['rows'])} sub-networks, against {s['alone_cpu_seconds']:.0f} CPU s "
+                  f"({s['alone_seconds']:.0f} s wall) to train each alone: {s['cpu_cost_ratio']:.2f}x in CPU time. "
+                  f"Goal met: {s['goal_met']}.", ""]
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=("resnet", "mobilenetv2"), required=True)
@@ -168,7 +193,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tag", default="", help="the entry's name is <model>-<tag> (a variant of the recipe)")
     p.add_argument("--alone-from", default="", help="reuse the trained-alone rows of this earlier results JSON "
                    "(entry <model>) where the widths are equal")
+    p.add_argument("--table", action="store_true", help="print the results JSON as markdown and exit")
     args = p.parse_args(argv)
+    if args.table:
+        results = json.loads(Path(args.results).read_text())
+        print(table(results))
+        return results
     config = OFARConfig(rates=tuple(float(r) for r in args.rates.split(",")),
                         resolutions=tuple(int(s) for s in args.resolutions.split(",")), steps=args.steps,
                         search_interval=args.search_interval, max_search_steps=args.max_search_steps,
