@@ -140,8 +140,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.plot(flops, [100 * r["alone_accuracy"] for r in mine], "s--", color=color, mfc="none",
                     label=f"trained alone {size} px")
         summary = results["models"][name]["summary"]
-        ax.set_title(f"{name}: one OFAR training ({summary['ofar_seconds']:.0f} s) vs each alone "
-                     f"({summary['alone_seconds']:.0f} s)", fontsize=9)
+        ax.set_title(f"{name}: one OFAR training ({summary['ofar_cpu_seconds']:.0f} CPU s) vs each alone "
+                     f"({summary['alone_cpu_seconds']:.0f} CPU s)", fontsize=9)
         ax.set_xlabel("FLOPs (% of the dense model at 28 px)")
         ax.set_ylabel("test accuracy (%, 10k images)")
         ax.legend(fontsize=8, loc="lower right")
