@@ -47,6 +47,9 @@ _EXPORTS = {
     "structured_prune": "trimformer.structured_pruning",
     "save_structured": "trimformer.structured",
     "load_structured": "trimformer.structured",
+    "OFARConfig": "trimformer.structured",
+    "save_ofar": "trimformer.structured",
+    "load_ofar": "trimformer.structured",
 }
 
 __all__ = ["__version__", *_EXPORTS]

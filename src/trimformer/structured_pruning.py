@@ -17,19 +17,23 @@ from torch import nn
 
 from trimformer.structured.adapruner import adaprune
 from trimformer.structured.config import AdaPrunerConfig
+from trimformer.structured.ofar import ofar_prune
+from trimformer.structured.ofar_config import OFARConfig
 from trimformer.structured.record import StructuredResult
 from trimformer.structured.train import Images
 
 # config type -> the method's function(model, config, train, val, example_inputs, progress) -> StructuredResult
-STRUCTURED_METHODS = MappingProxyType({AdaPrunerConfig: adaprune})
+STRUCTURED_METHODS = MappingProxyType({AdaPrunerConfig: adaprune, OFARConfig: ofar_prune})
 
 
 def structured_prune(model: nn.Module, config: Any, train: Images, val: Images | None = None, *,
                      example_inputs: torch.Tensor | None = None, progress: bool = True) -> StructuredResult:
-    """Prune ``model``'s channels with the method ``config`` names (``AdaPrunerConfig``), training on ``train``
-    (images (N, C, H, W) normalised as the model expects, labels (N,)); ``val`` (same form) chooses among
-    candidates where the method does (default: ``train``). ``model`` is left unchanged. Returns the physically
-    smaller model (eval mode; save it with ``trimformer.save``) and a JSON report (widths, MACs, choices)."""
+    """Prune ``model``'s channels with the method ``config`` names (``AdaPrunerConfig``, ``OFARConfig``), training
+    on ``train`` (images (N, C, H, W) normalised as the model expects, labels (N,)); ``val`` (same form) chooses
+    among candidates where the method does (default: ``train``). ``model`` is left unchanged. Returns the physically
+    smaller model (eval mode; save it with ``trimformer.save``) and a JSON report (widths, MACs, choices). With
+    ``OFARConfig`` the result is an :class:`~trimformer.structured.ofar.OFARResult`: ``model`` is the shared dense
+    network, and ``result.subnet(rate, resolution, train)`` extracts each physically smaller sub-network."""
     method = STRUCTURED_METHODS.get(type(config))
     if method is None:
         known = ", ".join(t.__name__ for t in STRUCTURED_METHODS)

@@ -1,0 +1,108 @@
+"""The OFAR family as one checkpoint: a folder with ``model.safetensors`` (the shared dense weights) and
+``ofar.json`` (the config, every rate's kept channels, the dense architecture, the search and training record, the
+weights' sha256). Any listed (rate, resolution) sub-network is extracted from the loaded family with
+:meth:`~trimformer.structured.ofar.OFARResult.subnet` (a physically smaller model that ``trimformer.save`` takes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trimformer import __version__
+from trimformer.checkpoint.meta import WEIGHTS_FILE, CheckpointError
+from trimformer.checkpoint.sources import check_finite
+from trimformer.io_utils import atomic_write_dir, atomic_write_json, file_sha256
+from trimformer.structured.graph import StructureError, channel_groups, check_structure
+from trimformer.structured.ofar import OFARResult
+from trimformer.structured.ofar_config import OFARConfig
+from trimformer.structured.store import _dense_model
+
+OFAR_FILE = "ofar.json"
+FORMAT_VERSION = 1
+
+
+def save_ofar(result: OFARResult, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write the family (shared weights + masks per rate + record) to the folder ``path``, atomically. An existing
+    path is replaced only when it is an OFAR checkpoint and ``overwrite`` is set."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not (path.is_dir() and not path.is_symlink() and (path / OFAR_FILE).is_file()):
+            raise CheckpointError(f"{path} exists and is not an OFAR checkpoint: it is never replaced; choose another "
+                                  "output path")
+        if not overwrite:
+            raise CheckpointError(f"{path} already holds an OFAR checkpoint; pass overwrite=True to replace it")
+    model = result.model
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format_version": FORMAT_VERSION, "trimformer_version": __version__, "torch_version": torch.__version__,
+            "architecture": getattr(model, "trimformer_architecture", None), "model_class": type(model).__name__,
+            "config": result.config.to_dict(),
+            "structures": [{"rate": rate, "kept": kept} for rate, kept in result.structures.items()],
+            "report": result.report}
+
+    def write(folder: Path) -> None:
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+        atomic_write_json(folder / OFAR_FILE, {**meta, "files": {WEIGHTS_FILE: file_sha256(folder / WEIGHTS_FILE)}})
+
+    try:
+        atomic_write_dir(path, write)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path} ({err}); the previous content of that path is unchanged") from err
+    return path
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder; give the folder save_ofar wrote")
+    try:
+        meta = json.loads((path / OFAR_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} has no {OFAR_FILE}: it is not an OFAR checkpoint") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path / OFAR_FILE} is corrupt ({err}); re-create the checkpoint") from err
+    missing = [k for k in ("format_version", "config", "structures", "report", "files", "model_class")
+               if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise CheckpointError(f"{path / OFAR_FILE} lacks {missing}; re-create the checkpoint")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: OFAR format {meta['format_version']!r} is not readable by trimformer "
+                              f"{__version__} (format {FORMAT_VERSION})")
+    return meta
+
+
+def load_ofar(path: str | os.PathLike[str], model: nn.Module | None = None, verify: bool = True) -> OFARResult:
+    """The family :func:`save_ofar` wrote. ``model``: a dense model of the recorded class to load the shared weights
+    into (needed when the architecture is not a recorded cnn_zoo one). ``verify`` checks the weights' sha256."""
+    path = Path(path)
+    meta = _read_meta(path)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing; re-create the checkpoint")
+    if verify and file_sha256(weights) != meta["files"].get(WEIGHTS_FILE):
+        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is corrupt (its sha256 differs from the recorded one)")
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{weights} cannot be read ({err}); re-create the checkpoint") from err
+    check_finite(state, path)
+    dense = _dense_model(path, meta, model)
+    try:
+        dense.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: the weights do not match the model ({err})") from err
+    config = OFARConfig.from_dict(meta["config"])
+    structures = {float(s["rate"]): {k: list(v) for k, v in s["kept"].items()} for s in meta["structures"]}
+    groups = channel_groups(dense.eval(), torch.zeros(meta["report"]["input_shape"]))
+    try:
+        for kept in structures.values():
+            check_structure(groups, kept)
+    except StructureError as err:
+        raise CheckpointError(f"{path}: a recorded structure does not fit the model ({err})") from err
+    return OFARResult(dense.eval(), meta["report"], structures, config)
