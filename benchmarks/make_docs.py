@@ -93,22 +93,24 @@ def export_speed_table(name: str) -> str:
                 f"{task}: `{r['checkpoint']}`, accuracy on {r['accuracy']['examples']} of "
                 f"{r['accuracy']['test_set_size']} test examples")
         parts += [head, "", "| batch | variant | median latency (ms) | samples/s | spread | vs eager fp32 (paired) | "
-                  "vs ORT dense int8 (paired) | accuracy (%) | size (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+                  "vs ORT dense int8 (paired) | accuracy (%) | size (MB) | export (s) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for bs, block in r["timing"].items():
             paired = block["paired_speedups"]
             load = block["loadavg_1_5_15_before"][0], block["loadavg_1_5_15_after"][0]
             for variant, v in block["variants"].items():
                 a = acc.get(variant)
-                size = r["graphs"].get(variant, {}).get("size_mb")
+                graph = r["graphs"].get(variant, {})
                 parts.append(
                     f"| {bs} | {variant} | {v['latency_ms_median']:.1f} | {v['samples_per_s']:.1f} | "
                     f"{v['spread'] if v['spread'] is None else format(v['spread'], '.2f')} | "
                     f"{_ratio(paired.get(f'{variant}_vs_eager_fp32'))} | "
                     f"{_ratio(paired.get(f'{variant}_vs_ort_dense_int8'))} | "
                     f"{'' if a is None else format(a['accuracy'], '.2f') + ' ± ' + format(a['band95'], '.2f')} | "
-                    f"{'' if size is None else format(size, '.1f')} |")
+                    f"{format(graph['size_mb'], '.1f') if graph else ''} | "
+                    f"{format(graph['export_s'], '.1f') if graph else ''} |")
             parts.append(f"| {bs} | FLOPs vs dense {block['flops_ratio']:.3f}; load average {load[0]:.1f} before, "
-                         f"{load[1]:.1f} after | | | | | | | |")
+                         f"{load[1]:.1f} after | | | | | | | | |")
         parts += ["", "| goal | target | measured | oracle (dense at the pruned FLOPs) | met |",
                   "|---|---|---|---|---|"]
         for goal, g in r["goals"].items():
