@@ -407,6 +407,8 @@ def main() -> None:
     ap.add_argument("--tag", default="")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
+    commit = git("rev-parse", "HEAD")  # the code that runs: read before the run, which can take long
+    clean = not git("status", "--porcelain", "--", "src", "benchmarks/export_speed.py")
     torch.set_num_threads(args.threads)
     results, stand_ins = {}, []
     for task in args.task:
@@ -440,8 +442,7 @@ def main() -> None:
 
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     record = {"benchmark": "export_speed", "created_utc": created,
-              "commit": git("rev-parse", "HEAD"), "worktree_clean": not git("status", "--porcelain", "--", "src",
-                                                                             "benchmarks/export_speed.py"),
+              "commit": commit, "worktree_clean": clean,
               "machine": {**machine_info(), "threads": args.threads, "onnxruntime": onnxruntime.__version__,
                           "ort_intra_op_allow_spinning": int(args.spinning)},
               "settings": {k: v for k, v in vars(args).items() if k != "out_dir"}, "goals": GOALS,
