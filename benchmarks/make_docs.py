@@ -80,6 +80,34 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
+def goals_table(goals: dict) -> list[str]:
+    """One row per goal of issue 17: target, measured value, the oracle's value and whether it is met."""
+    rows = ["| goal | target | measured | oracle (dense at the pruned FLOPs) | met |", "|---|---|---|---|---|"]
+    for goal, g in goals.items():
+        measured = (f"{g['value']:+.2f} points (± {g['band95']:.2f})" if goal.startswith("accuracy") else
+                    f"{g['value']:.2f} ({g['speedup']:.2f}x for {g['flops_reduction']:.2f}x fewer FLOPs)"
+                    if goal.startswith("compile") else f"{g['value']:.2f}x")
+        oracle = g.get("oracle_dense_int8", g.get("oracle_speedup"))
+        rows.append(f"| {goal} | {g['goal']:g} | {measured} | {_ratio(oracle)} | {'yes' if g['met'] else 'no'} |")
+    return rows + [""]
+
+
+def compile_table(block: dict) -> str:
+    """torch.compile dense vs pruned (and the oracle) at one batch size, paired over compiled dense."""
+    bs = block["samples"] // block["batches"]
+    rows = [f"torch.compile (inductor), batch {bs}, {block['batches']} batches x {block['repeats']} repeats, FLOPs vs "
+            f"dense {block['flops_ratio']:.3f}, load average {block['loadavg_1_5_15_before'][0]:.1f} before, "
+            f"{block['loadavg_1_5_15_after'][0]:.1f} after", "",
+            "| variant | median latency (ms) | samples/s | spread | vs compiled dense (paired) | compile (s) |",
+            "|---|---|---|---|---|---|"]
+    for name, v in block["variants"].items():
+        ratio = block["paired_speedups"].get(f"{name}_vs_compile_dense")
+        seconds = block["compile_s"].get(name)
+        rows.append(f"| {name} | {v['latency_ms_median']:.1f} | {v['samples_per_s']:.1f} | {v['spread']:.2f} | "
+                    f"{_ratio(ratio)} | {'' if seconds is None else format(seconds, '.0f')} |")
+    return "\n".join(rows)
+
+
 def export_speed_table(name: str) -> str:
     """Every variant of one export_speed run (latency, throughput, paired speed-ups, accuracy, size) and the goals."""
     data = _load(name)
@@ -91,8 +119,15 @@ def export_speed_table(name: str) -> str:
         acc = (r.get("accuracy") or {}).get("variants", {})
         head = (f"{task}: untrained stand-in, latency only (accuracy not measured)" if r["untrained_stand_in"] else
                 f"{task}: `{r['checkpoint']}`, accuracy on {r['accuracy']['examples']} of "
-                f"{r['accuracy']['test_set_size']} test examples")
-        parts += [head, "", "| batch | variant | median latency (ms) | samples/s | spread | vs eager fp32 (paired) | "
+                f"{r['accuracy']['test_set_size']} test examples" if r.get("accuracy") else
+                f"{task}: `{r['checkpoint']}` (accuracy not measured in this run)")
+        parts += [head, ""]
+        if r.get("compile"):
+            parts += [compile_table(r["compile"]), ""]
+        if not r["timing"]:
+            parts += goals_table(r["goals"])
+            continue
+        parts += ["| batch | variant | median latency (ms) | samples/s | spread | vs eager fp32 (paired) | "
                   "vs ORT dense int8 (paired) | accuracy (%) | size (MB) | export (s) |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for bs, block in r["timing"].items():
@@ -111,15 +146,7 @@ def export_speed_table(name: str) -> str:
                     f"{format(graph['export_s'], '.1f') if graph else ''} |")
             parts.append(f"| {bs} | FLOPs vs dense {block['flops_ratio']:.3f}; load average {load[0]:.1f} before, "
                          f"{load[1]:.1f} after | | | | | | | | |")
-        parts += ["", "| goal | target | measured | oracle (dense at the pruned FLOPs) | met |",
-                  "|---|---|---|---|---|"]
-        for goal, g in r["goals"].items():
-            measured = (f"{g['value']:+.2f} points (± {g['band95']:.2f})" if goal.startswith("accuracy") else
-                        f"{g['value']:.2f} ({g['speedup']:.2f}x for {g['flops_reduction']:.2f}x fewer FLOPs)"
-                        if goal.startswith("compile") else f"{g['value']:.2f}x")
-            parts.append(f"| {goal} | {g['goal']:g} | {measured} | {_ratio(g.get('oracle_dense_int8'))} | "
-                         f"{'yes' if g['met'] else 'no'} |")
-        parts.append("")
+        parts += [""] + goals_table(r["goals"])
     return "\n".join(parts)
 
 
