@@ -217,8 +217,9 @@ def test_options_equal_to_their_default_still_count_as_given(models, tmp_path, c
 
 
 @pytest.mark.parametrize("name", ["runs/ng/dense", "./dense", "{tmp}/missing"])
-def test_a_local_path_that_does_not_exist_is_refused_at_once(name, tmp_path, capsys):
+def test_a_local_path_that_does_not_exist_is_refused_at_once(name, tmp_path, capsys, monkeypatch):
     """Not a minute of hub retries ending in 'check your internet connection': the path is named."""
+    monkeypatch.chdir(tmp_path)  # relative names must not exist: a checkout may hold a real runs/ng/dense
     name = name.format(tmp=tmp_path)
     _refused(capsys, ["eval", name], f"model folder {name} not found")
     _refused(capsys, ["prune", "--model", name, "--out", str(tmp_path / "o")], f"model folder {name} not found")

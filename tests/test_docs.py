@@ -16,7 +16,7 @@ def _make_docs():
     return module
 
 
-@pytest.mark.parametrize("name", ["docs/results.md", "docs/cli.md", "docs/api.md", "README.md"])
+@pytest.mark.parametrize("name", ["docs/results.md", "docs/cli.md", "docs/api.md", "docs/export.md", "README.md"])
 def test_generated_file_is_up_to_date(name):
     expected = _make_docs().outputs()[ROOT / name]
     assert (ROOT / name).read_text(encoding="utf-8") == expected, \
