@@ -3,8 +3,9 @@
 The GPU machine used for the long training runs takes at most ~64 MiB of files per call and returns at most
 16 MiB per file, so:
 
-- ``pool``: write a seeded pool of the Fashion-MNIST training split (plus the whole test split) as idx
-  ``.gz`` files, readable by ``trimformer.data.images`` through ``$TRIMFORMER_FASHION_MNIST``. The pool is
+- ``pool``: write a seeded pool of the Fashion-MNIST training split (plus the test split, or its first
+  ``--test-size`` images) as idx ``.gz`` files, readable by ``trimformer.data.images`` through
+  ``$TRIMFORMER_FASHION_MNIST``. The pool is
   ``sorted(torch.randperm(60000, generator=seed)[:size])`` of the Debian package's training images.
 - ``pack SRC DST``: a checkpoint folder -> safetensors shards of at most ``--max-mb`` MB plus its JSON files
   and a manifest. Floating tensors are rounded to float16 by default (a transport choice: the weights the
@@ -44,7 +45,7 @@ def write_idx_gz(path: Path, array: torch.Tensor) -> None:
         f.write(header + array.contiguous().numpy().tobytes())
 
 
-def make_pool(out: Path, size: int, seed: int) -> dict:
+def make_pool(out: Path, size: int, seed: int, test_size: int | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     images, labels = load_fashion_mnist("train")
     keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:size].sort().values
@@ -52,10 +53,12 @@ def make_pool(out: Path, size: int, seed: int) -> dict:
     write_idx_gz(out / img_name, images[keep])
     write_idx_gz(out / lab_name, labels[keep])
     test_images, test_labels = load_fashion_mnist("test")
+    test_images, test_labels = test_images[:test_size], test_labels[:test_size]  # None: the whole split
     write_idx_gz(out / FASHION_MNIST_FILES["test"][0], test_images)
     write_idx_gz(out / FASHION_MNIST_FILES["test"][1], test_labels)
     record = {"train_pool_rule": f"sorted(torch.randperm(60000, generator=torch.Generator().manual_seed({seed}))"
-                                 f"[:{size}])", "train_images": size, "test_images": len(test_images)}
+                                 f"[:{size}])", "train_images": size, "test_images": len(test_images),
+              "test_rule": "the whole test split" if test_size is None else f"the first {test_size} test images"}
     atomic_write_json(out / "pool.json", record)
     return record
 
@@ -154,6 +157,8 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--size", type=int, default=30000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-size", type=int, default=None,
+                   help="the first N test images only (a smaller upload; accuracy is measured at home anyway)")
     p = sub.add_parser("pack", help="checkpoint folder -> safetensors shards (float16 by default)")
     p.add_argument("src")
     p.add_argument("dst")
@@ -165,7 +170,7 @@ def main() -> None:
     p.add_argument("dst")
     args = ap.parse_args()
     if args.command == "pool":
-        print(make_pool(Path(args.out), args.size, args.seed))
+        print(make_pool(Path(args.out), args.size, args.seed, args.test_size))
     elif args.command == "pack":
         pack(Path(args.src), Path(args.dst), args.max_mb, args.dtype)
     else:

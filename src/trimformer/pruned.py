@@ -172,7 +172,9 @@ class TokenPrunedModel(nn.Module):
             traceable=options.traceable,
         )
         protected = None if special_tokens_mask is None else special_tokens_mask.to(device).bool() & alive  # [B, N]
-        out = run.blocks_from(0, TokenState(x, alive, positions, n_live=lengths.to(x.dtype), protected=protected))
+        full_rows = True if inputs["attention_mask"] is None else None  # no mask: every row is all real tokens
+        out = run.blocks_from(0, TokenState(x, alive, positions, n_live=lengths.to(x.dtype), all_live=full_rows,
+                                            protected=protected))
         n_in_t, n_out_t, n_rows_t, extra_t = (torch.stack(out.records[k], dim=1) for k in RECORDS)  # [B, L]
         logits = out.head.get("logits")
         loss = (task_loss(logits, labels, getattr(self.model, "config", None))  # timm models have no config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -59,6 +61,11 @@ def keep_counts_from_rate(alive: torch.Tensor, rate: float, minimum: int = 1) ->
     live = alive.sum(dim=1)
     counts = torch.ceil(live.to(torch.float64) * rate).to(torch.long)
     return torch.minimum(counts.clamp_min(minimum), live)
+
+
+def count_from_rate(live: int, rate: float, minimum: int = 1) -> int:
+    """:func:`keep_counts_from_rate` for one row of ``live`` tokens, as a Python int (a size known from shapes)."""
+    return min(max(math.ceil(live * rate), minimum), live)  # int * float: the same float64 product
 
 
 def mass_keep_counts(scores: torch.Tensor, alive: torch.Tensor, mass: float | torch.Tensor,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from trimformer.core.merging import merge_tokens
-from trimformer.core.packing import gather_tokens, kept_counts, packing_index
+from trimformer.core.packing import gather_tokens, kept_counts, kept_first, packing_index
 from trimformer.core.selection import protect_tokens
 from trimformer.engine.attention import (
     attention_parts,
@@ -27,7 +27,7 @@ from trimformer.engine.attention import (
     scaled_qkv,
 )
 from trimformer.engine.compaction import on_live_slots
-from trimformer.engine.hooks import AttentionState, LayerHooks, MergeHook, StraightThroughKeep
+from trimformer.engine.hooks import AttentionState, Decision, LayerHooks, MergeHook, StraightThroughKeep
 from trimformer.engine.linears import Linears
 from trimformer.engine.settings import StepSettings
 from trimformer.engine.view import BlockView
@@ -108,6 +108,16 @@ def _compacting(settings: StepSettings) -> bool:
     return settings.compact_min_padding is not None
 
 
+def static_width(hook: Decision | MergeHook, state: TokenState, settings: StepSettings, all_live: bool) -> int | None:
+    """The width a fixed-count hook packs every row to, when it is known from the shapes alone: traceable
+    execution (a graph must not read it off the data), every slot live, no protected tokens. Else None."""
+    if not settings.traceable or all_live is not True or hook.fixed_width is None:
+        return None
+    if state.protected is not None or state.soft_keep is not None:
+        return None
+    return hook.fixed_width(state.x.shape[1])
+
+
 def run_block(block: BlockView, state: TokenState, hooks: LayerHooks, settings: StepSettings,
               attn_bias: torch.Tensor | None = None) -> BlockResult:
     """One block on ``state`` (x [B, N, D], alive bool [B, N], positions long [B, N]) with its hooks.
@@ -137,12 +147,15 @@ def run_block(block: BlockView, state: TokenState, hooks: LayerHooks, settings: 
         keep, context_of = None, (lambda index: context)
     else:
         keep, context_of = decide_with_context(block, h, alive, decide, settings, attn_bias, all_live)
-    return _apply_decision(block, state, keep, context_of, settings, n_in, all_live)
+    width = None if decide is None else static_width(decide, state, settings, all_live)
+    return _apply_decision(block, state, keep, context_of, settings, n_in, all_live, width)
 
 
 def _apply_decision(block: BlockView, state: TokenState, keep, context_of, settings: StepSettings,
-                    n_in: torch.Tensor, all_live: bool) -> BlockResult:
-    """The rest of a deciding block: keep everything, weight softly, mask, or remove the dropped tokens."""
+                    n_in: torch.Tensor, all_live: bool, width: int | None = None) -> BlockResult:
+    """The rest of a deciding block: keep everything, weight softly, mask, or remove the dropped tokens.
+
+    ``width``: every row keeps exactly this many tokens (:func:`static_width`), so packing needs no count."""
     x, alive, positions, soft_keep, sizes = state.x, state.alive, state.positions, state.soft_keep, state.sizes
     protected = state.protected
     gate = None
@@ -174,11 +187,17 @@ def _apply_decision(block: BlockView, state: TokenState, keep, context_of, setti
         return BlockResult(TokenState(out, keep, positions, None, kept_sizes, n_out, protected=protected), n_in,
                            n_out)
 
-    index, packed_alive = packing_index(keep)  # [B, M]
-    if torch.compiler.is_compiling():  # prefix tokens are always kept: M >= 1 (a compiled graph needs telling)
-        torch._check(index.shape[1] > 0)
-    n_out = kept_counts(keep, index, x.dtype)
-    padded = index.shape[0] > 1  # one packed row has no padding
+    if width is None:
+        index, packed_alive = packing_index(keep)  # [B, M]
+        if torch.compiler.is_compiling():  # prefix tokens are always kept: M >= 1 (a compiled graph needs telling)
+            torch._check(index.shape[1] > 0)
+        n_out = kept_counts(keep, index, x.dtype)
+        padded = index.shape[0] > 1  # one packed row has no padding
+    else:  # a fixed count on full rows: a width known from the shapes, no padding
+        index = kept_first(keep, width)  # [B, width]
+        packed_alive = torch.ones(index.shape, dtype=torch.bool, device=index.device)
+        n_out = torch.full((index.shape[0],), width, dtype=x.dtype, device=x.device)
+        padded = False
     compact = _compacting(settings) and padded
     unchanged = not settings.traceable and x.shape[0] == 1 and index.shape[1] == x.shape[1]  # nothing dropped
     kept_x = x if unchanged else gather_tokens(x, index)  # [B, M, D]
@@ -188,7 +207,7 @@ def _apply_decision(block: BlockView, state: TokenState, keep, context_of, setti
     if gate is not None:
         out = out * gather_tokens(gate, index)[..., None]
     kept_sizes = None if sizes is None else gather_tokens(sizes, index) * packed_alive.to(sizes.dtype)
-    all_live_out = True if out.shape[0] == 1 else None  # one packed row has no padding
+    all_live_out = True if out.shape[0] == 1 or width is not None else None  # no padding: one row, or full rows
     kept_protected = None if protected is None else gather_tokens(protected, index) & packed_alive
     return BlockResult(TokenState(out, packed_alive, gather_tokens(positions, index), None, kept_sizes, n_out,
                                   all_live_out, kept_protected), n_in, n_out)
@@ -220,12 +239,17 @@ def _merge_step(block: BlockView, state: TokenState, h: torch.Tensor, merge: Mer
         positions = positions.gather(1, plan.source)
     keep = plan.keep & alive
     n_out = keep.sum(dim=1).to(x.dtype)
-    if settings.packed:
+    width = static_width(merge, state, settings, all_live) if settings.packed else None
+    if width is not None:  # a fixed count on full rows: a width known from the shapes, no padding
+        index = kept_first(keep, width)  # [B, width]
+        keep = torch.ones(index.shape, dtype=torch.bool, device=index.device)
+        merged, sizes, positions = (gather_tokens(t, index) for t in (merged, sizes, positions))
+    elif settings.packed:
         index, keep = packing_index(keep)  # [B, M]
         if torch.compiler.is_compiling():  # prefix tokens are never merged away: M >= 1
             torch._check(index.shape[1] > 0)
         merged, sizes, positions = (gather_tokens(t, index) for t in (merged, sizes, positions))
     out = mlp_residual(block, merged, linears) * keep[..., None].to(merged.dtype)  # [B, M, D]
     extra = None if plan.macs is None else plan.macs.to(x.dtype)
-    return BlockResult(TokenState(out, keep, positions, None, sizes * keep.to(sizes.dtype), n_out), n_in, n_out,
-                       n_rows=n_in, extra_macs=extra)
+    return BlockResult(TokenState(out, keep, positions, None, sizes * keep.to(sizes.dtype), n_out,
+                                  True if width is not None else None), n_in, n_out, n_rows=n_in, extra_macs=extra)

@@ -43,12 +43,16 @@ class Decision:
         explicitly and the attention context fused.
     needs_values: fn takes the attention values as a third argument.
     accepts_all_live: fn takes ``alive=None`` to mean every token is live (spares reading the mask).
+    fixed_width: for a fixed-count decision (top-k, SaiT top-K), n -> the exact number of tokens each row keeps
+        when all of its n slots are live. A traced or compiled forward on unpadded inputs then packs to that width,
+        a size known from the shapes, instead of a data-dependent one (one graph, static shapes under inductor).
     """
 
     fn: Callable[..., Keep]
     query_rows: int | None = None
     needs_values: bool = False
     accepts_all_live: bool = False
+    fixed_width: Callable[[int], int] | None = None
 
     def __call__(self, probs: torch.Tensor, alive: torch.Tensor, values: torch.Tensor,
                  all_live: bool | None = None) -> Keep:
@@ -73,10 +77,12 @@ class MergeHook:
     """A merge (ToMe) or fusion (EViT) between attention and MLP: fn(state) -> :class:`MergePlan` or None.
 
     query_rows: as for :class:`Decision` (0: reads no probabilities, only keys).
+    fixed_width: as for :class:`Decision`: n -> the slots each row keeps after the merge when all n are live.
     """
 
     fn: Callable[[AttentionState], MergePlan | None]
     query_rows: int | None = None
+    fixed_width: Callable[[int], int] | None = None
 
     def __call__(self, state: AttentionState) -> MergePlan | None:
         return self.fn(state)

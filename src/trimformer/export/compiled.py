@@ -29,6 +29,8 @@ def compile_pruned(model: TokenPrunedModel, backend: str = "inductor", in_graph:
         raise TypeError(f"compile_pruned takes a TokenPrunedModel, got {type(model).__name__}")
     in_graph = backend != "inductor" if in_graph is None else in_graph
     model.set_options(traceable=True)
+    if model.policy is not None:  # hooks read once eagerly: values a policy caches as floats need no graph break
+        model.policy.hooks(model.adapter.num_prefix_tokens(model.model))
     compiled = torch.compile(model, backend=backend, fullgraph=in_graph, dynamic=True, **compile_kwargs)
     flags = {"capture_scalar_outputs": in_graph, "capture_dynamic_output_shape_ops": in_graph}
 

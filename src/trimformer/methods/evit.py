@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.merging import FUSE_MODES, MergePlan, evit_layers, fuse_inattentive
 from trimformer.core.scoring import class_attention
+from trimformer.core.selection import count_from_rate
 from trimformer.engine.hooks import AttentionState, MergeHook
 from trimformer.engine.policy import PruningPolicy
 
@@ -78,4 +79,9 @@ class EViTPolicy(PruningPolicy):
             scores = class_attention(state.probs)  # [B, N] attention of [CLS] to each token, mean over heads
             return fuse_inattentive(scores, state.alive, num_prefix, rate, fuse)
 
-        return MergeHook(merge, query_rows=1)  # [CLS]'s row is all it reads
+        def fixed_width(n: int) -> int:  # a full row of n: the kept candidates, plus one fused token if any dropped
+            candidates = n - num_prefix
+            dropped = candidates - count_from_rate(candidates, rate, minimum=0)
+            return n - dropped + (1 if dropped > 0 else 0)
+
+        return MergeHook(merge, query_rows=1, fixed_width=fixed_width)  # [CLS]'s row is all it reads

@@ -28,7 +28,13 @@ from torch import nn
 
 from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.scoring import class_attention, head_weighted_class_attention
-from trimformer.core.selection import keep_counts_from_rate, mass_keep_counts, protect_prefix, topk_mask
+from trimformer.core.selection import (
+    count_from_rate,
+    keep_counts_from_rate,
+    mass_keep_counts,
+    protect_prefix,
+    topk_mask,
+)
 from trimformer.data.batching import Collate
 from trimformer.engine.hooks import Decision
 from trimformer.methods.stages import CapturingPolicy, StageRecord, check_stage_list, policy_of, stage_blocks
@@ -179,8 +185,12 @@ class SaiTPolicy(CapturingPolicy):
             self._record(StageRecord(layer, scores, alive, keep))
             return keep
 
+        def fixed_width(n: int) -> int:  # top-K on a full row of n tokens: the prefix plus the counted candidates
+            return num_prefix + count_from_rate(n - num_prefix, level, minimum=cfg.min_keep)
+
         # plain class attention reads [CLS]'s row only
-        return Decision(decide, query_rows=1 if kind == "cls_attention" else None, needs_values=True)
+        return Decision(decide, query_rows=1 if kind == "cls_attention" else None, needs_values=True,
+                        fixed_width=fixed_width if prune and cfg.policy == "topk" else None)
 
 
 def score_distillation_kl(student: torch.Tensor, target: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

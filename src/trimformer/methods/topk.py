@@ -10,7 +10,7 @@ import torch
 
 from trimformer.config import JsonConfig, check_numbers
 from trimformer.core.scoring import class_attention, ltp_importance
-from trimformer.core.selection import keep_counts_from_rate, protect_prefix, topk_mask
+from trimformer.core.selection import count_from_rate, keep_counts_from_rate, protect_prefix, topk_mask
 from trimformer.data.batching import Collate, calibration_batches
 from trimformer.engine.hooks import Decision
 from trimformer.engine.policy import PruningPolicy
@@ -55,13 +55,23 @@ class TopKPolicy(PruningPolicy):
         super().__init__(num_layers)
         self.topk_config = config
         self.register_buffer("final_keep_rate", torch.tensor(float(config.final_keep_rate), dtype=torch.float64))
+        self._final: tuple[tuple[int, int], float] | None = None  # (buffer stamp, its value as a float)
 
     def config(self) -> TopKConfig:
         return self.topk_config
 
+    def final_rate(self) -> float:
+        """``final_keep_rate`` as a float, read once per change of the buffer (calibration, loading). A compiled
+        forward uses the value last read eagerly (``compile_pruned`` reads it first), so it needs no break."""
+        if self._final is not None and torch.compiler.is_compiling():
+            return self._final[1]
+        stamp = (self.final_keep_rate._version, self.final_keep_rate.data_ptr())
+        if self._final is None or self._final[0] != stamp:
+            self._final = (stamp, float(self.final_keep_rate))
+        return self._final[1]
+
     def keep_rate(self, layer: int) -> float:
-        final = float(self.final_keep_rate)
-        return 1.0 - (1.0 - final) * (layer + 1) / self.num_layers
+        return 1.0 - (1.0 - self.final_rate()) * (layer + 1) / self.num_layers
 
     def decision(self, layer: int, num_prefix: int) -> Decision:
         rate = self.keep_rate(layer)
@@ -74,8 +84,9 @@ class TopKPolicy(PruningPolicy):
             counts = keep_counts_from_rate(alive, rate, minimum=num_prefix)
             return protect_prefix(topk_mask(scores, alive, counts), num_prefix)
 
-        # class attention reads [CLS]'s row only
-        return Decision(decide, query_rows=1 if self.topk_config.score == "cls_attention" else None)
+        # class attention reads [CLS]'s row only; on a full row of n tokens the count is known from n
+        return Decision(decide, query_rows=1 if self.topk_config.score == "cls_attention" else None,
+                        fixed_width=lambda n: count_from_rate(n, rate, minimum=num_prefix))
 
 
 def calibrate_topk(model: TokenPrunedModel, batches: list[dict[str, torch.Tensor]], target: float,
