@@ -92,7 +92,7 @@ def test_heads_writes_a_smaller_transformer(setup):
     (["structured", "{root}/cnn", "--method", "ofar", "--target-flops", "0.5", "--out", "{root}/o"],
      "--target-flops is for --method adapruner | magnitude | slimming"),
     (["structured", "{root}/cnn", "--rate", "0.5", "--out", "{root}/o"], "extract a sub-network from an OFAR"),
-    (["structured", "{root}/cnn", "--out", "{root}/cnn"], "is not a structured.json checkpoint"),
+    (["structured", "{root}/cnn", "--out", "{root}/cnn"], "is not a checkpoint of this command (no structured.json)"),
 ])
 def test_structured_errors_are_clear(setup, argv, message, capsys):
     assert main([a.format(root=setup) for a in argv]) == 2

@@ -100,7 +100,8 @@ def _check_out(out: Path, overwrite: bool, marker: str) -> None:
     file) with --overwrite."""
     if out.exists() or out.is_symlink():
         if not (out.is_dir() and not out.is_symlink() and (out / marker).is_file()):
-            raise ValueError(f"--out {out} exists and is not a {marker} checkpoint: it is never replaced; choose "
+            raise ValueError(f"--out {out} exists and is not a checkpoint of this command (no {marker}): it is never "
+                             "replaced; choose "
                              "another output path")
         if not overwrite:
             raise ValueError(f"--out {out} already holds a checkpoint; pass --overwrite to replace it, or choose "
