@@ -168,6 +168,22 @@ def tiny_cnn(kind: str = "resnet", seed: int | None = 0):
         model = build_cnn("mobilenetv2", settings=((1, 8, 1, 1), (2, 12, 2, 2)), stem=8, last=32)
     else:
         raise ValueError(f"tiny_cnn builds 'resnet' or 'mobilenetv2', got {kind!r}")
+    return _trained_batchnorms(model).eval()
+
+
+def tiny_mobilenet_cnn(num_classes: int = 10, image_size: int = 16, seed: int | None = 0):
+    """A tiny :class:`trimformer.vision.cnn.MobileNetCNN` (stem 8, two depthwise-separable blocks of 16 channels) for
+    1-channel ``image_size`` px images, in eval mode, batch norms drawn as in :func:`tiny_cnn`: the CNN that
+    ``trimformer.save`` writes as a checkpoint."""
+    from trimformer.vision.cnn import CNNConfig, MobileNetCNN
+
+    _seed(seed)
+    config = CNNConfig(image_size=image_size, num_classes=num_classes, stem_channels=8, blocks=((16, 1), (16, 2)))
+    return _trained_batchnorms(MobileNetCNN(config)).eval()
+
+
+def _trained_batchnorms(model: torch.nn.Module) -> torch.nn.Module:
+    """Batch-norm scales in [0.2, 1.5], shifts and running statistics perturbed, as in a trained network."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -175,7 +191,7 @@ def tiny_cnn(kind: str = "resnet", seed: int | None = 0):
                 m.bias.uniform_(-0.2, 0.2)
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return model
 
 
 def tiny_plain_cnn(seed: int | None = 0) -> torch.nn.Sequential:

@@ -18,6 +18,7 @@ from trimformer.cli.options import (
     fraction,
     json_path,
     nonnegative_int,
+    open_fraction,
     positive_float,
     positive_int,
 )
@@ -105,6 +106,12 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     add_method_options(p)
 
 
+def _add_structured_options(p: argparse.ArgumentParser) -> None:
+    from trimformer.cli.structured_options import add_structured_options
+
+    add_structured_options(p)
+
+
 def _model_help(default: str | None) -> str:
     names = ", ".join(f"'{k}' (offline {v})" for k, v in OFFLINE_MODELS.items())
     return f"{names}, a trimformer checkpoint, a local folder or a hub name" + (f" (default {default})"
@@ -140,6 +147,64 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out_option(p, "output folder of the pruned checkpoint")
     p.populate_with(_add_method_options)  # the method registry imports torch: only when prune is parsed
     _add_train_options(p, d, lr=2e-5)
+    p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
+
+    p = sub.add_parser("structured", help="structured pruning of a CNN checkpoint: channels removed to a FLOPs budget "
+                                          "(AdaPruner, magnitude, network slimming, or an OFAR family and its "
+                                          "sub-networks)")
+    p.add_argument("checkpoint", help="a CNN checkpoint written by trimformer.save (MobileNetCNN), or an OFAR family "
+                                      "folder written by --method ofar (then --rate and --resolution extract one "
+                                      "sub-network)")
+    p.add_argument("--method", choices=("adapruner", "magnitude", "slimming", "ofar"), default=None,
+                   help="adapruner (default): sparse training, importance-scaled widths, the best inheritance "
+                        "criterion, fine-tuning; magnitude: one width ratio, group L1 ranking; slimming: one global "
+                        "threshold on sparse-trained batch-norm scales; ofar: one training for a family of "
+                        "sub-networks over --rates x --resolutions, written as one family checkpoint")
+    p.add_argument("--rate", type=fraction, default=None,
+                   help="OFAR family checkpoint: the FLOPs budget of the sub-network to extract (one of its rates)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help="OFAR family checkpoint: the input size of the sub-network to extract (one of its "
+                        "resolutions); the saved sub-network expects inputs of that size")
+    p.add_argument("--data", default="fashion_mnist",
+                   help="'fashion_mnist' (default, offline) or an image folder root/<class>/<images>; images are "
+                        "converted to the CNN's channels, size and normalisation")
+    p.add_argument("--eval-data", default=None, help="image folder of the test images when --data is a folder "
+                                                     "(default: --data)")
+    p.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
+                   help="train on a seeded random subset of N training images (default all)")
+    p.add_argument("--accuracy-limit", type=count_or_all, default="all", metavar="N|all",
+                   help="test accuracy of the dense and the pruned model on a seeded subset of N test images, 'all' "
+                        "(default) or 0 (not measured)")
+    _add_out_option(p, "output folder: the smaller checkpoint (trimformer.load reads it), or the OFAR family")
+    p.populate_with(_add_structured_options)  # generated from the configs, which import torch
+    _add_json_option(p, "the summary")
+
+    d = {}
+    p = sub.add_parser("heads", help="structured pruning of a text or vision transformer checkpoint: attention heads "
+                                     "and MLP channels removed to a FLOPs budget")
+    p.add_argument("checkpoint", help="a BERT-family or ViT-family classifier: trimformer checkpoint (dense or "
+                                      "token-pruned, not quantized) or model folder")
+    _add_task_option(p)
+    _add_data_options(p, d, eval_data=False)
+    _add_out_option(p, "output folder of the smaller checkpoint (trimformer eval / load read it)")
+    p.add_argument("--target-flops", type=open_fraction, default=0.7,
+                   help="wanted encoder FLOPs as a fraction of the model's, in (0, 1), at the calibration data's mean "
+                        "length (default 0.7)")
+    p.add_argument("--criterion", choices=("norm", "taylor"), default="norm",
+                   help="unit importance: norm of its output contribution, or taylor (|d loss / d gate|, uses the "
+                        "labels) (default norm)")
+    p.add_argument("--calibration-batches", type=positive_int, default=8,
+                   help="training batches the importance is measured on (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="calibration batch size (default 32)")
+    p.add_argument("--prune-heads", action=argparse.BooleanOptionalAction, default=True,
+                   help="remove attention heads (default on)")
+    p.add_argument("--prune-mlp", action=argparse.BooleanOptionalAction, default=True,
+                   help="remove MLP channels (default on)")
+    p.add_argument("--mlp-multiple", type=positive_int, default=1,
+                   help="each layer keeps a multiple of this many MLP channels (default 1)")
+    _add_max_length(p, d)
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the calibration sample (default 0)")
+    _add_json_option(p, "the summary")
     p.set_defaults(**{DEFAULTS_KEY: MappingProxyType(d)})
 
     p = sub.add_parser("methods", help="list the pruning methods with their tasks, options and defaults")
@@ -260,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     from trimformer.cli import commands
 
     try:
-        if args.command in ("finetune", "prune", "quantize"):
+        if args.command in ("finetune", "prune", "quantize", "heads"):
             check_output_path(args.out, args.overwrite)  # refused up front, not after minutes of training
+        if args.command in ("structured", "heads"):
+            from trimformer.cli import structured_commands as commands  # type: ignore[no-redef]
         return getattr(commands, f"run_{args.command}")(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"trimformer {args.command}: error: {err}", file=sys.stderr)

@@ -84,6 +84,11 @@ def fraction(text: str) -> float:
     return _checked(text, float, lambda v: 0.0 < v <= 1.0, "a fraction in (0, 1]")
 
 
+def open_fraction(text: str) -> float:
+    """A finite fraction in (0, 1): a budget that must remove something."""
+    return _checked(text, float, lambda v: 0.0 < v < 1.0, "a fraction in (0, 1)")
+
+
 def fraction_or_zero(text: str) -> float:
     """A finite fraction in [0, 1] (0 has a meaning of its own, given in the option's help)."""
     return _checked(text, float, lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")

@@ -24,6 +24,7 @@ from trimformer.structured.graph import StructureError, channel_groups, check_st
 from trimformer.structured.ofar import OFARResult
 from trimformer.structured.ofar_config import OFARConfig
 from trimformer.structured.store import _dense_model
+from trimformer.vision.cnn_zoo import cnn_architecture
 
 OFAR_FILE = "ofar.json"
 FORMAT_VERSION = 1
@@ -42,7 +43,7 @@ def save_ofar(result: OFARResult, path: str | os.PathLike[str], overwrite: bool 
     model = result.model
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format_version": FORMAT_VERSION, "trimformer_version": __version__, "torch_version": torch.__version__,
-            "architecture": getattr(model, "trimformer_architecture", None), "model_class": type(model).__name__,
+            "architecture": cnn_architecture(model), "model_class": type(model).__name__,
             "config": result.config.to_dict(),
             "structures": [{"rate": rate, "kept": kept} for rate, kept in result.structures.items()],
             "report": result.report}

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from trimformer.structured.graph import Structure, channel_groups, check_structure, layer_widths, prune_channels_
+from trimformer.vision.cnn_zoo import cnn_architecture
 
 RECORD_ATTR = "trimformer_structure"
 
@@ -41,7 +42,7 @@ def pruned_copy(model: nn.Module, example_inputs: torch.Tensor, structure: Struc
     small = copy.deepcopy(model)
     prune_channels_(small, example_inputs, kept, ignored)
     record = {
-        "architecture": getattr(model, "trimformer_architecture", None),
+        "architecture": cnn_architecture(model),
         "model_class": type(model).__name__,
         "input_shape": [1, *example_inputs.shape[1:]],
         "ignored": None if ignored is None else list(ignored),

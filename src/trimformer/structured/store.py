@@ -91,11 +91,6 @@ def read_structure(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def _tuples(value: Any) -> Any:
-    """JSON lists back to the tuples constructors take (nested)."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
 def _dense_model(path: Path, meta: dict[str, Any], model: nn.Module | None) -> nn.Module:
     if model is not None:
         if structure_record(model) is not None:
@@ -108,11 +103,11 @@ def _dense_model(path: Path, meta: dict[str, Any], model: nn.Module | None) -> n
     if not isinstance(arch, dict) or "name" not in arch:
         raise ValueError(f"{path}: the architecture is not recorded (the model was not built by "
                          "trimformer.vision.cnn_zoo.build_cnn); pass model=<a freshly built dense model>")
-    from trimformer.vision.cnn_zoo import build_cnn
+    from trimformer.vision.cnn_zoo import rebuild_cnn
 
     try:
-        return build_cnn(arch["name"], **{k: _tuples(v) for k, v in dict(arch.get("kwargs") or {}).items()})
-    except (TypeError, ValueError) as err:
+        return rebuild_cnn(arch)
+    except (TypeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{path}: the recorded architecture {arch!r} cannot be built ({err})") from err
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from trimformer.vision.cnn import CNNConfig, MobileNetCNN
+
 
 def conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     """[conv (no bias), BatchNorm] with "same" padding."""
@@ -124,6 +126,32 @@ def build_cnn(name: str, **kwargs: Any) -> nn.Module:
     model = CNN_ZOO[name](**kwargs)
     model.trimformer_architecture = {"name": name, "kwargs": _json_args(kwargs)}
     return model
+
+
+MOBILENET_CNN = "mobilenet_cnn"  # the architecture name of trimformer.vision.cnn.MobileNetCNN in pruning records
+
+
+def cnn_architecture(model: nn.Module) -> dict[str, Any] | None:
+    """The JSON that rebuilds ``model``'s dense architecture: ``build_cnn``'s record, or a ``MobileNetCNN``'s config
+    (name :data:`MOBILENET_CNN`); None for any other model."""
+    arch = getattr(model, "trimformer_architecture", None)
+    if arch is None and isinstance(model, MobileNetCNN):
+        return {"name": MOBILENET_CNN, "kwargs": {"config": model.config.to_dict()}}
+    return arch
+
+
+def rebuild_cnn(arch: dict[str, Any]) -> nn.Module:
+    """The freshly initialised dense model that :func:`cnn_architecture` described (TypeError / ValueError when the
+    record does not build one)."""
+    kwargs = dict(arch.get("kwargs") or {})
+    if arch["name"] == MOBILENET_CNN:
+        return MobileNetCNN(CNNConfig.from_dict(kwargs["config"]))
+    return build_cnn(arch["name"], **{k: _tuples(v) for k, v in kwargs.items()})
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples constructors take (nested)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def _json_args(value: Any) -> Any:
