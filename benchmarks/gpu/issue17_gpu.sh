@@ -8,7 +8,7 @@
 # UPLOAD_DIR holds backbone/ (transfer.py pack of the converted DINOv2 cache) and pool/ (transfer.py pool).
 # OUT_DIR receives sait.tar.* (the packed checkpoint, split to 15 MB), the fine-tuning JSON, the speed JSON + PNG
 # and the log. Environment: TRAIN_SIZE (default 25000), SPEED_TIMEOUT (s, default 280), SPEED_BUDGET (s, default
-# 150); DEVICE, EPOCHS, SAIT_STEPS, TEST_SIZE only for a quick CPU check of the pipeline.
+# 150), SPEED_ARGS (more options of gpu_compile_speed.py); DEVICE, EPOCHS, SAIT_STEPS, TEST_SIZE only for a quick CPU check of the pipeline.
 set -euo pipefail
 upload=${1:?usage: issue17_gpu.sh UPLOAD_DIR OUT_DIR COMMIT}
 out=${2:?usage: issue17_gpu.sh UPLOAD_DIR OUT_DIR COMMIT}
@@ -29,4 +29,4 @@ python3 "$here/benchmarks/vision_pruning.py" --only-train --base "$runs/fmnist_v
 python3 "$here/benchmarks/gpu/transfer.py" pack "$runs/vision168/sait" /tmp/sait_pack
 tar cf - -C /tmp/sait_pack . | split -b 15M - "$out/sait.tar."
 timeout "${SPEED_TIMEOUT:-280}" python3 "$here/benchmarks/gpu_compile_speed.py" --checkpoint "$runs/vision168/sait" \
-  --commit "$commit" --budget-s "${SPEED_BUDGET:-150}" --out-dir "$out" || echo "gpu_compile_speed: exit $?"
+  --commit "$commit" --budget-s "${SPEED_BUDGET:-150}" --out-dir "$out" ${SPEED_ARGS:-} || echo "gpu_compile_speed: exit $?"

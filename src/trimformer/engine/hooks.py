@@ -33,7 +33,7 @@ class StraightThroughKeep:
 Keep = torch.Tensor | StraightThroughKeep | None  # bool mask (hard), float weights (soft), STE, or None: keep all
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: Dynamo (torch 2.11) hashes half-built objects
 class Decision:
     """A pruning decision on one block's attention.
 
@@ -72,7 +72,7 @@ class AttentionState:
     sizes: torch.Tensor  # [B, N] original tokens each slot stands for (1 before any merge, 0 when dead)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity hash: Dynamo (torch 2.11) hashes half-built objects
 class MergeHook:
     """A merge (ToMe) or fusion (EViT) between attention and MLP: fn(state) -> :class:`MergePlan` or None.
 
