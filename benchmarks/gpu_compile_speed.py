@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import subprocess
 import time
 from collections.abc import Callable
@@ -211,7 +212,11 @@ def main() -> None:
     ap.add_argument("--commit", default=None, help="the commit of this code (read from git where there is one)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks/results"))
     ap.add_argument("--tag", default="")
+    ap.add_argument("--plot-only", metavar="JSON", help="draw the PNG of a results JSON (e.g. one cut short)")
     args = ap.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+        return
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_compile_speed needs a CUDA device (CPU timings: benchmarks/export_speed.py --compile)")
     start = time.perf_counter()
