@@ -117,6 +117,42 @@ def test_vision_pruned_round_trip(tmp_path, config):
     assert torch.equal(_logits(wrapped, inputs), _logits(pruned, inputs))
 
 
+def test_checkpoint_saved_under_older_transformers_module_names_loads(tmp_path):
+    """transformers 5.17 saved DINOv2's attention as attention.attention.query/key/value and attention.output.dense;
+    later versions name them q_proj/k_proj/v_proj/o_proj. Such a checkpoint loads with the same logits."""
+    pruned = trimformer.prune(_dinov2(), SaiTConfig(default_level=0.5)).eval()
+    save(pruned, tmp_path / "m", resolution=32, label_names=LABELS)
+    weights = tmp_path / "m" / "model.safetensors"
+    old_names = {".attention.q_proj.": ".attention.attention.query.", ".attention.k_proj.": ".attention.attention.key.",
+                 ".attention.v_proj.": ".attention.attention.value.", ".attention.o_proj.": ".attention.output.dense."}
+    state = {}
+    for key, value in load_file(str(weights)).items():
+        for new, old in old_names.items():
+            key = key.replace(new, old)
+        state[key] = value
+    assert any(".attention.attention.query." in k for k in state)
+    save_file(state, str(weights))
+    meta = _meta_file(tmp_path / "m")
+    meta["files"] = {name: file_sha256(tmp_path / "m" / name) for name in meta["files"]}
+    (tmp_path / "m" / META_FILE).write_text(json.dumps(meta))
+    again, _ = load(tmp_path / "m")
+    assert torch.equal(_logits(again, _pixels()), _logits(pruned, _pixels()))
+
+
+def test_weights_of_another_model_still_fail_to_load(tmp_path):
+    """The renames fix names only: a weight no rule maps is still a clear error."""
+    pruned = trimformer.prune(_dinov2(), SaiTConfig(default_level=0.5)).eval()
+    save(pruned, tmp_path / "m", resolution=32, label_names=LABELS)
+    weights = tmp_path / "m" / "model.safetensors"
+    state = {k.replace("mlp.fc1", "mlp.first"): v for k, v in load_file(str(weights)).items()}
+    save_file(state, str(weights))
+    meta = _meta_file(tmp_path / "m")
+    meta["files"] = {name: file_sha256(tmp_path / "m" / name) for name in meta["files"]}
+    (tmp_path / "m" / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        load(tmp_path / "m")
+
+
 @pytest.mark.parametrize("task", ["text", "vision"])
 def test_dense_round_trip_gives_the_bare_model(tmp_path, task):
     model = _bert() if task == "text" else _dinov2()

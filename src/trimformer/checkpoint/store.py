@@ -31,6 +31,7 @@ from trimformer.checkpoint.meta import (
     model_task,
     read_meta,
 )
+from trimformer.checkpoint.renames import renamed_to_fit
 from trimformer.checkpoint.sources import check_finite, from_pretrained
 from trimformer.heads.layers import apply_structure, structure_of
 from trimformer.io_utils import atomic_write_dir, atomic_write_json, file_sha256
@@ -225,6 +226,7 @@ def _load_transformers(path: Path, meta: dict[str, Any]) -> TokenPrunedModel:
     model = _transformers_model(path, meta)
     policy = build_policy(meta.get("method", "dense"), meta.get("method_config", {}), model.config.num_hidden_layers)
     pruned = TokenPrunedModel(model, policy, mode=meta.get("mode", "packed"))
+    state = renamed_to_fit(state, model, pruned.state_dict(), prefix="model.")  # saved by another transformers
     if meta.get("quant_config") is not None:
         try:
             load_quantized_(pruned, config_from_dict(meta["quant_config"]), state, name_prefix="model.")
