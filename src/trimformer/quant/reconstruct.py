@@ -379,7 +379,7 @@ def recon_config(model: nn.Module) -> ReconFields | None:
 def reconstruct(model: nn.Module, batches: Iterable[Any], forward: Forward | None = None) -> list[dict[str, Any]]:
     """Run the reconstruction stage of ``model``'s scheme (see the module docstring) on the first
     ``calib_samples`` samples of ``batches``; returns one record per unit (name, loss at round-to-nearest,
-    loss after, loss exponent p). The float weights are dropped afterwards."""
+    loss after, loss exponent p, the loss used: "mse" or "fisher"). The float weights are dropped afterwards."""
     cfg = recon_config(model)
     if cfg is None:
         raise ValueError("model was not quantized with a reconstruction scheme (AdaRoundConfig, BRECQConfig, "
