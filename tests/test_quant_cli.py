@@ -48,11 +48,14 @@ def test_a_flag_of_another_scheme_is_refused(flags, match, capsys):
 
 
 def test_reconstruction_flags_reach_the_config():
-    from trimformer.quant import AdaRoundConfig, RAPQConfig
+    from trimformer.quant import AdaRoundConfig, BRECQConfig, RAPQConfig
 
     assert _config("--scheme", "rapq", "--iters", "50", "--calib-images", "64") == RAPQConfig(iters=50,
                                                                                              calib_samples=64)
     assert _config("--scheme", "adaround", "--bias-correction") == AdaRoundConfig(bias_correction=True)
+    assert _config("--scheme", "brecq", "--recon-loss", "fisher") == BRECQConfig(recon_loss="fisher")
+    with pytest.raises(ValueError, match="--recon-loss does not apply to --scheme uniform"):
+        _config("--scheme", "uniform", "--recon-loss", "fisher")
     with pytest.raises(ValueError, match="--iters does not apply to --scheme pwlq"):
         _config("--iters", "5")
     with pytest.raises(ValueError, match="--calib-images does not apply to --scheme uniform"):

@@ -1,7 +1,7 @@
 """Reconstruction PTQ (AdaRound, BRECQ, RAPQ, PWLQ + AdaRound): rounding ends hard, reconstruction beats
 round-to-nearest on held-out data (conv net with a depthwise conv, tiny BERT), blocks are found from the module
-structure, RAPQ's scales are exact powers of two and survive a packed save bit-identically, and every config
-knob changes behaviour."""
+structure, RAPQ's scales are exact powers of two and survive a packed save bit-identically, BRECQ's Fisher loss
+weights errors by the float model's squared gradients, and every config knob changes behaviour."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from trimformer.quant import (
     quantize_,
     save_packed,
 )
-from trimformer.quant.reconstruct import capture, unit_loss
+from trimformer.quant.fisher import capture_with_fisher, fisher_weights, task_loss
+from trimformer.quant.reconstruct import capture, float_mode, lp_loss, unit_loss
 from trimformer.quant.uniform import asymmetric_qparams, qmax_symmetric
 from trimformer.testing import random_batch, random_pixels, tiny_bert, tiny_vision_model
 from trimformer.vision.cnn_zoo import MobileNetV2CNN, ResNetCNN
@@ -248,6 +249,107 @@ def test_reconstruction_needs_float_weights(tmp_path):
         calibrate(q, CALIB)
 
 
+# ------------------------------------------------------------------------------------------- Fisher loss
+
+
+def test_lp_loss_with_unit_weights_is_the_plain_loss_and_weights_each_squared_error():
+    g = torch.Generator().manual_seed(0)
+    pred, target, w = (torch.randn(6, 5, generator=g) for _ in range(3))
+    assert torch.equal(lp_loss(pred, target, 2.0, torch.ones(6, 5)), lp_loss(pred, target, 2.0))
+    assert torch.allclose(lp_loss(pred, target, 2.0), ((pred - target) ** 2).sum(1).mean())
+    explicit = sum(float((w[n] ** 2 * (pred[n] - target[n]) ** 2).sum()) for n in range(6)) / 6
+    assert lp_loss(pred, target, 2.0, w ** 2).item() == pytest.approx(explicit, rel=1e-5)
+    maps = [torch.randn(2, 3, 4, 4, generator=g) for _ in range(2)]  # conv maps: channels summed
+    assert torch.equal(lp_loss(*maps, 2.0, torch.ones(2, 3, 4, 4)), lp_loss(*maps, 2.0))
+
+
+def test_fisher_weights_average_one_and_fall_back_when_no_gradient_arrives():
+    squared = [torch.tensor([[1.0, 3.0]]), torch.tensor([[0.0, 4.0], [2.0, 2.0]])]  # mean 2
+    weights = fisher_weights(squared)
+    assert torch.equal(weights[0], torch.tensor([[0.5, 1.5]])) and float(torch.cat(weights).mean()) == 1.0
+    const = fisher_weights([torch.full((3, 4), 7e-9)])
+    assert torch.allclose(const[0], torch.ones(3, 4))  # g = const: exactly the unweighted loss
+    assert fisher_weights([torch.zeros(2, 3)]) is None
+
+
+def test_task_loss_uses_labels_when_the_batch_has_them_else_the_predictions():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    (own,) = torch.autograd.grad(task_loss(logits, {"x": 0}), [logits])
+    expected = torch.softmax(logits, -1) - torch.eye(3)[[0, 2]]  # per-sample dCE/dlogits, argmax labels
+    assert torch.allclose(own, expected)
+    (given,) = torch.autograd.grad(task_loss(logits, {"labels": torch.tensor([1, 2])}), [logits])
+    assert torch.allclose(given, torch.softmax(logits, -1) - torch.eye(3)[[1, 2]])
+    with pytest.raises(ValueError, match="classification logits"):
+        task_loss(torch.zeros(4, 1), None)
+    with pytest.raises(ValueError, match="labels"):
+        task_loss(logits, {"labels": torch.tensor([1, 2, 0])})
+
+
+def _bert_batches(seeds, labels: bool = False) -> list[dict[str, torch.Tensor]]:
+    out = []
+    for s in seeds:
+        batch = dict(zip(("input_ids", "attention_mask"), random_batch(8, 16, seed=s), strict=True))
+        if labels:
+            batch["labels"] = torch.arange(8) % 3
+        out.append(batch)
+    return out
+
+
+def _bert_forward(m, b):
+    return m(**b)
+
+
+def test_fisher_capture_is_the_per_sample_gradient_of_the_float_loss():
+    model = tiny_bert().eval()
+    q = quantize_(copy.deepcopy(model), BRECQConfig(wbits=3, act=None))
+    batches = _bert_batches([0, 1], labels=True)
+    with float_mode(q):  # the float model as reconstruction sees it
+        outs, squared = capture_with_fisher(q, q.classifier, batches, _bert_forward)
+    for batch, z, g2 in zip(batches, outs, squared, strict=True):
+        with torch.no_grad():
+            logits = model(**batch).logits
+        assert torch.allclose(z, logits, atol=1e-6)  # the unit is the classifier: its output is the logits
+        onehot = torch.nn.functional.one_hot(batch["labels"], 3).float()
+        assert torch.allclose(g2, (torch.softmax(logits, -1) - onehot) ** 2, atol=1e-6)
+        assert all(p.grad is None for p in q.parameters())  # only dL/dz was computed
+    with float_mode(q):  # a unit inside: same targets as the plain capture, some gradient reaches it
+        targets, squared = capture_with_fisher(q, q.bert.encoder.layer[1], batches, _bert_forward)
+        plain = capture(q, q.bert.encoder.layer[1], batches, _bert_forward, output=True)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(targets, plain, strict=True))
+    assert all(float(s.sum()) > 0 for s in squared)
+
+
+def test_brecq_fisher_lowers_the_weighted_error_on_held_out_data():
+    model = tiny_bert().eval()
+    common = {"wbits": 3, "act": None}
+    recon = quantized(model, BRECQConfig(**common, iters=60, lr=0.05, batch_size=8, calib_samples=16,
+                                         recon_loss="fisher"), _bert_batches(range(4)))
+    assert {r["recon_loss"] for r in recon.trimformer_recon_report} == {"fisher"}
+    nearest = quantize_(copy.deepcopy(model), UniformConfig(**common, weight_clip="mse", bias_correction=False))
+    held = _bert_batches([50, 51])
+    targets, squared = capture_with_fisher(model, model.bert.encoder.layer[0], held, _bert_forward)
+    weights = fisher_weights(squared)
+    err = {}
+    for key, q in (("recon", recon), ("nearest", nearest)):
+        inputs = capture(q, q.bert.encoder.layer[0], held, _bert_forward, output=False)  # float embeddings
+        err[key] = unit_loss(q.bert.encoder.layer[0], inputs, targets, weights=weights)
+    assert err["recon"] < err["nearest"]
+
+
+def test_fisher_calibrated_model_saves_and_loads(tmp_path):
+    model = tiny_resnet()
+    q = quantized(model, fast(BRECQConfig, wbits=4, act=ActSpec(bits=8), recon_loss="fisher"))
+    assert q.trimformer_quant_config["recon_loss"] == "fisher"
+    path = tmp_path / "fisher.qsafetensors"
+    save_packed(q, path)
+    cfg = config_from_dict(q.trimformer_quant_config)
+    assert cfg.recon_loss == "fisher"
+    back = load_quantized_(tiny_resnet(), cfg, load_file(path))
+    for (n, a), (_, b) in zip(q.state_dict().items(), back.state_dict().items(), strict=True):
+        assert torch.equal(a, b), n
+    assert torch.equal(q(HELD_OUT), back(HELD_OUT))
+
+
 # ------------------------------------------------------------------------------------------- knobs
 
 GLOBS = {"include": ["stem.*", "classifier"], "exclude": ["blocks.0.*"], "layer_wbits": {"blocks.1.*": 8},
@@ -273,6 +375,7 @@ RECON_KNOBS = {
     "learn_act_scale": ({}, {"learn_act_scale": True}),
     "act_lr": ({"learn_act_scale": True}, {"act_lr": 0.05}),
     "seed": ({}, {"seed": 1}),
+    "recon_loss": ({}, {"recon_loss": "fisher"}),
 }
 KNOBS = {
     AdaRoundConfig: {**BASE_KNOBS, **RECON_KNOBS, "weight_clip": ({}, {"weight_clip": "minmax"})},
@@ -313,14 +416,18 @@ def test_knob_changes_output(cls, knob):
 
 
 @pytest.mark.parametrize("cfg", [AdaRoundConfig(), BRECQConfig(iters=5, act=ActSpec(bits=4, pow2=True)),
-                                 PWLQAdaRoundConfig(granularity="block"), RAPQConfig(exp_iters=3, bn_norm=False)])
+                                 PWLQAdaRoundConfig(granularity="block"), RAPQConfig(exp_iters=3, bn_norm=False),
+                                 BRECQConfig(recon_loss="fisher")])
 def test_recon_configs_round_trip(cfg):
     assert config_from_dict(cfg.to_dict()) == cfg
+    older = {k: v for k, v in cfg.to_dict().items() if k != "recon_loss"}  # saved before the field existed
+    assert config_from_dict(older) == dataclasses.replace(cfg, recon_loss="mse")
 
 
 @pytest.mark.parametrize("bad, match", [({"iters": 0}, "iters"), ({"granularity": "model"}, "granularity"),
                                         ({"beta_start": 2.0, "beta_end": 20.0}, "beta_end"),
-                                        ({"warmup": 1.5}, "warmup"), ({"lr": -1.0}, "lr")])
+                                        ({"warmup": 1.5}, "warmup"), ({"lr": -1.0}, "lr"),
+                                        ({"recon_loss": "kl"}, "recon_loss.*'mse', 'fisher'")])
 def test_bad_recon_knobs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         AdaRoundConfig(**bad)

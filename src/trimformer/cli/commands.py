@@ -343,7 +343,7 @@ def quant_config_from_args(args: argparse.Namespace):
     if "region_bit" in fields:
         kwargs["region_bit"] = value("region_bit")
     given = {**vars(args), "calib_samples": args.calib_images}
-    for name in ("breakpoint", "num_breakpoints", "weight_clip", "iters", "calib_samples"):
+    for name in ("breakpoint", "num_breakpoints", "weight_clip", "iters", "calib_samples", "recon_loss"):
         if given[name] is None:
             continue
         if name not in fields:

@@ -254,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reconstruction schemes: optimisation steps per layer / block (default 1000)")
     p.add_argument("--calib-images", type=positive_int, default=None,
                    help="reconstruction schemes: calibration samples used for reconstruction (default 256)")
+    p.add_argument("--recon-loss", choices=("mse", "fisher"), default=None,
+                   help="reconstruction schemes: plain MSE of each unit's output, or BRECQ's Fisher-weighted MSE "
+                        "(squared gradients of the float model's loss against its own predictions; one more "
+                        "forward and backward per calibration batch and unit) (default mse)")
     p.add_argument("--wbits", type=positive_int, default=4,
                    help="weight bits (default 4); PWLQ stores one region bit more, see --region-bit")
     p.add_argument("--abits", type=nonnegative_int, default=8,

@@ -17,6 +17,7 @@ from ._checks import check_choice
 from .config import BaseQuantConfig, PWLQConfig, UniformConfig
 
 GRANULARITIES = ("layer", "block")
+RECON_LOSSES = ("mse", "fisher")
 
 
 def _positive_int(value: Any, what: str, minimum: int = 1) -> None:
@@ -44,6 +45,15 @@ class ReconFields:
     samples used for reconstruction (the first ones ``calibrate`` receives); learn_act_scale: also learn the
     step of the unit's input activation quantizers (LSQ-style, straight-through rounding) at ``act_lr``;
     seed: seeds the minibatch sampling.
+
+    recon_loss: "mse" (each output error counts the same) or "fisher" (BRECQ's loss: each squared error weighted
+    by g^2, g the gradient of the float model's cross-entropy at the unit's output, against the batch's
+    ``labels`` or else its own predictions; g^2 divided by its mean over the unit's calibration outputs, so the
+    loss keeps the MSE's scale and ``lr`` its meaning; with RAPQ's p it weights |error|^p; RAPQ's exponent
+    stage is unchanged). "fisher" costs, per unit, a full forward and backward of the float model per
+    calibration batch instead of a forward cut at the unit, and memory for g^2 as large as the cached targets;
+    it needs a model with classification logits. "mse" stays the default: it works for any model (a backbone
+    without logits too), costs nothing extra, and keeps earlier results unchanged.
     """
 
     iters: int = 1000
@@ -58,6 +68,7 @@ class ReconFields:
     learn_act_scale: bool = False
     act_lr: float = 4e-5
     seed: int = 0
+    recon_loss: str = "mse"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # type: ignore[misc]  # the BaseQuantConfig checks
@@ -75,6 +86,7 @@ class ReconFields:
             raise ValueError(f"beta is annealed downwards: beta_end ({self.beta_end}) must be <= beta_start "
                              f"({self.beta_start})")
         check_choice(self.granularity, GRANULARITIES, "granularity")
+        check_choice(self.recon_loss, RECON_LOSSES, "recon_loss")
         if not isinstance(self.learn_act_scale, bool):
             raise ValueError(f"learn_act_scale must be True or False, got {self.learn_act_scale!r}")
 

@@ -7,10 +7,12 @@ in checkpoints). ``calibrate(model, batches)`` then calibrates the activation ra
 
 1. caches the unit's inputs from the model quantized so far (earlier units already reconstructed) and its
    target outputs from the float model (every layer in float mode, see :func:`float_mode`), on the first
-   ``calib_samples`` calibration samples;
-2. learns each weight's rounding (:mod:`trimformer.quant.adaround`) on loss = sum over features of |out - target|^p,
-   mean over the rest (p = 2; RAPQ: set from the block's batch-norm scales), plus the annealed regulariser;
-   optionally the unit's activation steps too (``learn_act_scale``);
+   ``calib_samples`` calibration samples; with ``recon_loss="fisher"`` also the squared task-loss gradient g^2
+   at those outputs (:mod:`trimformer.quant.fisher`), normalised to mean 1;
+2. learns each weight's rounding (:mod:`trimformer.quant.adaround`) on loss = sum over features of
+   w * |out - target|^p, mean over the rest (p = 2; RAPQ: set from the block's batch-norm scales; w = 1, or the
+   normalised g^2), plus the annealed regulariser; optionally the unit's activation steps too
+   (``learn_act_scale``);
 3. ends hard: new codes (every weight the floor or the ceil of its grid index), the float weight dropped.
 
 RAPQ first learns every layer's power-of-two exponents jointly on the network output (:func:`learn_exponents`).
@@ -28,6 +30,7 @@ from torch import nn
 from ._checks import as_channels
 from .adaround import RoundingGrid, beta_at, hard_index, init_v, rectified_sigmoid, round_reg, soft_values
 from .calibrate import ActQuantizer, _default_forward, calibration
+from .fisher import capture_with_fisher, first_tensor, fisher_weights
 from .handlers import config_from_dict, exponent_of, handler_for_scheme, pow2_of
 from .modules import QuantConv2d, QuantLinear
 from .recon_config import RAPQConfig, ReconFields
@@ -35,6 +38,7 @@ from .uniform import mse_clip_absmax, qmax_symmetric, quantize_symmetric, symmet
 from .weights import bias_correction_params
 
 Forward = Callable[[nn.Module, Any], Any]
+Weights = list[torch.Tensor] | None  # per cached batch, the weight of each output element (None: all 1)
 QUANT_LAYERS = (QuantLinear, QuantConv2d)
 _CONTAINERS = (nn.ModuleList, nn.Sequential)
 
@@ -121,17 +125,6 @@ def float_mode(model: nn.Module) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def first_tensor(out: Any) -> torch.Tensor:
-    """The main tensor of a module output (a tensor, the first of a tuple, ``logits`` / first of a mapping)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, Mapping):
-        return first_tensor(out["logits"] if "logits" in out else next(iter(out.values())))
-    if isinstance(out, (tuple, list)) and out:
-        return first_tensor(out[0])
-    raise ValueError(f"cannot find the output tensor of a {type(out).__name__}")
-
-
 def _batch_size(batch: Any) -> int:
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
@@ -198,11 +191,12 @@ def capture(model: nn.Module, unit: nn.Module, batches: list[Any], fwd: Forward,
     return got
 
 
-def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float) -> torch.Tensor:
-    """sum over features (channels of a [B, C, H, W] map, else the last dim) of |pred - target|^p, mean over
-    the rest."""
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """sum over features (channels of a [B, C, H, W] map, else the last dim) of weight * |pred - target|^p, mean
+    over the rest; no ``weight`` is weight 1 (``recon_loss="fisher"``: the normalised g^2 of the float output)."""
     dim = 1 if pred.ndim == 4 else -1
-    return (pred - target).abs().pow(p).sum(dim).mean()
+    err = (pred - target).abs().pow(p)
+    return (err if weight is None else err * weight).sum(dim).mean()
 
 
 def bn_norm_p(unit: nn.Module) -> float:
@@ -265,9 +259,10 @@ def _unit_params(unit: nn.Module, cfg: ReconFields) -> tuple[list[_LearnedRoundi
 
 @torch.enable_grad()  # the caller may be inside no_grad
 def reconstruct_unit(unit: nn.Module, inputs: list[Any], targets: list[torch.Tensor], cfg: ReconFields,
-                     p: float = 2.0) -> dict[str, float]:
+                     p: float = 2.0, weights: Weights = None) -> dict[str, float]:
     """Learn the rounding of every quantized layer in ``unit`` so that ``unit(*inputs[i])`` matches
-    ``targets[i]``; returns the loss at round-to-nearest and at the end (both on the whole cached data)."""
+    ``targets[i]`` (errors weighted by ``weights[i]`` when given, see :func:`lp_loss`); returns the loss at the
+    end on the whole cached data."""
     gen = torch.Generator().manual_seed(cfg.seed)
     rounding, acts = _unit_params(unit, cfg)
     groups = [{"params": [r.v for r in rounding], "lr": cfg.lr}]
@@ -281,7 +276,7 @@ def reconstruct_unit(unit: nn.Module, inputs: list[Any], targets: list[torch.Ten
             size = target.shape[0]
             rows = torch.randperm(size, generator=gen)[: cfg.batch_size]
             pred = first_tensor(unit(*_take(args, rows, size), **_take(kwargs, rows, size)))
-            loss = lp_loss(pred, target[rows], p)
+            loss = lp_loss(pred, target[rows], p, None if weights is None else weights[i][rows])
             beta = beta_at(step, cfg.iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
             if beta is not None and cfg.reg_weight > 0:
                 loss = loss + cfg.reg_weight * sum(r.reg(beta) for r in rounding)
@@ -293,13 +288,16 @@ def reconstruct_unit(unit: nn.Module, inputs: list[Any], targets: list[torch.Ten
             r.finish()
         for q in acts:
             q.finish_learning()
-    return {"loss": unit_loss(unit, inputs, targets, p)}
+    return {"loss": unit_loss(unit, inputs, targets, p, weights)}
 
 
 @torch.no_grad()
-def unit_loss(unit: nn.Module, inputs: list[Any], targets: list[torch.Tensor], p: float = 2.0) -> float:
-    """Mean reconstruction loss of ``unit`` over cached ``inputs`` / ``targets``."""
-    losses = [float(lp_loss(first_tensor(unit(*a, **k)), t, p)) for (a, k), t in zip(inputs, targets, strict=True)]
+def unit_loss(unit: nn.Module, inputs: list[Any], targets: list[torch.Tensor], p: float = 2.0,
+              weights: Weights = None) -> float:
+    """Mean reconstruction loss of ``unit`` over cached ``inputs`` / ``targets`` (/ ``weights``)."""
+    ws = [None] * len(targets) if weights is None else weights
+    losses = [float(lp_loss(first_tensor(unit(*a, **k)), t, p, w))
+              for (a, k), t, w in zip(inputs, targets, ws, strict=True)]
     return sum(losses) / len(losses)
 
 
@@ -381,7 +379,7 @@ def recon_config(model: nn.Module) -> ReconFields | None:
 def reconstruct(model: nn.Module, batches: Iterable[Any], forward: Forward | None = None) -> list[dict[str, Any]]:
     """Run the reconstruction stage of ``model``'s scheme (see the module docstring) on the first
     ``calib_samples`` samples of ``batches``; returns one record per unit (name, loss at round-to-nearest,
-    loss after, loss exponent p). The float weights are dropped afterwards."""
+    loss after, loss exponent p, the loss used: "mse" or "fisher"). The float weights are dropped afterwards."""
     cfg = recon_config(model)
     if cfg is None:
         raise ValueError("model was not quantized with a reconstruction scheme (AdaRoundConfig, BRECQConfig, "
@@ -402,18 +400,29 @@ def reconstruct(model: nn.Module, batches: Iterable[Any], forward: Forward | Non
         units = execution_order(model, find_units(model, cfg.granularity), data[0], fwd)
         for name, unit in units:
             inputs = capture(model, unit, data, fwd, output=False)
-            with float_mode(model):
-                targets = capture(model, unit, data, fwd, output=True)
+            targets, weights = unit_targets(model, unit, data, fwd, cfg.recon_loss)
             p = bn_norm_p(unit) if isinstance(cfg, RAPQConfig) and cfg.bn_norm else 2.0
-            before = unit_loss(unit, inputs, targets, p)
-            after = reconstruct_unit(unit, inputs, targets, cfg, p)["loss"]
-            records.append({"unit": name, "p": p, "loss_nearest": before, "loss": after})
+            before = unit_loss(unit, inputs, targets, p, weights)
+            after = reconstruct_unit(unit, inputs, targets, cfg, p, weights)["loss"]
+            records.append({"unit": name, "p": p, "recon_loss": "mse" if weights is None else "fisher",
+                            "loss_nearest": before, "loss": after})
     finally:
         for m, training in modes.items():
             m.training = training
     for m in _quant_layers(model):
         m.float_weight = None
     return records
+
+
+def unit_targets(model: nn.Module, unit: nn.Module, data: list[Any], fwd: Forward,
+                 recon_loss: str) -> tuple[list[torch.Tensor], Weights]:
+    """The float model's outputs of ``unit`` per batch and, for ``recon_loss="fisher"``, their normalised
+    Fisher weights (:mod:`trimformer.quant.fisher`; None when no gradient reaches the unit: plain MSE)."""
+    with float_mode(model):
+        if recon_loss != "fisher":
+            return capture(model, unit, data, fwd, output=True), None
+        targets, squared = capture_with_fisher(model, unit, data, fwd)
+    return targets, fisher_weights(squared)
 
 
 def has_act_quantizers(model: nn.Module) -> bool:
