@@ -1,5 +1,5 @@
-"""Reconstruction PTQ on the Fashion-MNIST CNNs: round-to-nearest, PWLQ+BC, AdaRound, BRECQ, per-layer power-of-two,
-RAPQ and PWLQ+AdaRound at W8A8, W4A8, W4A4 and W2A4.
+"""Reconstruction PTQ on the Fashion-MNIST CNNs: round-to-nearest, PWLQ+BC, AdaRound, BRECQ (MSE or Fisher-weighted
+loss: ``brecq_fisher``), per-layer power-of-two, RAPQ and PWLQ+AdaRound at W8A8, W4A8, W4A4 and W2A4.
 
 Models (train_cnn_zoo.py, loaded from runs/cnn_zoo/): ``resnet`` (ResNet-18-style), ``mobilenetv2``
 (MobileNetV2-style) and ``fmnist_cnn`` (the MobileNet-style CNN of trimformer.vision.cnn). Batch norms are folded
@@ -67,6 +67,7 @@ SCHEMES: dict[str, Callable[[argparse.Namespace, dict[str, Any]], BaseQuantConfi
     "pwlq_bc": lambda a, c: PWLQConfig(**c, bias_correction=True),
     "adaround": lambda a, c: AdaRoundConfig(**c, **recon(a)),
     "brecq": lambda a, c: BRECQConfig(**c, **recon(a)),
+    "brecq_fisher": lambda a, c: BRECQConfig(**c, **recon(a), recon_loss="fisher"),
     "pow2_layer": lambda a, c: UniformConfig(**{**c, "act": pow2_act(c["act"])}, weight_clip="mse",
                                              bias_correction=False, pow2_scale=True),
     "rapq": lambda a, c: RAPQConfig(**c, **recon(a), exp_iters=a.exp_iters),
