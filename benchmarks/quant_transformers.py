@@ -1,0 +1,122 @@
+"""Reconstruction PTQ on a transformer: the fine-tuned DINOv2 ViT-S/14 (Fashion-MNIST, 168 px) at W4A8 and W4A4,
+with the schemes of quant_reconstruction.py (round-to-nearest, PWLQ+BC, AdaRound, BRECQ, BRECQ with the Fisher loss,
+per-layer power-of-two, RAPQ, PWLQ+AdaRound): where reconstruction helps on a ViT and where it does not.
+
+The model is the SaiT checkpoint run dense (its policy off: the fine-tuned ViT's own computation; trained on a lent GPU
+by benchmarks/gpu/issue17_gpu.sh). As for the CNNs, the patch embedding and the classifier keep 8-bit weights and the
+image input 8 bits; every other Linear is quantized (weights per output channel, input activations per tensor,
+MSE-clipped). Calibration: ``--calib-images`` seeded training images; accuracy on a seeded ``--test-images`` subset
+of the test split. Calibration seconds are wall time on this CPU (load averages recorded with each row).
+
+Writes benchmarks/results/quant_transformers.json (+ .png); rows already there are kept (``--force`` reruns).
+Usage: python benchmarks/quant_transformers.py [--schemes rtn,brecq,rapq] [--bits 4/8,4/4] [--iters 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quant_reconstruction import SCHEMES  # noqa: E402
+
+import trimformer  # noqa: E402
+from trimformer.data.batching import calibration_batches, sample_indices  # noqa: E402
+from trimformer.data.images import image_collate, load_image_data  # noqa: E402
+from trimformer.envinfo import machine_info  # noqa: E402
+from trimformer.io_utils import atomic_write_json  # noqa: E402
+from trimformer.pruned import TokenPrunedModel  # noqa: E402
+from trimformer.quant import ActSpec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "quant_transformers.json"
+
+
+def edge_layers(model: nn.Module) -> tuple[str, str]:
+    """Names of the first convolution (the patch embedding) and the last Linear (the classifier) of ``model``."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return convs[0], linears[-1]
+
+
+def common(model: nn.Module, wbits: int, abits: int) -> dict[str, Any]:
+    stem, head = edge_layers(model)
+    return {"wbits": wbits, "act": ActSpec(bits=abits, clip="mse"), "layer_wbits": {stem: 8, head: 8},
+            "layer_abits": {stem: 8}}
+
+
+def accuracy(model: TokenPrunedModel, batches: list[dict]) -> float:
+    return trimformer.evaluate(model, batches, progress=False).accuracy / 100
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=str(ROOT / "runs/vision168/sait"))
+    p.add_argument("--schemes", default="rtn,pwlq_bc,adaround,brecq,brecq_fisher,pow2_layer,rapq,pwlq_adaround")
+    p.add_argument("--bits", default="4/8,4/4", help="W/A pairs, in the order to run")
+    p.add_argument("--iters", type=int, default=100, help="reconstruction steps per unit")
+    p.add_argument("--exp-iters", type=int, default=50, help="RAPQ's network-wide exponent steps")
+    p.add_argument("--calib-images", type=int, default=128)
+    p.add_argument("--test-images", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded, meta = trimformer.load(args.checkpoint)
+    model = TokenPrunedModel(loaded.model).eval()  # dense: the fine-tuned ViT's own computation
+    res = int(meta.get("resolution") or 168)
+    test = load_image_data("fashion_mnist", "test", res)
+    keep = sample_indices(len(test), args.test_images, seed=0)
+    test_batches = [image_collate([test[i] for i in keep[j:j + 50]]) for j in range(0, len(keep), 50)]
+    calib = calibration_batches(load_image_data("fashion_mnist", "train", res), image_collate, 32,
+                                max(1, args.calib_images // 32))
+    calib = [{"pixel_values": b["pixel_values"]} for b in calib]
+    out = Path(args.results)
+    results = json.loads(out.read_text()) if out.is_file() else {"models": {}}
+    results.update({"machine": machine_info(), "note": " ".join(__doc__.split("\n\n")[1].split()),
+                    "settings": {k: v for k, v in vars(args).items() if k not in ("results", "force")}})
+    entry = results["models"].setdefault("dinov2_vits", {"rows": []})
+    entry.update({"fp32_accuracy": accuracy(model, test_batches), "test_images": len(keep),
+                  "calib_images": sum(len(b["pixel_values"]) for b in calib), "checkpoint": args.checkpoint})
+    print(f"fp32 {100 * entry['fp32_accuracy']:.2f}%", flush=True)
+    for bits in args.bits.split(","):
+        wbits, abits = (int(b) for b in bits.split("/"))
+        key = f"W{wbits}A{abits}"
+        for scheme in args.schemes.split(","):
+            done = [r for r in entry["rows"] if r["scheme"] == scheme and r["bits"] == key]
+            if done and not args.force:
+                continue
+            cfg = SCHEMES[scheme](args, common(model.model, wbits, abits))
+            load_before = list(os.getloadavg())
+            t0 = time.perf_counter()
+            # the bare transformers model: reconstruction hooks its blocks, which trimformer's engine does not call
+            q_bare = trimformer.quantize_(copy.deepcopy(model.model), cfg)
+            trimformer.calibrate(q_bare, calib)
+            seconds = time.perf_counter() - t0
+            q = TokenPrunedModel(q_bare).eval()
+            row = {"scheme": scheme, "bits": key, "accuracy": accuracy(q, test_batches), "calib_seconds": seconds,
+                   "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
+                   "quant_config": cfg.to_dict(),
+                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            entry["rows"] = [r for r in entry["rows"] if r not in done] + [row]
+            print(f"{key} {scheme}: {100 * row['accuracy']:.2f}% (FP32 {100 * entry['fp32_accuracy']:.2f}%), "
+                  f"{seconds:.0f} s", flush=True)
+            atomic_write_json(out, results)
+    from quant_reconstruction import plot
+
+    plot(results, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
