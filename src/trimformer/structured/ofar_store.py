@@ -6,24 +6,21 @@ weights' sha256). Any listed (rate, resolution) sub-network is extracted from th
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from trimformer import __version__
 from trimformer.checkpoint.meta import WEIGHTS_FILE, CheckpointError
-from trimformer.checkpoint.sources import check_finite
 from trimformer.io_utils import atomic_write_dir, atomic_write_json, file_sha256
 from trimformer.structured.graph import StructureError, channel_groups, check_structure
 from trimformer.structured.ofar import OFARResult
 from trimformer.structured.ofar_config import OFARConfig
-from trimformer.structured.store import _dense_model
+from trimformer.structured.store import _dense_model, read_record, read_weights
 from trimformer.vision.cnn_zoo import cnn_architecture
 
 OFAR_FILE = "ofar.json"
@@ -60,22 +57,8 @@ def save_ofar(result: OFARResult, path: str | os.PathLike[str], overwrite: bool 
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a folder; give the folder save_ofar wrote")
-    try:
-        meta = json.loads((path / OFAR_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} has no {OFAR_FILE}: it is not an OFAR checkpoint") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path / OFAR_FILE} is corrupt ({err}); re-create the checkpoint") from err
-    missing = [k for k in ("format_version", "config", "structures", "report", "files", "model_class")
-               if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise CheckpointError(f"{path / OFAR_FILE} lacks {missing}; re-create the checkpoint")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: OFAR format {meta['format_version']!r} is not readable by trimformer "
-                              f"{__version__} (format {FORMAT_VERSION})")
-    return meta
+    required = ("format_version", "config", "structures", "report", "files", "model_class")
+    return read_record(path, OFAR_FILE, required, "OFAR", "save_ofar", FORMAT_VERSION)
 
 
 def load_ofar(path: str | os.PathLike[str], model: nn.Module | None = None, verify: bool = True) -> OFARResult:
@@ -83,16 +66,7 @@ def load_ofar(path: str | os.PathLike[str], model: nn.Module | None = None, veri
     into (needed when the architecture is not a recorded cnn_zoo one). ``verify`` checks the weights' sha256."""
     path = Path(path)
     meta = _read_meta(path)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing; re-create the checkpoint")
-    if verify and file_sha256(weights) != meta["files"].get(WEIGHTS_FILE):
-        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is corrupt (its sha256 differs from the recorded one)")
-    try:
-        state = load_file(str(weights))
-    except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{weights} cannot be read ({err}); re-create the checkpoint") from err
-    check_finite(state, path)
+    state = read_weights(path, meta, verify)
     dense = _dense_model(path, meta, model)
     try:
         dense.load_state_dict(state, strict=True)

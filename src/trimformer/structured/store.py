@@ -70,25 +70,48 @@ def save_structured(model: nn.Module, path: str | os.PathLike[str], extra: dict[
     return path
 
 
-def read_structure(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The record of a saved structured model (validated keys), CheckpointError when missing or corrupt."""
-    path = Path(path)
+def read_record(path: Path, file_name: str, required: tuple[str, ...], kind: str, writer: str,
+                format_version: int) -> dict[str, Any]:
+    """The JSON record ``file_name`` of a folder ``writer`` wrote, its keys and format version checked; a clear
+    FileNotFoundError / CheckpointError otherwise. ``kind`` names the checkpoint in messages (e.g. "OFAR")."""
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a folder; give the folder save_structured wrote")
+        raise FileNotFoundError(f"{path} is not a folder; give the folder {writer} wrote")
     try:
-        meta = json.loads((path / STRUCTURE_FILE).read_text(encoding="utf-8"))
+        meta = json.loads((path / file_name).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path} has no {STRUCTURE_FILE}: it is not a structured-pruning checkpoint") from None
+        article = "an" if kind[:1].upper() in "AEIOU" else "a"
+        raise CheckpointError(f"{path} has no {file_name}: it is not {article} {kind} checkpoint") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path / STRUCTURE_FILE} is corrupt ({err}); re-create the checkpoint") from err
-    required = ("format_version", "groups", "widths", "input_shape", "files", "model_class")
+        raise CheckpointError(f"{path / file_name} is corrupt ({err}); re-create the checkpoint") from err
     missing = [k for k in required if not isinstance(meta, dict) or k not in meta]
     if missing:
-        raise CheckpointError(f"{path / STRUCTURE_FILE} lacks {missing}; re-create the checkpoint")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: structured format {meta['format_version']!r} is not readable by trimformer "
-                              f"{__version__} (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{path / file_name} lacks {missing}; re-create the checkpoint")
+    if meta["format_version"] != format_version:
+        raise CheckpointError(f"{path}: {kind} format {meta['format_version']!r} is not readable by trimformer "
+                              f"{__version__} (format {format_version})")
     return meta
+
+
+def read_weights(path: Path, meta: dict[str, Any], verify: bool) -> dict[str, torch.Tensor]:
+    """The finite weights of a saved folder, their sha256 checked against ``meta["files"]`` when ``verify``."""
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing; re-create the checkpoint")
+    if verify and file_sha256(weights) != meta["files"].get(WEIGHTS_FILE):
+        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is corrupt (its sha256 differs from the recorded one); "
+                              "re-create the checkpoint")
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{weights} cannot be read ({err}); re-create the checkpoint") from err
+    check_finite(state, path)
+    return state
+
+
+def read_structure(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The record of a saved structured model (validated keys), CheckpointError when missing or corrupt."""
+    required = ("format_version", "groups", "widths", "input_shape", "files", "model_class")
+    return read_record(Path(path), STRUCTURE_FILE, required, "structured-pruning", "save_structured", FORMAT_VERSION)
 
 
 def _dense_model(path: Path, meta: dict[str, Any], model: nn.Module | None) -> nn.Module:
@@ -118,17 +141,7 @@ def load_structured(path: str | os.PathLike[str], model: nn.Module | None = None
     modified in place). ``verify`` checks the weights' sha256."""
     path = Path(path)
     meta = read_structure(path)
-    weights = path / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is missing; re-create the checkpoint")
-    if verify and file_sha256(weights) != meta["files"].get(WEIGHTS_FILE):
-        raise CheckpointError(f"{path}: {WEIGHTS_FILE} is corrupt (its sha256 differs from the recorded one); "
-                              "re-create the checkpoint")
-    try:
-        state = load_file(str(weights))
-    except (OSError, SafetensorError) as err:
-        raise CheckpointError(f"{weights} cannot be read ({err}); re-create the checkpoint") from err
-    check_finite(state, path)
+    state = read_weights(path, meta, verify)
     dense = _dense_model(path, meta, model).eval()
     example = torch.zeros(*meta["input_shape"])
     kept = {name: g["kept"] for name, g in meta["groups"].items()}
