@@ -252,6 +252,31 @@ def structured_tables() -> str:
     return "\n".join(parts)
 
 
+BIT_ORDER = ("W8A8", "W4A8", "W4A4", "W2A4")
+
+
+def reconstruction_tables(name: str) -> str:
+    """Accuracy (%) of every scheme (rows) at every bit width (columns), per model, with calibration seconds."""
+    data = _load(name)
+    s = data["settings"]
+    parts = [f"`{name}`: reconstruction {s['iters']} steps per unit, RAPQ exponents {s['exp_iters']} steps, "
+             f"{s['calib_images']} calibration images; {_machine(data)}", ""]
+    for model, entry in data["models"].items():
+        rows = entry["rows"]
+        bits = [b for b in BIT_ORDER if any(r["bits"] == b for r in rows)]
+        schemes = list(dict.fromkeys(r["scheme"] for r in rows))
+        parts += [f"**{model}** (FP32 {100 * entry['fp32_accuracy']:.2f}% on {entry['test_images']} test images)", "",
+                  "| scheme | " + " | ".join(bits) + " |", "|---|" + "---|" * len(bits)]
+        for scheme in schemes:
+            cells = []
+            for b in bits:
+                row = next((r for r in rows if r["scheme"] == scheme and r["bits"] == b), None)
+                cells.append("" if row is None else f"{100 * row['accuracy']:.2f} ({row['calib_seconds']:.0f} s)")
+            parts.append(f"| {scheme} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
 def results_md() -> str:
     parts = [GENERATED, "# Results", "",
              "Every table below is generated from the JSON files in `benchmarks/results/` (each holds the machine, "
@@ -268,6 +293,14 @@ def results_md() -> str:
         parts += [vision_speed_table(name), ""]
     parts += ["## Post-training quantization", "", (RESULTS / "quant_accuracy.md").read_text(encoding="utf-8").strip(),
               ""]
+    recon = [n for n in ("quant_reconstruction.json", "quant_reconstruction_fisher.json", "quant_transformers.json")
+             if (RESULTS / n).is_file()]
+    if recon:
+        parts += ["### Reconstruction PTQ (AdaRound, BRECQ, RAPQ)", "",
+                  "Accuracy (%) per scheme and bit width, with the calibration seconds (quantize_ + calibrate, wall "
+                  "time on a shared CPU: each row's load average is in its JSON; rows run at load 8-10 took several "
+                  "times longer than the same rows on a quiet machine).", ""]
+        parts += [reconstruction_tables(n) for n in recon]
     if (RESULTS / "structured_cnn.json").is_file():
         parts += ["## Structured (channel) pruning of CNNs", "",
                   "AdaPruner against three baselines at equal FLOPs on Fashion-MNIST (see docs/structured.md); "
