@@ -235,6 +235,46 @@ def test_rapq_exponents_are_learned_network_wide():
     assert learned.trimformer_recon_report[0]["unit"] == "<exponents>"
 
 
+def test_rapq_exponents_start_on_the_power_of_two_side_with_the_smaller_weight_error():
+    """A row with a large outlier loses it to clipping when its scale is rounded down (ceil side better); a row
+    whose weights sit near one level is finer on the smaller step (floor side better). Each relaxed exponent
+    starts on its better side, at the distance from 1/2 of the MSE scale's own log2 fraction."""
+    from trimformer.quant.reconstruct import exponent_start, pow2_weight_error
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 64, generator=g) * 0.05
+    w[0, 0] = 1.0  # an outlier: clipping it costs far more than a coarser grid
+    e0 = torch.full((6,), -7.3)  # fraction 0.7: the fraction alone would pick floor + 1 for every row
+    e0[1] = -7.7  # fraction 0.3: alone it would pick the floor
+    start = exponent_start(w, e0, 8)
+    floor = torch.floor(e0)
+    ceil_better = pow2_weight_error(w, floor + 1, 8) < pow2_weight_error(w, floor, 8)
+    assert torch.equal(start > 0.5, ceil_better)
+    frac = e0 - floor
+    assert torch.allclose((start - 0.5).abs(), (frac - 0.5).abs().clamp_min(0.001), atol=1e-6)
+    assert bool(ceil_better[0])  # the outlier row keeps its largest weight (2^-8 x 127 would clip it at 0.5)
+    assert not bool(ceil_better[2])  # no outlier: the finer grid wins although the fraction says ceil
+
+
+def test_rapq_keeps_8_bit_accuracy_of_per_layer_power_of_two():
+    """Stage 1 must not undo a good per-channel choice: at W8A8 RAPQ's output error on the calibration data is no
+    worse than that of the per-layer power-of-two rounding it starts from (it was 4-12 points worse in accuracy
+    before the exponents started on the better side)."""
+    model = tiny_mobilenetv2()
+    batches = [images(8, i) for i in range(4)]
+    with torch.no_grad():
+        ref = torch.cat([model(b) for b in batches])
+    act = ActSpec(bits=8, clip="mse")
+    errors = {}
+    for name, cfg in {"pow2": UniformConfig(wbits=8, act=dataclasses.replace(act, pow2=True), pow2_scale=True),
+                      "rapq": RAPQConfig(wbits=8, act=act, iters=2, exp_iters=20, calib_samples=32)}.items():
+        q = quantize_(copy.deepcopy(model), cfg)
+        calibrate(q, batches)
+        with torch.no_grad():
+            errors[name] = float(((torch.cat([q(b) for b in batches]) - ref) ** 2).mean())
+    assert errors["rapq"] <= 1.5 * errors["pow2"], errors
+
+
 def test_rapq_refuses_non_pow2_and_bias_correction():
     with pytest.raises(ValueError, match="pow2_scale"):
         RAPQConfig(pow2_scale=False)
@@ -384,7 +424,7 @@ KNOBS = {
                          "num_breakpoints": ({"breakpoint": "search", "wbits": 5}, {"num_breakpoints": 3}),
                          "region_bit": ({}, {"region_bit": "inside"})},
     RAPQConfig: {**BASE_KNOBS, **RECON_KNOBS, "exp_iters": ({}, {"exp_iters": 0}),
-                 "exp_lr": ({}, {"exp_lr": 1.0}), "exp_reg_weight": ({"beta_start": 2.0, "exp_iters": 20},
+                 "exp_lr": ({"exp_iters": 20}, {"exp_lr": 5.0}), "exp_reg_weight": ({"beta_start": 2.0, "exp_iters": 20},
                                                                        {"exp_reg_weight": 0.0}),
                  "bn_norm": ({}, {"bn_norm": False})},
 }
