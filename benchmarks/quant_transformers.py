@@ -1,11 +1,12 @@
-"""Reconstruction PTQ on a transformer: the fine-tuned DINOv2 ViT-S/14 (Fashion-MNIST, 168 px) at W4A8 and W4A4,
-with the schemes of quant_reconstruction.py (round-to-nearest, PWLQ+BC, AdaRound, BRECQ, BRECQ with the Fisher loss,
-per-layer power-of-two, RAPQ, PWLQ+AdaRound): where reconstruction helps on a ViT and where it does not.
+"""Reconstruction PTQ on transformers: the fine-tuned DINOv2 ViT-S/14 (Fashion-MNIST, 168 px; ``--model vit``) and
+MiniLM fine-tuned on Rotten Tomatoes (``--model minilm``) at W4A8 and W4A4, with the schemes of
+quant_reconstruction.py (round-to-nearest, PWLQ+BC, AdaRound, BRECQ, BRECQ with the Fisher loss, per-layer
+power-of-two, RAPQ, PWLQ+AdaRound): where reconstruction helps on transformers and where it does not.
 
-The model is the SaiT checkpoint run dense (its policy off: the fine-tuned ViT's own computation; trained on a lent GPU
+The ViT is the SaiT checkpoint run dense (its policy off: the fine-tuned ViT's own computation; trained on a lent GPU
 by benchmarks/gpu/issue17_gpu.sh). As for the CNNs, the patch embedding and the classifier keep 8-bit weights and the
-image input 8 bits; every other Linear is quantized (weights per output channel, input activations per tensor,
-MSE-clipped). Calibration: ``--calib-images`` seeded training images; accuracy on a seeded ``--test-images`` subset
+image input 8 bits (MiniLM: the classifier); every other Linear is quantized (weights per output channel, input
+activations per tensor, MSE-clipped). Calibration: ``--calib-images`` seeded training images; accuracy on a seeded ``--test-images`` subset
 of the test split. Calibration seconds are wall time on this CPU (load averages recorded with each row).
 
 Writes benchmarks/results/quant_transformers.json (+ .png); rows already there are kept (``--force`` reruns).
@@ -21,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +44,73 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quant_transformers.json"
 
 
-def edge_layers(model: nn.Module) -> tuple[str, str]:
-    """Names of the first convolution (the patch embedding) and the last Linear (the classifier) of ``model``."""
+def edge_layers(model: nn.Module) -> tuple[str | None, str]:
+    """Names of the first convolution (a ViT's patch embedding; None for text) and the last Linear (the
+    classifier) of ``model``."""
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return convs[0], linears[-1]
+    return (convs[0] if convs else None), linears[-1]
 
 
 def common(model: nn.Module, wbits: int, abits: int) -> dict[str, Any]:
     stem, head = edge_layers(model)
-    return {"wbits": wbits, "act": ActSpec(bits=abits, clip="mse"), "layer_wbits": {stem: 8, head: 8},
-            "layer_abits": {stem: 8}}
+    edges = {head: 8} if stem is None else {stem: 8, head: 8}
+    return {"wbits": wbits, "act": ActSpec(bits=abits, clip="mse"), "layer_wbits": edges,
+            "layer_abits": {} if stem is None else {stem: 8}}
 
 
-def accuracy(model: TokenPrunedModel, batches: list[dict]) -> float:
-    return trimformer.evaluate(model, batches, progress=False).accuracy / 100
+def minilm_setup(args: argparse.Namespace) -> tuple[TokenPrunedModel, Callable, list[dict], dict[str, Any]]:
+    """MiniLM fine-tuned on Rotten Tomatoes as structured_transformer.py's dense stage (2,400 snippets, 150 steps,
+    batch 16, 64 tokens; saved under ``--work`` and reused), an evaluator on a seeded test subset, calibration."""
+    from trimformer.assets import minilm_path
+    from trimformer.checkpoint import is_checkpoint, load_model
+    from trimformer.data.text import load_text_data, text_collate, transformers_inputs
+    from trimformer.train.finetune import finetune_config, finetune_dense
+
+    train = load_text_data("rotten_tomatoes", "train").subset(2400, seed=0)
+    test = load_text_data("rotten_tomatoes", "test").subset(args.test_images, seed=0)
+    folder = Path(args.work) / "minilm_rt"
+    if is_checkpoint(folder):
+        model, tokenizer, _ = load_model(folder)
+    else:
+        model, tokenizer, _ = load_model(minilm_path(), label_names=train.label_names, seed=0)
+        cfg = finetune_config("text", batch_size=16, max_length=64, seed=0)
+        finetune_dense(model.model, train, text_collate(tokenizer, 64), cfg, steps=150)
+        trimformer.save(model, folder, tokenizer, overwrite=True)
+    model = TokenPrunedModel(model.model if isinstance(model, TokenPrunedModel) else model).eval()
+    calib = [transformers_inputs(b) for b in calibration_batches(train, text_collate(tokenizer, 64), 32,
+                                                                 max(1, args.calib_images // 32))]
+
+    def score(m: TokenPrunedModel) -> float:
+        return trimformer.evaluate(m, test, tokenizer, 64, progress=False).accuracy / 100
+
+    return model, score, calib, {"model": "all-MiniLM-L6-v2 fine-tuned on 2,400 Rotten Tomatoes snippets",
+                                 "test_examples": len(test), "checkpoint": str(folder)}
+
+
+def vit_setup(args: argparse.Namespace) -> tuple[TokenPrunedModel, Callable, list[dict], dict[str, Any]]:
+    """The SaiT checkpoint run dense, an evaluator on a seeded test subset, calibration images."""
+    loaded, meta = trimformer.load(args.checkpoint)
+    model = TokenPrunedModel(loaded.model).eval()  # dense: the fine-tuned ViT's own computation
+    res = int(meta.get("resolution") or 168)
+    test = load_image_data("fashion_mnist", "test", res)
+    keep = sample_indices(len(test), args.test_images, seed=0)
+    test_batches = [image_collate([test[i] for i in keep[j:j + 50]]) for j in range(0, len(keep), 50)]
+    calib = calibration_batches(load_image_data("fashion_mnist", "train", res), image_collate, 32,
+                                max(1, args.calib_images // 32))
+    calib = [{"pixel_values": b["pixel_values"]} for b in calib]
+
+    def score(m: TokenPrunedModel) -> float:
+        return trimformer.evaluate(m, test_batches, progress=False).accuracy / 100
+
+    return model, score, calib, {"test_examples": len(keep), "checkpoint": args.checkpoint}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=str(ROOT / "runs/vision168/sait"))
+    p.add_argument("--model", choices=("vit", "minilm"), default="vit")
+    p.add_argument("--checkpoint", default=str(ROOT / "runs/vision168/sait"), help="the ViT (SaiT checkpoint)")
+    p.add_argument("--work", default=str(ROOT / "runs/quant_transformers"), help="where MiniLM's fine-tune is kept")
     p.add_argument("--schemes", default="rtn,pwlq_bc,adaround,brecq,brecq_fisher,pow2_layer,rapq,pwlq_adaround")
     p.add_argument("--bits", default="4/8,4/4", help="W/A pairs, in the order to run")
     p.add_argument("--iters", type=int, default=100, help="reconstruction steps per unit")
@@ -73,22 +122,14 @@ def main() -> None:
     p.add_argument("--force", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    loaded, meta = trimformer.load(args.checkpoint)
-    model = TokenPrunedModel(loaded.model).eval()  # dense: the fine-tuned ViT's own computation
-    res = int(meta.get("resolution") or 168)
-    test = load_image_data("fashion_mnist", "test", res)
-    keep = sample_indices(len(test), args.test_images, seed=0)
-    test_batches = [image_collate([test[i] for i in keep[j:j + 50]]) for j in range(0, len(keep), 50)]
-    calib = calibration_batches(load_image_data("fashion_mnist", "train", res), image_collate, 32,
-                                max(1, args.calib_images // 32))
-    calib = [{"pixel_values": b["pixel_values"]} for b in calib]
+    model, score, calib, source = (minilm_setup if args.model == "minilm" else vit_setup)(args)
     out = Path(args.results)
     results = json.loads(out.read_text()) if out.is_file() else {"models": {}}
     results.update({"machine": machine_info(), "note": " ".join(__doc__.split("\n\n")[1].split()),
                     "settings": {k: v for k, v in vars(args).items() if k not in ("results", "force")}})
-    entry = results["models"].setdefault("dinov2_vits", {"rows": []})
-    entry.update({"fp32_accuracy": accuracy(model, test_batches), "test_images": len(keep),
-                  "calib_images": sum(len(b["pixel_values"]) for b in calib), "checkpoint": args.checkpoint})
+    entry = results["models"].setdefault("dinov2_vits" if args.model == "vit" else "minilm_rt", {"rows": []})
+    entry.update({"fp32_accuracy": score(model), "test_images": source["test_examples"],
+                  "calib_images": sum(len(next(iter(b.values()))) for b in calib), **source})
     print(f"fp32 {100 * entry['fp32_accuracy']:.2f}%", flush=True)
     for bits in args.bits.split(","):
         wbits, abits = (int(b) for b in bits.split("/"))
@@ -105,7 +146,7 @@ def main() -> None:
             trimformer.calibrate(q_bare, calib)
             seconds = time.perf_counter() - t0
             q = TokenPrunedModel(q_bare).eval()
-            row = {"scheme": scheme, "bits": key, "accuracy": accuracy(q, test_batches), "calib_seconds": seconds,
+            row = {"scheme": scheme, "bits": key, "accuracy": score(q), "calib_seconds": seconds,
                    "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
                    "quant_config": cfg.to_dict(),
                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
