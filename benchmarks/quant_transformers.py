@@ -7,7 +7,8 @@ The ViT is the SaiT checkpoint run dense (its policy off: the fine-tuned ViT's o
 by benchmarks/gpu/issue17_gpu.sh). As for the CNNs, the patch embedding and the classifier keep 8-bit weights and the
 image input 8 bits (MiniLM: the classifier); every other Linear is quantized (weights per output channel, input
 activations per tensor, MSE-clipped). Calibration: ``--calib-images`` seeded training examples; accuracy on a
-seeded ``--test-images`` subset of the test split. Calibration seconds are wall time on this CPU (load averages recorded with each row).
+seeded ``--test-images`` subset of the test split. Calibration seconds are wall time on this CPU (load averages
+recorded with each row).
 
 Writes benchmarks/results/quant_transformers.json (+ .png); rows already there are kept (``--force`` reruns).
 Usage: python benchmarks/quant_transformers.py [--schemes rtn,brecq,rapq] [--bits 4/8,4/4] [--iters 100]
