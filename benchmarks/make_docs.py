@@ -294,7 +294,7 @@ def results_md() -> str:
     parts += ["## Post-training quantization", "", (RESULTS / "quant_accuracy.md").read_text(encoding="utf-8").strip(),
               ""]
     recon = [n for n in ("quant_reconstruction.json", "quant_reconstruction_fisher.json",
-                         "quant_reconstruction_long.json", "quant_transformers.json")
+                         "quant_reconstruction_long.json", "quant_transformers.json", "quant_transformers_minilm.json")
              if (RESULTS / n).is_file()]
     if recon:
         parts += ["### Reconstruction PTQ (AdaRound, BRECQ, RAPQ)", "",

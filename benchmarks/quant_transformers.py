@@ -11,7 +11,8 @@ seeded ``--test-images`` subset of the test split. Calibration seconds are wall 
 recorded with each row).
 
 Writes benchmarks/results/quant_transformers.json (+ .png); rows already there are kept (``--force`` reruns).
-Usage: python benchmarks/quant_transformers.py [--schemes rtn,brecq,rapq] [--bits 4/8,4/4] [--iters 100]
+Usage: python benchmarks/quant_transformers.py [--model vit|minilm] [--schemes rtn,brecq,rapq] [--bits 4/8,4/4]
+       [--results FILE: one file per model when two runs go at once]
 """
 
 from __future__ import annotations
