@@ -124,18 +124,24 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def add_run_options(p: argparse.ArgumentParser, schemes: str, bits: str, iters: int, exp_iters: int, calib: int,
+                    test: int, threads: int, results: Path) -> None:
+    """The options every reconstruction benchmark shares (this one and quant_transformers.py), with its defaults."""
+    p.add_argument("--schemes", default=schemes)
+    p.add_argument("--bits", default=bits, help="W/A pairs, in the order to run")
+    p.add_argument("--iters", type=int, default=iters, help="reconstruction steps per unit")
+    p.add_argument("--exp-iters", type=int, default=exp_iters, help="RAPQ's network-wide exponent steps")
+    p.add_argument("--calib-images", type=int, default=calib)
+    p.add_argument("--test-images", type=int, default=test)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--results", default=str(results))
+    p.add_argument("--force", action="store_true", help="rerun rows already in the results")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet,mobilenetv2,fmnist_cnn")
-    p.add_argument("--schemes", default=",".join(SCHEMES))
-    p.add_argument("--bits", default="4/4,2/4,4/8,8/8", help="W/A pairs, in the order to run")
-    p.add_argument("--iters", type=int, default=300, help="reconstruction steps per unit")
-    p.add_argument("--exp-iters", type=int, default=100, help="RAPQ's network-wide exponent steps")
-    p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--test-images", type=int, default=5000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--force", action="store_true")
+    add_run_options(p, ",".join(SCHEMES), "4/4,2/4,4/8,8/8", 300, 100, 256, 5000, 1, RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.results)

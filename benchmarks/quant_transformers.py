@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_reconstruction import SCHEMES  # noqa: E402
+from quant_reconstruction import SCHEMES, add_run_options  # noqa: E402
 
 import trimformer  # noqa: E402
 from trimformer.data.batching import calibration_batches, sample_indices  # noqa: E402
@@ -113,15 +113,8 @@ def main() -> None:
     p.add_argument("--model", choices=("vit", "minilm"), default="vit")
     p.add_argument("--checkpoint", default=str(ROOT / "runs/vision168/sait"), help="the ViT (SaiT checkpoint)")
     p.add_argument("--work", default=str(ROOT / "runs/quant_transformers"), help="where MiniLM's fine-tune is kept")
-    p.add_argument("--schemes", default="rtn,pwlq_bc,adaround,brecq,brecq_fisher,pow2_layer,rapq,pwlq_adaround")
-    p.add_argument("--bits", default="4/8,4/4", help="W/A pairs, in the order to run")
-    p.add_argument("--iters", type=int, default=100, help="reconstruction steps per unit")
-    p.add_argument("--exp-iters", type=int, default=50, help="RAPQ's network-wide exponent steps")
-    p.add_argument("--calib-images", type=int, default=128)
-    p.add_argument("--test-images", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--results", default=str(RESULTS))
-    p.add_argument("--force", action="store_true")
+    add_run_options(p, "rtn,pwlq_bc,adaround,brecq,brecq_fisher,pow2_layer,rapq,pwlq_adaround", "4/8,4/4", 100, 50,
+                    128, 1000, 2, RESULTS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model, score, calib, source = (minilm_setup if args.model == "minilm" else vit_setup)(args)
