@@ -424,8 +424,8 @@ KNOBS = {
                          "num_breakpoints": ({"breakpoint": "search", "wbits": 5}, {"num_breakpoints": 3}),
                          "region_bit": ({}, {"region_bit": "inside"})},
     RAPQConfig: {**BASE_KNOBS, **RECON_KNOBS, "exp_iters": ({}, {"exp_iters": 0}),
-                 "exp_lr": ({"exp_iters": 20}, {"exp_lr": 5.0}), "exp_reg_weight": ({"beta_start": 2.0, "exp_iters": 20},
-                                                                       {"exp_reg_weight": 0.0}),
+                 "exp_lr": ({"exp_iters": 20}, {"exp_lr": 5.0}),
+                 "exp_reg_weight": ({"beta_start": 2.0, "exp_iters": 20}, {"exp_reg_weight": 0.0}),
                  "bn_norm": ({}, {"bn_norm": False})},
 }
 # RAPQ fixes these by definition: setting them is refused (tested above) instead of changing behaviour
