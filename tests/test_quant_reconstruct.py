@@ -239,7 +239,7 @@ def test_rapq_exponents_start_on_the_power_of_two_side_with_the_smaller_weight_e
     """A row with a large outlier loses it to clipping when its scale is rounded down (ceil side better); a row
     whose weights sit near one level is finer on the smaller step (floor side better). Each relaxed exponent
     starts on its better side, at the distance from 1/2 of the MSE scale's own log2 fraction."""
-    from trimformer.quant.reconstruct import exponent_start, pow2_weight_error
+    from trimformer.quant.rapq import exponent_start, pow2_weight_error
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(6, 64, generator=g) * 0.05

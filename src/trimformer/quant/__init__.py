@@ -44,7 +44,8 @@ from .pwlq import (
     search_breakpoints,
 )
 from .recon_config import AdaRoundConfig, BRECQConfig, PWLQAdaRoundConfig, RAPQConfig, ReconFields
-from .reconstruct import calibrate, find_units, float_mode, reconstruct
+from .recon_stage import calibrate, reconstruct
+from .reconstruct import find_units, float_mode
 from .uniform import (
     asymmetric_qparams,
     dequantize_symmetric,
