@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,18 @@ def add_run_options(p: argparse.ArgumentParser, schemes: str, bits: str, iters: 
     p.add_argument("--force", action="store_true", help="rerun rows already in the results")
 
 
+def pending_rows(entry: dict[str, Any], args: argparse.Namespace) -> Iterator[tuple[str, str, int, int, list]]:
+    """(scheme, "WxAy", wbits, abits, the rows it replaces) of every row to run, in ``--bits`` then ``--schemes``
+    order; rows already in ``entry`` are skipped unless ``--force``."""
+    for bits in args.bits.split(","):
+        wbits, abits = (int(b) for b in bits.split("/"))
+        key = f"W{wbits}A{abits}"
+        for scheme in args.schemes.split(","):
+            done = [r for r in entry["rows"] if r["scheme"] == scheme and r["bits"] == key]
+            if not done or args.force:
+                yield scheme, key, wbits, abits, done
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet,mobilenetv2,fmnist_cnn")
@@ -158,23 +170,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         entry = results["models"].setdefault(name, {"rows": []})
         entry.update({"fp32_accuracy": accuracy(model, x, y), "test_images": len(x),
                       "calib_images": args.calib_images})
-        for bits in args.bits.split(","):
-            wbits, abits = (int(b) for b in bits.split("/"))
-            key = f"W{wbits}A{abits}"
-            for scheme in args.schemes.split(","):
-                done = [r for r in entry["rows"] if r["scheme"] == scheme and r["bits"] == key]
-                if done and not args.force:
-                    continue
-                cfg = SCHEMES[scheme](args, common(wbits, abits))
-                row = {"scheme": scheme, "bits": key, **run_row(model, cfg, calib, x, y),
-                       "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-                entry["rows"] = [r for r in entry["rows"] if r not in done] + [row]
-                print(f"{name} {key} {scheme}: {100 * row['accuracy']:.2f}% "
-                      f"(FP32 {100 * entry['fp32_accuracy']:.2f}%), {row['calib_seconds']:.0f} s", flush=True)
-                if out.is_file():  # another process may have added rows for other models meanwhile
-                    others = json.loads(out.read_text())["models"]
-                    results["models"] = {**others, name: entry}
-                atomic_write_json(out, results)
+        for scheme, key, wbits, abits, done in pending_rows(entry, args):
+            cfg = SCHEMES[scheme](args, common(wbits, abits))
+            row = {"scheme": scheme, "bits": key, **run_row(model, cfg, calib, x, y),
+                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            entry["rows"] = [r for r in entry["rows"] if r not in done] + [row]
+            print(f"{name} {key} {scheme}: {100 * row['accuracy']:.2f}% "
+                  f"(FP32 {100 * entry['fp32_accuracy']:.2f}%), {row['calib_seconds']:.0f} s", flush=True)
+            if out.is_file():  # another process may have added rows for other models meanwhile
+                others = json.loads(out.read_text())["models"]
+                results["models"] = {**others, name: entry}
+            atomic_write_json(out, results)
     plot(results, out.with_suffix(".png"))
     return results
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quant_reconstruction import SCHEMES, add_run_options  # noqa: E402
+from quant_reconstruction import SCHEMES, add_run_options, pending_rows  # noqa: E402
 
 import trimformer  # noqa: E402
 from trimformer.data.batching import calibration_batches, sample_indices  # noqa: E402
@@ -126,29 +126,23 @@ def main() -> None:
     entry.update({"fp32_accuracy": score(model), "test_images": source["test_examples"],
                   "calib_images": sum(len(next(iter(b.values()))) for b in calib), **source})
     print(f"fp32 {100 * entry['fp32_accuracy']:.2f}%", flush=True)
-    for bits in args.bits.split(","):
-        wbits, abits = (int(b) for b in bits.split("/"))
-        key = f"W{wbits}A{abits}"
-        for scheme in args.schemes.split(","):
-            done = [r for r in entry["rows"] if r["scheme"] == scheme and r["bits"] == key]
-            if done and not args.force:
-                continue
-            cfg = SCHEMES[scheme](args, common(model.model, wbits, abits))
-            load_before = list(os.getloadavg())
-            t0 = time.perf_counter()
-            # the bare transformers model: reconstruction hooks its blocks, which trimformer's engine does not call
-            q_bare = trimformer.quantize_(copy.deepcopy(model.model), cfg)
-            trimformer.calibrate(q_bare, calib)
-            seconds = time.perf_counter() - t0
-            q = TokenPrunedModel(q_bare).eval()
-            row = {"scheme": scheme, "bits": key, "accuracy": score(q), "calib_seconds": seconds,
-                   "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
-                   "quant_config": cfg.to_dict(),
-                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-            entry["rows"] = [r for r in entry["rows"] if r not in done] + [row]
-            print(f"{key} {scheme}: {100 * row['accuracy']:.2f}% (FP32 {100 * entry['fp32_accuracy']:.2f}%), "
-                  f"{seconds:.0f} s", flush=True)
-            atomic_write_json(out, results)
+    for scheme, key, wbits, abits, done in pending_rows(entry, args):
+        cfg = SCHEMES[scheme](args, common(model.model, wbits, abits))
+        load_before = list(os.getloadavg())
+        t0 = time.perf_counter()
+        # the bare transformers model: reconstruction hooks its blocks, which trimformer's engine does not call
+        q_bare = trimformer.quantize_(copy.deepcopy(model.model), cfg)
+        trimformer.calibrate(q_bare, calib)
+        seconds = time.perf_counter() - t0
+        q = TokenPrunedModel(q_bare).eval()
+        row = {"scheme": scheme, "bits": key, "accuracy": score(q), "calib_seconds": seconds,
+               "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
+               "quant_config": cfg.to_dict(),
+               "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        entry["rows"] = [r for r in entry["rows"] if r not in done] + [row]
+        print(f"{key} {scheme}: {100 * row['accuracy']:.2f}% (FP32 {100 * entry['fp32_accuracy']:.2f}%), "
+              f"{seconds:.0f} s", flush=True)
+        atomic_write_json(out, results)
     from quant_reconstruction import plot
 
     plot(results, out.with_suffix(".png"))
