@@ -289,6 +289,48 @@ def test_reconstruction_needs_float_weights(tmp_path):
         calibrate(q, CALIB)
 
 
+# ------------------------------------------------------------------------------------- activation quantizers
+
+
+def test_activation_quantizer_passes_gradient_straight_through_inside_its_range():
+    q = ActQuantizer(ActSpec(bits=4))
+    q.set_range(-1.0, 1.0)
+    x = torch.tensor([-3.0, -0.7, 0.03, 0.5, 0.96, 2.0], requires_grad=True)
+    out = q(x)
+    out.sum().backward()
+    with torch.no_grad():
+        assert torch.allclose(out, q(x), atol=1e-6)  # the same values as without gradient
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # zero only where the range clips
+
+
+def _codes(model: nn.Module, name: str) -> torch.Tensor:
+    return dict(model.named_modules())[name].qweight.codes
+
+
+def test_block_reconstruction_with_activation_quantizers_learns_the_first_layer_of_a_block():
+    # rounding has no gradient of its own: without the straight-through quantizer only the layer after the
+    # block's last activation quantizer learned, and the first layer kept its round-to-nearest codes
+    model, first = tiny_mobilenetv2(), "blocks.1.conv.0"
+    common = {"wbits": 2, "act": ActSpec(bits=4), "per_channel": True}
+    recon = quantized(model, fast(BRECQConfig, **common, reg_weight=0.0))
+    nearest = quantize_(copy.deepcopy(model), UniformConfig(**common, weight_clip="mse", bias_correction=False))
+    changed = (_codes(recon, first) != _codes(nearest, first)).float().mean()
+    assert changed > 0.02
+
+
+def _ranges(model: nn.Module) -> list[tuple[float, float]]:
+    return [(float(m.lo), float(m.hi)) for m in model.modules() if isinstance(m, ActQuantizer)]
+
+
+@pytest.mark.parametrize("cls", [AdaRoundConfig, BRECQConfig, PWLQAdaRoundConfig], ids=lambda c: c.__name__)
+def test_reconstruction_calibrates_activation_ranges_on_the_float_weights(cls):
+    # the activations reconstruction aims for are the float model's: the ranges must not depend on the bits
+    model = tiny_mobilenetv2()
+    two, eight = (quantized(model, fast(cls, wbits=b, act=ActSpec(bits=4), iters=1)) for b in (2, 8))
+    assert _ranges(two) == _ranges(eight)
+    assert _ranges(two) != _ranges(quantized(model, UniformConfig(wbits=2, act=ActSpec(bits=4))))
+
+
 # ------------------------------------------------------------------------------------------- Fisher loss
 
 

@@ -128,8 +128,20 @@ class ActQuantizer(nn.Module):
             )
         if self.spec.scheme == "pwlq":
             lo, hi, levels, one_sided = self._pwlq_layout()
-            return fake_quant_act_pwlq(x, lo, hi, float(self.breakpoint), levels, one_sided)
-        return fake_quant_asymmetric(x, self.lo, self.hi, self.spec.bits)
+            out = fake_quant_act_pwlq(x, lo, hi, float(self.breakpoint), levels, one_sided)
+        else:
+            out = fake_quant_asymmetric(x, self.lo, self.hi, self.spec.bits)
+        if torch.is_grad_enabled() and x.requires_grad:
+            out = self._straight_through(x, out)
+        return out
+
+    def _straight_through(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` in value; in gradient, the identity where ``x`` lies inside the range and zero where it is
+        clipped (the straight-through estimator of BRECQ and QDrop). Without it rounding has a zero gradient,
+        and block reconstruction and RAPQ's network-wide exponents could not learn any layer that feeds this
+        quantizer."""
+        inside = (x >= self.lo.to(x.dtype)) & (x <= self.hi.to(x.dtype))
+        return torch.where(inside, x + (out - x).detach(), out)
 
     def set_breakpoint(self, sample: torch.Tensor) -> None:
         """PWLQ: search the breakpoint on a calibration ``sample`` (after :meth:`set_range`)."""

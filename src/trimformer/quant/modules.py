@@ -23,7 +23,9 @@ class _QuantMixin:
     input_quant: ActQuantizer | None
     float_weight: torch.Tensor | None  # kept (not saved) until reconstruction has used it
     use_float: bool  # run as the float layer (float weight, no input quantizer): reconstruction targets
-    soft_weight: Callable[[], torch.Tensor] | None  # the weight while reconstruction learns its rounding
+    # a weight that replaces the quantized one: the learned rounding's while reconstruction trains it, the
+    # float one while a reconstruction scheme calibrates its activation ranges
+    soft_weight: Callable[[], torch.Tensor] | None
 
     @classmethod
     def _empty_like(cls, mod: nn.Module) -> _QuantMixin:

@@ -1,7 +1,8 @@
 """Reconstruction: the calibration stage of the AdaRound / BRECQ / RAPQ / PWLQ+AdaRound schemes.
 
 ``quantize_`` with one of these configs rounds to nearest and keeps each layer's float weight (in memory, not
-in checkpoints). ``calibrate(model, batches)`` then calibrates the activation ranges and calls
+in checkpoints). ``calibrate(model, batches)`` then calibrates the activation ranges on the float weights (the
+activations reconstruction aims for: at 2 bits the round-to-nearest model's are far off) and calls
 :func:`reconstruct`, which, unit by unit in execution order (a unit is a quantized layer, or with
 ``granularity="block"`` a block found from the module structure, see :func:`find_units`):
 
@@ -21,6 +22,7 @@ RAPQ first learns every layer's power-of-two exponents jointly on the network ou
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -40,6 +42,7 @@ from .reconstruct import (
     execution_order,
     find_units,
     float_mode,
+    float_weights,
     limit_samples,
     reconstruct_unit,
     unit_loss,
@@ -119,7 +122,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], forward: Forward | None 
     unseen: list[str] = []
     if has_act_quantizers(model) or not recon:
         fwd = forward or _default_forward
-        with torch.no_grad(), calibration(model) as unseen:
+        with torch.no_grad(), calibration(model) as unseen, float_weights(model) if recon else nullcontext():
             for batch in batches:
                 fwd(model, batch)
     if recon:

@@ -94,6 +94,22 @@ def execution_order(model: nn.Module, units: list[tuple[str, nn.Module]], batch:
 
 
 @contextmanager
+def float_weights(model: nn.Module) -> Iterator[None]:
+    """Run every quantized layer of ``model`` on its float weight, its input quantizer still in place (so that
+    a range calibration inside the block sees the float model's activations)."""
+    layers = _quant_layers(model)
+    for m in layers:
+        if m.float_weight is None:
+            raise RuntimeError("float weights are gone (already reconstructed or loaded from a checkpoint)")
+        m.soft_weight = lambda w=m.float_weight: w
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.soft_weight = None
+
+
+@contextmanager
 def float_mode(model: nn.Module) -> Iterator[None]:
     """Run every quantized layer of ``model`` as its float original (float weight, no input quantizer)."""
     layers = _quant_layers(model)
