@@ -7,12 +7,12 @@ The ViT is the SaiT checkpoint run dense (its policy off: the fine-tuned ViT's o
 by benchmarks/gpu/issue17_gpu.sh). As for the CNNs, the patch embedding and the classifier keep 8-bit weights and the
 image input 8 bits (MiniLM: the classifier); every other Linear is quantized (weights per output channel, input
 activations per tensor, MSE-clipped). Calibration: ``--calib-images`` seeded training examples; accuracy on a
-seeded ``--test-images`` subset of the test split. Calibration seconds are wall time on this CPU (load averages
-recorded with each row).
+seeded ``--test-images`` subset of the test split. Calibration seconds are wall time on the row's ``device``
+(load averages recorded with each row); ``--device cuda`` runs on a GPU in float32 with TF32 off.
 
 Writes benchmarks/results/quant_transformers.json (+ .png); rows already there are kept (``--force`` reruns).
 Usage: python benchmarks/quant_transformers.py [--model vit|minilm] [--schemes rtn,brecq,rapq] [--bits 4/8,4/4]
-       [--results FILE: one file per model when two runs go at once]
+       [--results FILE: one file per model when two runs go at once] [--device cuda]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def minilm_setup(args: argparse.Namespace) -> tuple[TokenPrunedModel, Callable, 
     model = TokenPrunedModel(model.model if isinstance(model, TokenPrunedModel) else model).eval()
     calib = [transformers_inputs(b) for b in calibration_batches(train, text_collate(tokenizer, 64), 32,
                                                                  max(1, args.calib_images // 32))]
+    calib = [{k: v.to(args.device) for k, v in b.items()} for b in calib]
 
     def score(m: TokenPrunedModel) -> float:
         return trimformer.evaluate(m, test, tokenizer, 64, progress=False).accuracy / 100
@@ -100,7 +101,7 @@ def vit_setup(args: argparse.Namespace) -> tuple[TokenPrunedModel, Callable, lis
     test_batches = [image_collate([test[i] for i in keep[j:j + 50]]) for j in range(0, len(keep), 50)]
     calib = calibration_batches(load_image_data("fashion_mnist", "train", res), image_collate, 32,
                                 max(1, args.calib_images // 32))
-    calib = [{"pixel_values": b["pixel_values"]} for b in calib]
+    calib = [{"pixel_values": b["pixel_values"].to(args.device)} for b in calib]
 
     def score(m: TokenPrunedModel) -> float:
         return trimformer.evaluate(m, test_batches, progress=False).accuracy / 100
@@ -113,11 +114,15 @@ def main() -> None:
     p.add_argument("--model", choices=("vit", "minilm"), default="vit")
     p.add_argument("--checkpoint", default=str(ROOT / "runs/vision168/sait"), help="the ViT (SaiT checkpoint)")
     p.add_argument("--work", default=str(ROOT / "runs/quant_transformers"), help="where MiniLM's fine-tune is kept")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (float32, TF32 off)")
     add_run_options(p, "rtn,pwlq_bc,adaround,brecq,brecq_fisher,pow2_layer,rapq,pwlq_adaround", "4/8,4/4", 100, 50,
                     128, 1000, 2, RESULTS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 means float32
     model, score, calib, source = (minilm_setup if args.model == "minilm" else vit_setup)(args)
+    model.to(args.device)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = Path(args.results)
     results = json.loads(out.read_text()) if out.is_file() else {"models": {}}
     results.update({"machine": machine_info(), "note": " ".join(__doc__.split("\n\n")[1].split()),
@@ -133,9 +138,11 @@ def main() -> None:
         # the bare transformers model: reconstruction hooks its blocks, which trimformer's engine does not call
         q_bare = trimformer.quantize_(copy.deepcopy(model.model), cfg)
         trimformer.calibrate(q_bare, calib)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         q = TokenPrunedModel(q_bare).eval()
-        row = {"scheme": scheme, "bits": key, "accuracy": score(q), "calib_seconds": seconds,
+        row = {"scheme": scheme, "bits": key, "accuracy": score(q), "calib_seconds": seconds, "device": device_name,
                "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
                "quant_config": cfg.to_dict(),
                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
