@@ -274,7 +274,25 @@ def reconstruction_tables(name: str) -> str:
                 cells.append("" if row is None else f"{100 * row['accuracy']:.2f} ({row['calib_seconds']:.0f} s)")
             parts.append(f"| {scheme} | " + " | ".join(cells) + " |")
         parts.append("")
+        parts += _checkpoint_size_table(rows, bits, schemes)
     return "\n".join(parts)
+
+
+def _checkpoint_size_table(rows: list[dict], bits: list[str], schemes: list[str]) -> list[str]:
+    """The bit-packed checkpoint's payload (kB) per scheme and bit width, for the rows that recorded it."""
+    sized = [s for s in schemes if any(r["scheme"] == s and "checkpoint_payload_bytes" in r for r in rows)]
+    if not sized:
+        return []
+    out = ["Bit-packed checkpoint payload (kB; codes, scales or exponents, biases):", "",
+           "| scheme | " + " | ".join(bits) + " |", "|---|" + "---|" * len(bits)]
+    for scheme in sized:
+        cells = []
+        for b in bits:
+            row = next((r for r in rows if r["scheme"] == scheme and r["bits"] == b), None)
+            size = None if row is None else row.get("checkpoint_payload_bytes")
+            cells.append("" if size is None else f"{size / 1000:.1f}")
+        out.append(f"| {scheme} | " + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 def results_md() -> str:
@@ -293,9 +311,8 @@ def results_md() -> str:
         parts += [vision_speed_table(name), ""]
     parts += ["## Post-training quantization", "", (RESULTS / "quant_accuracy.md").read_text(encoding="utf-8").strip(),
               ""]
-    recon = [n for n in ("quant_reconstruction.json", "quant_reconstruction_fisher.json",
-                         "quant_reconstruction_long.json", "quant_transformers.json", "quant_transformers_minilm.json")
-             if (RESULTS / n).is_file()]
+    recon = [n for n in ("quant_reconstruction.json", "quant_reconstruction_long.json", "quant_transformers.json",
+                         "quant_transformers_minilm.json") if (RESULTS / n).is_file()]
     if recon:
         parts += ["### Reconstruction PTQ (AdaRound, BRECQ, RAPQ)", "",
                   "Accuracy (%) per scheme and bit width, with the calibration seconds (quantize_ + calibrate, wall "

@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,7 @@ from trimformer.data.images import image_collate, load_image_data  # noqa: E402
 from trimformer.envinfo import machine_info  # noqa: E402
 from trimformer.io_utils import atomic_write_json  # noqa: E402
 from trimformer.pruned import TokenPrunedModel  # noqa: E402
-from trimformer.quant import ActSpec  # noqa: E402
+from trimformer.quant import ActSpec, save_packed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quant_transformers.json"
@@ -141,8 +142,11 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
+        with tempfile.TemporaryDirectory() as tmp:
+            nbytes = save_packed(q_bare, Path(tmp) / "q.qsafetensors")
         q = TokenPrunedModel(q_bare).eval()
         row = {"scheme": scheme, "bits": key, "accuracy": score(q), "calib_seconds": seconds, "device": device_name,
+               "checkpoint_payload_bytes": nbytes,
                "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
                "quant_config": cfg.to_dict(),
                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
