@@ -141,7 +141,7 @@ class ActQuantizer(nn.Module):
         and block reconstruction and RAPQ's network-wide exponents could not learn any layer that feeds this
         quantizer."""
         inside = (x >= self.lo.to(x.dtype)) & (x <= self.hi.to(x.dtype))
-        return torch.where(inside, x + (out - x).detach(), out)
+        return torch.where(inside, out.detach() + (x - x.detach()), out)  # x - x.detach() is exactly 0
 
     def set_breakpoint(self, sample: torch.Tensor) -> None:
         """PWLQ: search the breakpoint on a calibration ``sample`` (after :meth:`set_range`)."""
