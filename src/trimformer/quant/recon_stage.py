@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .calibrate import ActQuantizer, _default_forward, calibration
 from .fisher import capture_with_fisher, fisher_weights
@@ -78,7 +79,9 @@ def reconstruct(model: nn.Module, batches: Iterable[Any], forward: Forward | Non
         if isinstance(cfg, RAPQConfig) and cfg.exp_iters > 0:
             records.append({"unit": "<exponents>", **learn_exponents(model, data, fwd, cfg)})
         units = execution_order(model, find_units(model, cfg.granularity), data[0], fwd)
-        for name, unit in units:
+        bar = tqdm(units, desc=f"reconstruct ({cfg.granularity}s)", unit=cfg.granularity,
+                   disable=len(units) < 4, leave=False)  # a ViT's twelve blocks take minutes each on a CPU
+        for name, unit in bar:
             inputs = capture(model, unit, data, fwd, output=False)
             targets, weights = unit_targets(model, unit, data, fwd, cfg.recon_loss)
             p = bn_norm_p(unit) if isinstance(cfg, RAPQConfig) and cfg.bn_norm else 2.0
@@ -86,6 +89,7 @@ def reconstruct(model: nn.Module, batches: Iterable[Any], forward: Forward | Non
             after = reconstruct_unit(unit, inputs, targets, cfg, p, weights)["loss"]
             records.append({"unit": name, "p": p, "recon_loss": "mse" if weights is None else "fisher",
                             "loss_nearest": before, "loss": after})
+            bar.set_postfix_str(f"{name}: loss {before:.3g} -> {after:.3g}")
     finally:
         for m, training in modes.items():
             m.training = training
