@@ -114,8 +114,9 @@ def has_act_quantizers(model: nn.Module) -> bool:
 
 
 def calibrate(model: nn.Module, batches: Iterable[Any], forward: Forward | None = None) -> list[str]:
-    """Calibrate a quantized ``model``: activation ranges (when it has activation quantizers), then, for a
-    reconstruction scheme, :func:`reconstruct`. Returns the names of activation quantizers that saw no data.
+    """Calibrate a quantized ``model``: activation ranges (when it has activation quantizers; a reconstruction
+    scheme takes them on the float weights, the activations it reconstructs towards), then, for a reconstruction
+    scheme, :func:`reconstruct`. Returns the names of activation quantizers that saw no data.
 
     A batch is passed as ``model(**batch)`` (dict / BatchEncoding), ``model(*batch)`` or ``model(batch)``,
     unless ``forward(model, batch)`` is given.
