@@ -283,8 +283,9 @@ def test_rapq_refuses_non_pow2_and_bias_correction():
     assert RAPQConfig(act=ActSpec(bits=4)).act.pow2
 
 
-def test_reconstruction_needs_float_weights(tmp_path):
-    q = quantized(tiny_resnet(), fast(AdaRoundConfig, act=None, iters=1))
+@pytest.mark.parametrize("act", [None, ActSpec(bits=8)], ids=["weights-only", "with-activations"])
+def test_reconstruction_needs_float_weights(act):
+    q = quantized(tiny_resnet(), fast(AdaRoundConfig, act=act, iters=1))
     with pytest.raises(ValueError, match="float weights"):
         calibrate(q, CALIB)
 

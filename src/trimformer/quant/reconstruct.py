@@ -98,9 +98,10 @@ def float_weights(model: nn.Module) -> Iterator[None]:
     """Run every quantized layer of ``model`` on its float weight, its input quantizer still in place (so that
     a range calibration inside the block sees the float model's activations)."""
     layers = _quant_layers(model)
+    if any(m.float_weight is None for m in layers):
+        raise ValueError("reconstruction needs the float weights: quantize the float model again "
+                         "(a loaded or already reconstructed model has none)")
     for m in layers:
-        if m.float_weight is None:
-            raise RuntimeError("float weights are gone (already reconstructed or loaded from a checkpoint)")
         m.soft_weight = lambda w=m.float_weight: w
     try:
         yield
