@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from ._checks import as_channels
-from .adaround import beta_at, init_v, rectified_sigmoid, round_reg
+from .adaround import init_v, rectified_sigmoid, round_reg
 from .fisher import first_tensor
 from .handlers import exponent_of, pow2_of
 from .modules import QuantConv2d, QuantLinear
 from .recon_config import RAPQConfig
-from .reconstruct import Forward, _quant_layers, _take, float_mode, lp_loss, set_codes
+from .reconstruct import Forward, _quant_layers, _take, annealed_steps, float_mode, lp_loss, set_codes
 from .uniform import mse_clip_absmax, qmax_symmetric, quantize_symmetric, symmetric_scale
 
 
@@ -79,18 +79,13 @@ def learn_exponents(model: nn.Module, batches: list[Any], fwd: Forward, cfg: RAP
     learned = [_LearnedExponent(m) for m in _quant_layers(model)]
     opt = torch.optim.Adam([e.a for e in learned], lr=cfg.exp_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
+
+    def minibatch_loss(i: int, rows: torch.Tensor, size: int) -> torch.Tensor:
+        return lp_loss(first_tensor(fwd(model, _take(batches[i], rows, size))), targets[i][rows], 2.0)
+
     try:
-        for step in range(cfg.exp_iters):
-            i = int(torch.randint(len(batches), (1,), generator=gen))
-            size = targets[i].shape[0]
-            rows = torch.randperm(size, generator=gen)[: cfg.batch_size]
-            loss = lp_loss(first_tensor(fwd(model, _take(batches[i], rows, size))), targets[i][rows], 2.0)
-            beta = beta_at(step, cfg.exp_iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
-            if beta is not None and cfg.exp_reg_weight > 0:
-                loss = loss + cfg.exp_reg_weight * sum(e.reg(beta) for e in learned)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        annealed_steps(opt, cfg, cfg.exp_iters, targets, minibatch_loss, cfg.exp_reg_weight,
+                       lambda beta: sum(e.reg(beta) for e in learned), gen)
     finally:
         for e in learned:
             e.finish()

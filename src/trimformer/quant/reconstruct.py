@@ -270,26 +270,40 @@ def reconstruct_unit(unit: nn.Module, inputs: list[Any], targets: list[torch.Ten
     if acts:
         groups.append({"params": [q.start_learning() for q in acts], "lr": cfg.act_lr})
     opt = torch.optim.Adam(groups)
+
+    def minibatch_loss(i: int, rows: torch.Tensor, size: int) -> torch.Tensor:
+        args, kwargs = inputs[i]
+        pred = first_tensor(unit(*_take(args, rows, size), **_take(kwargs, rows, size)))
+        return lp_loss(pred, targets[i][rows], p, None if weights is None else weights[i][rows])
+
     try:
-        for step in range(cfg.iters):
-            i = int(torch.randint(len(inputs), (1,), generator=gen))
-            (args, kwargs), target = inputs[i], targets[i]
-            size = target.shape[0]
-            rows = torch.randperm(size, generator=gen)[: cfg.batch_size]
-            pred = first_tensor(unit(*_take(args, rows, size), **_take(kwargs, rows, size)))
-            loss = lp_loss(pred, target[rows], p, None if weights is None else weights[i][rows])
-            beta = beta_at(step, cfg.iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
-            if beta is not None and cfg.reg_weight > 0:
-                loss = loss + cfg.reg_weight * sum(r.reg(beta) for r in rounding)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        annealed_steps(opt, cfg, cfg.iters, targets, minibatch_loss, cfg.reg_weight,
+                       lambda beta: sum(r.reg(beta) for r in rounding), gen)
     finally:
         for r in rounding:
             r.finish()
         for q in acts:
             q.finish_learning()
     return {"loss": unit_loss(unit, inputs, targets, p, weights)}
+
+
+def annealed_steps(opt: torch.optim.Optimizer, cfg: ReconFields, iters: int, targets: list[torch.Tensor],
+                   minibatch_loss: Callable[[int, torch.Tensor, int], torch.Tensor], reg_weight: float,
+                   reg: Callable[[float], torch.Tensor], gen: torch.Generator) -> None:
+    """``iters`` optimiser steps, each on a random cached batch i and ``cfg.batch_size`` random rows of it:
+    ``minibatch_loss(i, rows, size)`` plus ``reg_weight * reg(beta)``, beta annealed by ``cfg`` (none in the
+    warm-up). Shared by the rounding (:func:`reconstruct_unit`) and RAPQ's exponents."""
+    for step in range(iters):
+        i = int(torch.randint(len(targets), (1,), generator=gen))
+        size = targets[i].shape[0]
+        rows = torch.randperm(size, generator=gen)[: cfg.batch_size]
+        loss = minibatch_loss(i, rows, size)
+        beta = beta_at(step, iters, cfg.warmup, cfg.beta_start, cfg.beta_end)
+        if beta is not None and reg_weight > 0:
+            loss = loss + reg_weight * reg(beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
 
 
 @torch.no_grad()
